@@ -1,0 +1,5 @@
+import sys
+
+from cryptoface.cli import main
+
+sys.exit(main())

@@ -1,0 +1,171 @@
+"""The CKKS backend protocol: the small set of operations the encrypted engine needs.
+
+Conventions every backend follows (the shared conformance tests check them):
+
+* ``level`` counts *remaining* multiplicative levels: a fresh ciphertext is at ``params.levels``,
+  each :meth:`rescale` lowers it by one, and a ciphertext at level 0 can still be added and decrypted.
+* Products are not rescaled implicitly. ``mul_plain``, ``mul_scalar`` and ``mul`` return a ciphertext
+  at scale Delta^2 ("pending"); such products at the same level may be added together and are then
+  rescaled **once** with :meth:`rescale`. :meth:`multiply_accumulate` is the fused fast path for
+  ``rescale(sum_i pt_i * ct_i)`` and is what convolutions use.
+* Binary operations on ciphertexts at different levels bring the higher one down first.
+* Plaintexts are encoded for a given level (:meth:`encode`), never all at the top level, so weights
+  cost memory only where they are used.
+* Rotations are cyclic left rotations over ``slots`` real slots; ``rotate(ct, k)`` moves slot i+k to
+  slot i. A rotation needs a key for exactly that step (see :meth:`CkksBackend.rotation_steps`);
+  composing steps is the engine's job, not the backend's.
+* A backend created with :meth:`CkksBackend.from_public_keys` holds no secret key and cannot decrypt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from cryptoface.errors import ParameterError
+
+# HomomorphicEncryption.org standard, 128-bit classical security, ternary (uniform) secret:
+# the largest log2(Q*P) allowed for each ring degree N.
+HE_STANDARD_128_LOG_QP: dict[int, int] = {
+    1024: 27,
+    2048: 54,
+    4096: 109,
+    8192: 218,
+    16384: 438,
+    32768: 881,
+    65536: 1772,
+    131072: 3576,
+}
+
+
+@dataclass(frozen=True)
+class CkksParameters:
+    """CKKS parameters for a leveled (no bootstrapping) program."""
+
+    log_ring: int = 16  # ring degree N = 2**log_ring, slots = N / 2
+    levels: int = 24  # multiplicative levels available to the program
+    scale_bits: int = 40  # bits of Delta and of each rescaling prime
+    first_mod_bits: int = 60  # bits of q0 (decryption headroom)
+    special_mod_bits: int = 60  # bits of each key-switching (special) prime
+    key_switch_digits: int = 3  # dnum of hybrid key switching
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    @property
+    def ring_degree(self) -> int:
+        return 1 << self.log_ring
+
+    @property
+    def slots(self) -> int:
+        return self.ring_degree // 2
+
+    @property
+    def log_q(self) -> int:
+        return self.first_mod_bits + self.levels * self.scale_bits
+
+    @property
+    def special_primes(self) -> int:
+        # hybrid key switching: P must cover one digit of ceil((L+1)/dnum) primes of Q
+        return -(-(self.levels + 1) // self.key_switch_digits)
+
+    @property
+    def log_qp(self) -> int:
+        """Upper estimate of log2(Q*P) used for the security check."""
+        return self.log_q + self.special_primes * self.special_mod_bits
+
+    def check_security(self) -> None:
+        """Raise ParameterError unless log2(QP) fits the 128-bit HE-standard bound for N."""
+        bound = HE_STANDARD_128_LOG_QP.get(self.ring_degree)
+        if bound is None:
+            raise ParameterError(f"no 128-bit bound known for ring degree {self.ring_degree}")
+        if self.log_qp > bound:
+            raise ParameterError(
+                f"log2(QP) = {self.log_qp} bits exceeds the 128-bit HE-standard bound of {bound} bits "
+                f"for N = {self.ring_degree}; use fewer levels, smaller primes or a larger ring"
+            )
+
+
+@runtime_checkable
+class CkksBackend(Protocol):
+    """One CKKS implementation (simulator, desilofhe, openfhe)."""
+
+    name: str
+    params: CkksParameters
+
+    @property
+    def slots(self) -> int: ...
+
+    @property
+    def has_secret_key(self) -> bool: ...
+
+    # -- keys -----------------------------------------------------------------------------------
+    def generate_keys(self, rotations: Iterable[int]) -> None:
+        """Client side: make secret, public, relinearisation and one rotation key per step."""
+
+    def rotation_steps(self) -> frozenset[int]:
+        """Rotation steps (normalised to 0..slots-1) that have a key."""
+        ...
+
+    def export_evaluation_keys(self) -> dict[str, bytes]:
+        """Public and evaluation keys by kind ("public", "relin", "rotation:<k>"), never the secret."""
+        ...
+
+    # -- data -----------------------------------------------------------------------------------
+    def encode(self, values: np.ndarray, level: int) -> Any:
+        """Plaintext for ``values`` (length <= slots, zero-padded) at ``level`` and scale Delta."""
+
+    def encrypt(self, values: np.ndarray, level: int | None = None) -> Any:
+        """Fresh ciphertext (public-key encryption) at ``level`` (default: the top)."""
+
+    def decrypt(self, ct: Any) -> np.ndarray:
+        """Real slot values (length ``slots``); needs the secret key."""
+        ...
+
+    def level(self, ct: Any) -> int:
+        """Remaining levels of ``ct``."""
+        ...
+
+    # -- arithmetic -----------------------------------------------------------------------------
+    def add(self, a: Any, b: Any) -> Any: ...
+
+    def sub(self, a: Any, b: Any) -> Any: ...
+
+    def add_plain(self, ct: Any, values: np.ndarray) -> Any:
+        """ct + values (encoded at ct's level and scale)."""
+
+    def mul_plain(self, ct: Any, pt: Any) -> Any:
+        """ct * pt, **not** rescaled."""
+
+    def mul_scalar(self, ct: Any, value: float) -> Any:
+        """ct * value, **not** rescaled."""
+
+    def mul(self, a: Any, b: Any) -> Any:
+        """a * b with relinearisation, **not** rescaled."""
+
+    def rescale(self, ct: Any) -> Any:
+        """Divide by Delta, dropping one level."""
+
+    def multiply_accumulate(self, cts: Sequence[Any], pts: Sequence[Any]) -> Any:
+        """rescale(sum_i cts[i] * pts[i]): the fused fast path for linear layers."""
+
+    def rotate(self, ct: Any, step: int) -> Any:
+        """Cyclic left rotation by ``step`` (needs that step's key)."""
+
+    def rotate_many(self, ct: Any, steps: Sequence[int]) -> list[Any]:
+        """Hoisted rotations of one ciphertext by several steps."""
+        ...
+
+    def level_down(self, ct: Any, level: int) -> Any:
+        """Drop ``ct`` to the lower ``level`` without changing its values."""
+
+    # -- bytes ----------------------------------------------------------------------------------
+    def serialize(self, ct: Any) -> bytes: ...
+
+    def deserialize(self, data: bytes) -> Any: ...
+
+
+def normalise_step(step: int, slots: int) -> int:
+    """Rotation step as an index in 0..slots-1."""
+    return step % slots
