@@ -67,8 +67,9 @@ class CkksParameters:
 
     @property
     def special_primes(self) -> int:
-        # hybrid key switching: P must cover one digit of ceil((L+1)/dnum) primes of Q
-        return -(-(self.levels + 1) // self.key_switch_digits)
+        # hybrid key switching: P must be at least as large as one digit, i.e. log2(Q) / dnum bits
+        digit_bits = -(-self.log_q // self.key_switch_digits)
+        return -(-digit_bits // self.special_mod_bits)
 
     @property
     def log_qp(self) -> int:
