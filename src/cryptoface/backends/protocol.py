@@ -113,6 +113,11 @@ class CkksBackend(Protocol):
         """Public and evaluation keys by kind ("public", "relin", "rotation:<k>"), never the secret."""
         ...
 
+    @classmethod
+    def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes]) -> CkksBackend:
+        """Server side: evaluate under a client's exported keys, holding no secret key."""
+        ...
+
     # -- data -----------------------------------------------------------------------------------
     def encode(self, values: np.ndarray, level: int) -> Any:
         """Plaintext for ``values`` (length <= slots, zero-padded) at ``level`` and scale Delta."""

@@ -1,0 +1,300 @@
+"""Numpy slot simulator of CKKS with the protocol's level and scale bookkeeping.
+
+It holds the slot values in the clear, so it is *not encryption*; it exists to test packing and
+level schedules at full size in milliseconds. It enforces what a real backend would enforce —
+levels, pending rescales, plaintext levels, rotation keys, modulus headroom — and counts every
+operation, so plans can be costed without encryption. ``noise`` adds Gaussian error of that standard
+deviation on encryption, rescale and key switching, to mimic CKKS precision.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryptoface.backends.protocol import CkksParameters, normalise_step
+from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+
+_MAGIC = b"CFSIM1\n"
+
+
+@dataclass
+class SimPlaintext:
+    values: np.ndarray
+    level: int
+
+
+@dataclass
+class SimCiphertext:
+    values: np.ndarray
+    level: int
+    pending: bool  # a product at scale Delta^2 waiting for its rescale
+    key_id: str
+
+
+class SimulatorBackend:
+    """CKKS slot simulator implementing :class:`cryptoface.backends.protocol.CkksBackend`."""
+
+    name = "simulator"
+
+    def __init__(self, params: CkksParameters | None = None, *, noise: float = 0.0, seed: int = 0) -> None:
+        self.params = params or CkksParameters()
+        self.noise = float(noise)
+        self._rng = np.random.default_rng(seed)
+        self._steps: frozenset[int] = frozenset()
+        self._key_id: str | None = None
+        self._secret = False
+        self.counters: Counter[str] = Counter()
+
+    # -- keys -------------------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    @property
+    def has_secret_key(self) -> bool:
+        return self._secret
+
+    @property
+    def key_id(self) -> str | None:
+        return self._key_id
+
+    def generate_keys(self, rotations: Iterable[int]) -> None:
+        self._key_id = secrets.token_hex(8)
+        self._secret = True
+        self._steps = frozenset(normalise_step(int(k), self.slots) for k in rotations) - {0}
+        self.counters["keygen_rotation"] += len(self._steps)
+
+    def rotation_steps(self) -> frozenset[int]:
+        return self._steps
+
+    def export_evaluation_keys(self) -> dict[str, bytes]:
+        self._require_keys()
+        meta = {"key_id": self._key_id, "slots": self.slots}
+        keys = {"public": json.dumps(meta).encode(), "relin": json.dumps(meta).encode()}
+        for k in sorted(self._steps):
+            keys[f"rotation:{k}"] = json.dumps(meta).encode()
+        return keys
+
+    @classmethod
+    def from_public_keys(
+        cls, params: CkksParameters, keys: dict[str, bytes], *, noise: float = 0.0
+    ) -> SimulatorBackend:
+        """Server side: a backend that evaluates under these keys but holds no secret key."""
+        backend = cls(params, noise=noise)
+        try:
+            meta = json.loads(keys["public"])
+        except (KeyError, ValueError) as exc:
+            raise MissingKeyError("the key set has no readable public key") from exc
+        backend._key_id = str(meta["key_id"])
+        backend._steps = frozenset(int(name.split(":", 1)[1]) for name in keys if name.startswith("rotation:"))
+        return backend
+
+    # -- data -------------------------------------------------------------------------------------
+    def encode(self, values: np.ndarray, level: int) -> SimPlaintext:
+        self.counters["encode"] += 1
+        return SimPlaintext(self._pad(values), self._check_level(level))
+
+    def encrypt(self, values: np.ndarray, level: int | None = None) -> SimCiphertext:
+        self._require_keys()
+        self.counters["encrypt"] += 1
+        level = self.params.levels if level is None else self._check_level(level)
+        ct = SimCiphertext(self._noisy(self._pad(values)), level, False, self._key_id or "")
+        self._check_headroom(ct)
+        return ct
+
+    def decrypt(self, ct: SimCiphertext) -> np.ndarray:
+        self._check_ct(ct)
+        if not self._secret:
+            raise MissingKeyError("this backend holds no secret key (server role); only the client decrypts")
+        if ct.pending:
+            raise CiphertextError("decrypting a product that was never rescaled")
+        self.counters["decrypt"] += 1
+        return ct.values.copy()
+
+    def level(self, ct: SimCiphertext) -> int:
+        return ct.level
+
+    # -- arithmetic -------------------------------------------------------------------------------
+    def add(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
+        a, b = self._align(a, b)
+        self.counters["add"] += 1
+        return self._new(a.values + b.values, a.level, a.pending)
+
+    def sub(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
+        a, b = self._align(a, b)
+        self.counters["add"] += 1
+        return self._new(a.values - b.values, a.level, a.pending)
+
+    def add_plain(self, ct: SimCiphertext, values: np.ndarray) -> SimCiphertext:
+        self._check_ct(ct)
+        if ct.pending:
+            raise CiphertextError("add_plain on a product that was not rescaled; rescale first")
+        self.counters["add_plain"] += 1
+        return self._new(ct.values + self._pad(values), ct.level, False)
+
+    def mul_plain(self, ct: SimCiphertext, pt: SimPlaintext) -> SimCiphertext:
+        self._check_fresh(ct)
+        if pt.level != ct.level:
+            raise CiphertextError(f"plaintext encoded for level {pt.level} used at level {ct.level}")
+        self.counters["mul_plain"] += 1
+        return self._new(ct.values * pt.values, ct.level, True)
+
+    def mul_scalar(self, ct: SimCiphertext, value: float) -> SimCiphertext:
+        self._check_fresh(ct)
+        self.counters["mul_scalar"] += 1
+        return self._new(ct.values * float(value), ct.level, True)
+
+    def mul(self, a: SimCiphertext, b: SimCiphertext) -> SimCiphertext:
+        self._check_fresh(a)
+        self._check_fresh(b)
+        a, b = self._align(a, b)
+        self.counters["mul"] += 1
+        return self._new(a.values * b.values, a.level, True)
+
+    def rescale(self, ct: SimCiphertext) -> SimCiphertext:
+        self._check_ct(ct)
+        if not ct.pending:
+            raise CiphertextError("rescale of a ciphertext that holds no pending product")
+        if ct.level < 1:
+            raise ParameterError("out of levels: the program needs more levels than the parameters provide")
+        self.counters["rescale"] += 1
+        return self._new(self._noisy(ct.values), ct.level - 1, False)
+
+    def multiply_accumulate(self, cts: Sequence[SimCiphertext], pts: Sequence[SimPlaintext]) -> SimCiphertext:
+        if len(cts) != len(pts) or not cts:
+            raise ValueError("multiply_accumulate needs equally many (>= 1) ciphertexts and plaintexts")
+        acc = self.mul_plain(cts[0], pts[0])
+        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+            acc = self.add(acc, self.mul_plain(ct, pt))
+        return self.rescale(acc)
+
+    def rotate(self, ct: SimCiphertext, step: int) -> SimCiphertext:
+        self._check_ct(ct)
+        k = normalise_step(step, self.slots)
+        if k == 0:
+            return ct
+        if k not in self._steps:
+            raise MissingKeyError(f"no rotation key for step {k} (have {len(self._steps)} steps)")
+        self.counters["rotate"] += 1
+        return self._new(self._noisy(np.roll(ct.values, -k)), ct.level, ct.pending)
+
+    def rotate_many(self, ct: SimCiphertext, steps: Sequence[int]) -> list[SimCiphertext]:
+        self._check_ct(ct)
+        nonzero = {normalise_step(s, self.slots) for s in steps} - {0}
+        if nonzero:
+            self.counters["hoist_precompute"] += 1
+        out = []
+        for s in steps:
+            k = normalise_step(s, self.slots)
+            if k == 0:
+                out.append(ct)
+                continue
+            if k not in self._steps:
+                raise MissingKeyError(f"no rotation key for step {k}")
+            self.counters["rotate_hoisted"] += 1
+            out.append(self._new(self._noisy(np.roll(ct.values, -k)), ct.level, ct.pending))
+        return out
+
+    def level_down(self, ct: SimCiphertext, level: int) -> SimCiphertext:
+        self._check_ct(ct)
+        if level > ct.level:
+            raise CiphertextError(f"cannot raise a ciphertext from level {ct.level} to {level}")
+        if ct.pending:
+            raise CiphertextError("level_down of a product that was not rescaled")
+        self.counters["level_down"] += int(level != ct.level)
+        return SimCiphertext(ct.values, level, False, ct.key_id)
+
+    # -- bytes ------------------------------------------------------------------------------------
+    def serialize(self, ct: SimCiphertext) -> bytes:
+        self._check_ct(ct)
+        meta = json.dumps({"level": ct.level, "pending": ct.pending, "key_id": ct.key_id, "slots": self.slots})
+        return _MAGIC + meta.encode() + b"\n" + ct.values.astype("<f8").tobytes()
+
+    def deserialize(self, data: bytes) -> SimCiphertext:
+        if not data.startswith(_MAGIC):
+            raise CiphertextError("not a simulator ciphertext (bad magic)")
+        try:
+            head, body = data[len(_MAGIC) :].split(b"\n", 1)
+            meta = json.loads(head)
+        except ValueError as exc:
+            raise CiphertextError("truncated or malformed ciphertext header") from exc
+        if meta.get("slots") != self.slots or len(body) != 8 * self.slots:
+            raise CiphertextError("ciphertext has the wrong size for these parameters (truncated?)")
+        ct = SimCiphertext(np.frombuffer(body, "<f8").copy(), int(meta["level"]), bool(meta["pending"]),
+                           str(meta["key_id"]))
+        self._check_ct(ct)
+        return ct
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _require_keys(self) -> None:
+        if self._key_id is None:
+            raise MissingKeyError("no keys: call generate_keys() (client) or from_public_keys() (server)")
+
+    def _pad(self, values: np.ndarray) -> np.ndarray:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size > self.slots:
+            raise ValueError(f"{v.size} values do not fit {self.slots} slots")
+        out = np.zeros(self.slots)
+        out[: v.size] = v
+        return out
+
+    def _check_level(self, level: int) -> int:
+        if not 0 <= level <= self.params.levels:
+            raise ParameterError(f"level {level} outside 0..{self.params.levels}")
+        return int(level)
+
+    def _check_ct(self, ct: object) -> None:
+        if not isinstance(ct, SimCiphertext):
+            raise CiphertextError(f"expected a simulator ciphertext, got {type(ct).__name__}")
+        if self._key_id is not None and ct.key_id != self._key_id:
+            raise CiphertextError("ciphertext was made under another key set")
+        if not 0 <= ct.level <= self.params.levels:
+            raise CiphertextError(f"ciphertext level {ct.level} outside 0..{self.params.levels}")
+
+    def _check_fresh(self, ct: SimCiphertext) -> None:
+        self._check_ct(ct)
+        if ct.pending:
+            raise CiphertextError("multiplying a product that was not rescaled; rescale first")
+
+    def _align(self, a: SimCiphertext, b: SimCiphertext) -> tuple[SimCiphertext, SimCiphertext]:
+        self._check_ct(a)
+        self._check_ct(b)
+        if a.pending != b.pending:
+            raise CiphertextError("adding a rescaled ciphertext to a pending product (different scales)")
+        level = min(a.level, b.level)
+        if a.level != level:
+            a = SimCiphertext(a.values, level, a.pending, a.key_id)
+        if b.level != level:
+            b = SimCiphertext(b.values, level, b.pending, b.key_id)
+        return a, b
+
+    def _new(self, values: np.ndarray, level: int, pending: bool) -> SimCiphertext:
+        ct = SimCiphertext(values, level, pending, self._key_id or "")
+        self._check_headroom(ct)
+        return ct
+
+    def _check_headroom(self, ct: SimCiphertext) -> None:
+        peak = float(np.max(np.abs(ct.values))) if ct.values.size else 0.0
+        if not math.isfinite(peak):
+            raise ParameterError("non-finite slot value")
+        if peak == 0.0:
+            return
+        scale_bits = self.params.scale_bits * (2 if ct.pending else 1)
+        modulus_bits = self.params.first_mod_bits + ct.level * self.params.scale_bits
+        if math.log2(peak) + scale_bits >= modulus_bits - 1:
+            raise ParameterError(
+                f"value {peak:.3g} at level {ct.level} overflows the modulus ({modulus_bits} bits, "
+                f"scale 2^{scale_bits}); bound the activations or keep more levels"
+            )
+
+    def _noisy(self, values: np.ndarray) -> np.ndarray:
+        if self.noise <= 0.0:
+            return values
+        return values + self._rng.normal(0.0, self.noise, values.shape)
