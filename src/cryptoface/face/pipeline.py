@@ -1,0 +1,54 @@
+"""Client-side face pipeline: photo -> aligned 112x112 RGB crop -> model input at the model resolution."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cryptoface.errors import ImageError
+from cryptoface.face.align import CROP_SIZE, warp_face
+from cryptoface.face.detect import detect_face
+from cryptoface.face.image import ImageSource, load_image_file
+from cryptoface.face.resize import to_model_input
+
+# Bump when detection/alignment changes in a way that changes crops (invalidates cached LFW crops).
+PIPELINE_VERSION = "yunet2023mar-largest-arcface112-lmeds-v1"
+
+
+def _as_rgb(image: np.ndarray) -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8:
+        raise ImageError(f"expected a uint8 image array, got dtype {img.dtype}")
+    if img.ndim == 2:
+        img = np.repeat(img[:, :, None], 3, axis=2)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = img[:, :, :3]
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = np.repeat(img, 3, axis=2)
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise ImageError(f"expected an (H, W, 3) RGB image array, got shape {img.shape}")
+    return np.ascontiguousarray(img)
+
+
+def _is_aligned_crop(img: np.ndarray) -> bool:
+    return img.shape[:2] == (CROP_SIZE, CROP_SIZE)
+
+
+def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None) -> np.ndarray:
+    """112x112x3 RGB uint8 crop of the largest face in a photo (path, bytes or RGB uint8 array).
+
+    ``aligned=None`` treats a 112x112 input as an already aligned crop (as in the training shards) and
+    returns it unchanged; pass ``aligned=False`` to run detection on such an image anyway. Raises
+    ImageError, NoFaceError or FaceTooSmallError.
+    """
+    img = _as_rgb(image) if isinstance(image, np.ndarray) else load_image_file(image)
+    if aligned or (aligned is None and _is_aligned_crop(img)):
+        if not _is_aligned_crop(img):
+            raise ImageError(f"an aligned crop must be {CROP_SIZE}x{CROP_SIZE}, got {img.shape[1]}x{img.shape[0]}")
+        return img
+    face = detect_face(img)
+    return warp_face(img, face.landmarks)
+
+
+def preprocess(image: ImageSource | np.ndarray, resolution: int, aligned: bool | None = None) -> np.ndarray:
+    """Model input (3, S, S) float64 of a photo or an aligned crop: :func:`align_face` then ``to_model_input``."""
+    return to_model_input(align_face(image, aligned=aligned), resolution)
