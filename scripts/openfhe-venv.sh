@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Create or update .venv-openfhe: a CPython 3.10 venv for the OpenFHE backend.
+#
+# The openfhe 1.6.1.0.22.4 wheel carries a cp310 extension; newer wheels (.24.4, what pip picks on 3.11+)
+# need GLIBCXX_3.4.32 and do not import on Debian 12. Idempotent: re-running only installs what is missing.
+# Usage: scripts/openfhe-venv.sh            (from anywhere; VENV and PYTHON310 may be overridden)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv-openfhe}"
+OPENFHE_VERSION="1.6.1.0.22.4"
+
+if [[ -z "${PYTHON310:-}" ]]; then
+    if command -v pyenv >/dev/null 2>&1 && [[ -x "$(pyenv root)/versions/3.10.13/bin/python" ]]; then
+        PYTHON310="$(pyenv root)/versions/3.10.13/bin/python"
+    elif command -v python3.10 >/dev/null 2>&1; then
+        PYTHON310="$(command -v python3.10)"
+    else
+        echo "error: no CPython 3.10 found; install it (pyenv install 3.10.13) or set PYTHON310" >&2
+        exit 1
+    fi
+fi
+
+if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 10))'; then
+    echo "creating $VENV with $PYTHON310"
+    rm -rf "$VENV"
+    "$PYTHON310" -m venv "$VENV"
+fi
+
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
+"${PIP[@]}" install -q "openfhe==$OPENFHE_VERSION" numpy pytest \
+    "opencv-python-headless>=4.8,<6" "tqdm>=4.60" "matplotlib>=3.7"
+"${PIP[@]}" install -q --no-deps -e "$ROOT"
+
+"$VENV/bin/python" -c 'import openfhe, cryptoface.backends.openfhe as m; print("openfhe backend ok:", m.__name__)' \
+    || "$VENV/bin/python" -c 'import openfhe; print("openfhe imports (backend module not importable yet)")'
