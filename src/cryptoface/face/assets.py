@@ -29,7 +29,7 @@ def _package_models_dir() -> Path | None:
         return None
     if found is None or not found.submodule_search_locations:
         return None
-    return Path(list(found.submodule_search_locations)[0]) / "models"
+    return Path(next(iter(found.submodule_search_locations))) / "models"
 
 
 def _locate(filename: str, env_var: str) -> Path:

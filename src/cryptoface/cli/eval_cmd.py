@@ -1,0 +1,125 @@
+"""``cryptoface eval lfw|pairs``: verification accuracy of a fused model or of the SFace reference."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryptoface.errors import ModelFileError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="measure verification accuracy (LFW or your own pairs)")
+    sub = parser.add_subparsers(dest="eval_command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--model",
+            default=None,
+            help="fused model file (.npz) or 'sface' for OpenCV's SFace; default: the bundled model",
+        )
+        p.add_argument(
+            "--resolution",
+            type=int,
+            default=None,
+            help="model input size; read from the model file, only checked if given",
+        )
+        p.add_argument("--json", type=Path, default=None, help="write the result as JSON (rates as fractions)")
+        p.add_argument("--plot", type=Path, default=None, help="write the ROC curve as PNG")
+        p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    lfw = sub.add_parser("lfw", help="10-fold LFW protocol on pairs.txt (6,000 pairs)")
+    lfw.add_argument("--lfw-dir", type=Path, required=True, help="folder with pairs.txt and <Name>/<Name>_NNNN.jpg")
+    common(lfw)
+    lfw.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="where aligned crops are cached (default $CRYPTOFACE_CACHE or ~/.cache/cryptoface)",
+    )
+    lfw.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="smoke test: keep the first N genuine and first N impostor pairs of each fold",
+    )
+    lfw.set_defaults(func=run_lfw)
+
+    pairs = sub.add_parser("pairs", help="your own pairs: CSV with columns image1,image2,same")
+    pairs.add_argument("--csv", type=Path, required=True, help="CSV; image paths are relative to it")
+    common(pairs)
+    pairs.add_argument("--threshold", type=float, default=None, help="also report accuracy at this cosine threshold")
+    pairs.set_defaults(func=run_pairs)
+
+
+def _embedder(args: argparse.Namespace):
+    from cryptoface.assets import default_model_path
+    from cryptoface.eval.embedders import FusedEmbedder, SFaceEmbedder
+    from cryptoface.model.file import read_header
+
+    model = args.model if args.model is not None else default_model_path()
+    if str(model).lower() == "sface":
+        emb = SFaceEmbedder()
+        if args.resolution not in (None, emb.resolution):
+            raise ModelFileError(f"SFace takes {emb.resolution}x{emb.resolution} crops; drop --resolution")
+        return emb, "sface"
+    header_res = int(read_header(model)["resolution"])
+    if args.resolution not in (None, header_res):
+        raise ModelFileError(
+            f"{model} is a {header_res}x{header_res} model but --resolution {args.resolution} was given; "
+            "drop --resolution (it is read from the model file)"
+        )
+    return FusedEmbedder(model), str(model)
+
+
+def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution: int, title: str, **extra) -> int:
+    from cryptoface.eval.plot import plot_roc
+    from cryptoface.eval.report import build_report, format_summary, write_json
+
+    report = build_report(result, model_name, resolution, **extra)
+    print(format_summary(report))
+    if args.json is not None:
+        print(f"wrote {write_json(report, args.json)}")
+    if args.plot is not None:
+        path = plot_roc(
+            result["scores"],
+            result["labels"],
+            args.plot,
+            title,
+            report["eer"],
+            report["accuracy"],
+            report["accuracy_std"],
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+def run_lfw(args: argparse.Namespace) -> int:
+    from cryptoface.errors import DataError
+    from cryptoface.eval.lfw import evaluate_lfw
+
+    if args.limit is not None and args.limit < 1:
+        raise DataError("--limit must be at least 1")
+    emb, model_name = _embedder(args)
+    result = evaluate_lfw(args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet)
+    title = f"LFW, {emb.name} ({result['n_pairs']} pairs, 10-fold)"
+    return _finish(
+        args, result, model_name, emb.resolution, title, dataset="lfw", protocol="10-fold", lfw_dir=str(args.lfw_dir)
+    )
+
+
+def run_pairs(args: argparse.Namespace) -> int:
+    from cryptoface.eval.pairs import evaluate_pairs
+
+    emb, model_name = _embedder(args)
+    result = evaluate_pairs(args.csv, emb, threshold=args.threshold)
+    title = f"{args.csv.name}, {emb.name} ({result['n_pairs']} pairs)"
+    return _finish(
+        args,
+        result,
+        model_name,
+        emb.resolution,
+        title,
+        dataset=str(args.csv),
+        protocol="accuracy at the pooled EER threshold",
+    )

@@ -1,0 +1,88 @@
+"""JSON result and human summary of an evaluation.
+
+The JSON always has the keys ``accuracy``, ``accuracy_std``, ``eer``, ``tar_at_far_1e-2``,
+``tar_at_far_1e-3``, ``n_pairs``, ``model`` and ``resolution``, plus extras such as ``fold_accuracies``,
+``thresholds`` and ``seconds``. Every accuracy and rate is a FRACTION in [0, 1] (0.9925 means 99.25 %);
+only the printed summary uses percent.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REQUIRED_KEYS = (
+    "accuracy",
+    "accuracy_std",
+    "eer",
+    "tar_at_far_1e-2",
+    "tar_at_far_1e-3",
+    "n_pairs",
+    "model",
+    "resolution",
+)
+# Large arrays kept in memory for plotting, never written to the JSON.
+_NOT_SERIALISED = ("scores", "labels")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def build_report(result: dict[str, Any], model: str, resolution: int, **extra: Any) -> dict[str, Any]:
+    """JSON-ready report: the required keys first, then the extras."""
+    report = {k: v for k, v in result.items() if k not in _NOT_SERIALISED}
+    report.update(model=model, resolution=int(resolution), **extra)
+    missing = [k for k in REQUIRED_KEYS if k not in report]
+    if missing:
+        raise ValueError(f"evaluation result lacks {missing}")
+    ordered = {k: report[k] for k in REQUIRED_KEYS}
+    ordered.update({k: v for k, v in report.items() if k not in ordered})
+    return _plain(ordered)
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    return path
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f} %"
+
+
+def format_summary(report: dict[str, Any]) -> str:
+    """A few human-readable lines, in percent."""
+    acc = _pct(report["accuracy"])
+    if report.get("accuracy_std") is not None:
+        acc += f" ± {100 * report['accuracy_std']:.2f}"
+    lines = [
+        f"model {report['model']} at {report['resolution']}x{report['resolution']}, {report['n_pairs']} pairs",
+        f"  accuracy        {acc}",
+        f"  EER             {_pct(report['eer'])}",
+        f"  TAR @ FAR 1e-2  {_pct(report['tar_at_far_1e-2'])}",
+        f"  TAR @ FAR 1e-3  {_pct(report['tar_at_far_1e-3'])}",
+    ]
+    if report.get("accuracy_at_threshold") is not None:
+        lines.append(f"  accuracy at threshold {report['threshold']:g}: {_pct(report['accuracy_at_threshold'])}")
+    if report.get("n_fallback"):
+        lines.append(f"  {report['n_fallback']} photos had no detected face (centre crop used)")
+    if report.get("seconds") is not None:
+        lines.append(f"  {report['seconds']:.1f} s")
+    return "\n".join(lines)
