@@ -168,7 +168,9 @@ class DesiloBackend:
         return keys
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], thread_count: int = 1) -> DesiloBackend:
+    def from_public_keys(
+        cls, params: CkksParameters, keys: Mapping[str, bytes], thread_count: int = 1
+    ) -> DesiloBackend:
         """Server side: evaluate under a client's exported keys, holding no secret key."""
         backend = cls(params, thread_count=thread_count)
         e = backend.engine

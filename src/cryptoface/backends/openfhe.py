@@ -1,0 +1,440 @@
+"""CKKS backend on OpenFHE (``openfhe==1.6.1.0.22.4``, CPython 3.10), implementing the backend protocol.
+
+BSD-2-Clause. Install with ``scripts/openfhe-venv.sh`` (the 1.6.1 wheels for 3.11+ need a newer libstdc++
+than Debian 12 has).
+
+How the protocol maps onto OpenFHE:
+
+* ``CCParamsCKKSRNS`` with MultiplicativeDepth = ``levels``, ScalingModSize = ``scale_bits``,
+  FirstModSize = ``first_mod_bits``, RingDim = 2^``log_ring``, BatchSize = ``slots``, ``FIXEDMANUAL``
+  scaling (nothing is rescaled implicitly, so a sum of products is rescaled once) and ``HYBRID`` key
+  switching with ``SetNumLargeDigits(key_switch_digits)`` (dnum, default 3: 104 MB per rotation key at
+  N = 2^16 and 25 levels; depth 30 is the most OpenFHE accepts at 128 bits with dnum 3).
+* Security: ``HEStd_128_classic`` whenever log_ring >= 16, so OpenFHE checks the HE-standard table itself
+  and a rejected set raises ParameterError. Smaller rings (tests only) use ``HEStd_NotSet`` and our own
+  :meth:`CkksParameters.check_security` instead.
+* Levels: OpenFHE counts *consumed* levels (``GetLevel()`` is 0 for a fresh ciphertext); the protocol
+  level is ``levels - GetLevel()``. A pending product is one with ``GetNoiseScaleDeg() >= 2``; OpenFHE
+  would add it to a rescaled ciphertext without complaint under FIXEDMANUAL, so the backend rejects that.
+  Plaintexts are encoded with ``MakeCKKSPackedPlaintext(values, 1, consumed_level)``.
+* Rotations: ``EvalRotate(ct, k)`` is a left rotation by k, as in the protocol. Keys are made per step
+  with ``EvalAutomorphismKeyGen`` so that each step can be exported on its own; hoisting uses
+  ``EvalFastRotationPrecompute`` + ``EvalFastRotation``.
+* OpenFHE keeps evaluation keys in a process-wide cache keyed by the secret key's tag, and deduplicates
+  crypto contexts on deserialisation. A server backend made with :meth:`from_public_keys` rebuilds the
+  context from the serialised one (checked against ``params``) and loads the keys into that cache; it
+  never holds a secret key object. The key tag is the key-set id: ciphertexts under another tag are
+  rejected with CiphertextError.
+* Threads: OpenFHE parallelises inside each operation with OpenMP and holds the GIL. ``threads`` is applied
+  with libgomp's ``omp_set_num_threads`` (process-wide for the calling thread; the last backend made wins).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import openfhe
+
+from cryptoface.backends.protocol import CkksParameters, normalise_step
+from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+
+_MAGIC = b"CFOFH1"
+_HEAD = struct.Struct("<I")
+
+
+def set_omp_threads(threads: int) -> bool:
+    """Set OpenMP's thread count for OpenFHE's parallel loops; False when libgomp cannot be reached."""
+    try:
+        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(ctypes.c_int(max(1, int(threads))))
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def _fingerprint(params: CkksParameters) -> str:
+    text = (f"openfhe-1.6|{params.log_ring}|{params.levels}|{params.scale_bits}|{params.first_mod_bits}|"
+            f"{params.key_switch_digits}")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _frame(meta: dict[str, Any], *payloads: bytes) -> bytes:
+    meta = {**meta, "sizes": [len(p) for p in payloads]}
+    head = json.dumps(meta, sort_keys=True).encode()
+    return b"".join((_MAGIC, _HEAD.pack(len(head)), head, *payloads))
+
+
+def _unframe(data: bytes, what: str, error: type[Exception] = CiphertextError) -> tuple[dict, list[bytes]]:
+    data = bytes(data)
+    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _HEAD.size:
+        raise error(f"not an OpenFHE {what} from CryptoFace (bad magic or too short)")
+    (n,) = _HEAD.unpack_from(data, len(_MAGIC))
+    pos = len(_MAGIC) + _HEAD.size
+    try:
+        meta = json.loads(data[pos : pos + n])
+        sizes = [int(s) for s in meta["sizes"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise error(f"truncated or malformed {what} header") from exc
+    pos += n
+    if pos + sum(sizes) != len(data):
+        raise error(f"{what} is truncated or has trailing bytes")
+    parts = []
+    for s in sizes:
+        parts.append(data[pos : pos + s])
+        pos += s
+    return meta, parts
+
+
+def make_context(params: CkksParameters) -> Any:
+    """OpenFHE CKKS crypto context for ``params`` (OpenFHE's own 128-bit check at log_ring >= 16)."""
+    p = openfhe.CCParamsCKKSRNS()
+    p.SetMultiplicativeDepth(params.levels)
+    p.SetScalingModSize(params.scale_bits)
+    p.SetFirstModSize(params.first_mod_bits)
+    p.SetRingDim(params.ring_degree)
+    p.SetBatchSize(params.slots)
+    p.SetScalingTechnique(openfhe.FIXEDMANUAL)
+    p.SetKeySwitchTechnique(openfhe.HYBRID)
+    p.SetNumLargeDigits(params.key_switch_digits)
+    if params.log_ring >= 16:
+        p.SetSecurityLevel(openfhe.HEStd_128_classic)
+    else:  # test-sized rings: not in OpenFHE's table at these depths; our own check applies instead
+        params.check_security()
+        p.SetSecurityLevel(openfhe.HEStd_NotSet)
+    try:
+        cc = openfhe.GenCryptoContext(p)
+    except RuntimeError as exc:
+        raise ParameterError(f"OpenFHE rejects these CKKS parameters ({params}): {exc}") from exc
+    for feature in (openfhe.PKE, openfhe.KEYSWITCH, openfhe.LEVELEDSHE):
+        cc.Enable(feature)
+    _check_context(cc, params)
+    return cc
+
+
+def _check_context(cc: Any, params: CkksParameters) -> None:
+    got = (cc.GetRingDimension(), cc.GetEncodingParams().GetBatchSize())
+    if got != (params.ring_degree, params.slots):
+        raise ParameterError(f"OpenFHE context has ring/batch {got}, parameters need "
+                             f"{(params.ring_degree, params.slots)}")
+
+
+class OpenFHEBackend:
+    """OpenFHE CKKS backend (FIXEDMANUAL, HYBRID key switching)."""
+
+    name = "openfhe"
+
+    def __init__(self, params: CkksParameters | None = None, threads: int = 1, *, _context: Any = None) -> None:
+        self.params = params or CkksParameters()
+        self.threads = int(threads)
+        set_omp_threads(self.threads)
+        self.cc = _context if _context is not None else make_context(self.params)
+        self._order = self.cc.GetCyclotomicOrder()
+        self._fp = _fingerprint(self.params)
+        self._tag: str | None = None
+        self._secret: Any = None
+        self._public: Any = None
+        self._has_relin = False
+        self._steps: set[int] = set()
+        self._rot_maps: dict[int, Any] = {}  # step -> single-entry EvalKeyMap or its bytes (client, for export)
+
+    # -- keys -------------------------------------------------------------------------------------
+    @property
+    def slots(self) -> int:
+        return self.params.slots
+
+    @property
+    def has_secret_key(self) -> bool:
+        return self._secret is not None
+
+    @property
+    def key_id(self) -> str | None:
+        return self._tag
+
+    def generate_keys(self, rotations: Iterable[int], rotation_levels: Mapping[int, int] | None = None) -> None:
+        """Client side: key pair, relinearisation key and one rotation key per step.
+
+        ``rotation_levels`` is accepted for interface parity with desilofhe and ignored: OpenFHE 1.6 makes
+        every key at the top level (``SetKeyGenLevel`` does not shrink keys).
+        """
+        del rotation_levels
+        steps = sorted({normalise_step(int(k), self.slots) for k in rotations} - {0})
+        kp = self.cc.KeyGen()
+        self._secret, self._public = kp.secretKey, kp.publicKey
+        self._tag = self._secret.GetKeyTag()
+        self.cc.EvalMultKeyGen(self._secret)
+        self._has_relin = True
+        self._steps, self._rot_maps = set(), {}
+        for k in steps:
+            first = not self._tag_has_rotation_keys()
+            m = self.cc.EvalAutomorphismKeyGen(self._secret, [self.cc.FindAutomorphismIndex(k)])
+            # EvalAutomorphismKeyGen inserts into the global cache; the first map for a tag *becomes* the
+            # cache's map and later keys are merged into it, so serialise that one now while it holds one key.
+            self._rot_maps[k] = openfhe.Serialize(m, openfhe.BINARY) if first else m
+            self._steps.add(k)
+
+    def _tag_has_rotation_keys(self) -> bool:
+        try:
+            self.cc.GetEvalAutomorphismKeyMap(self._tag)
+        except RuntimeError:
+            return False
+        return True
+
+    def rotation_steps(self) -> frozenset[int]:
+        return frozenset(self._steps)
+
+    def export_evaluation_keys(self) -> dict[str, bytes]:
+        self._require_keys()
+        if self._secret is None:
+            raise MissingKeyError("only the client backend that generated the keys can export them")
+        meta = {"key_id": self._tag, "fp": self._fp}
+        b = openfhe.BINARY
+        keys = {
+            "public": _frame({**meta, "kind": "public"}, openfhe.Serialize(self.cc, b),
+                             openfhe.Serialize(self._public, b)),
+            "relin": _frame({**meta, "kind": "relin"}, openfhe.SerializeEvalMultKeyString(b, self._tag)),
+        }
+        for k in sorted(self._rot_maps):
+            m = self._rot_maps[k]
+            blob = m if isinstance(m, bytes) else openfhe.Serialize(m, b)
+            keys[f"rotation:{k}"] = _frame({**meta, "kind": "rotation", "step": k}, blob)
+        return keys
+
+    @classmethod
+    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], threads: int = 1) -> OpenFHEBackend:
+        """Server side: rebuild the client's context and load its public and evaluation keys."""
+        if "public" not in keys:
+            raise MissingKeyError("the key set has no public key")
+        fp = _fingerprint(params)
+        b = openfhe.BINARY
+
+        def load(name: str, kind: str) -> tuple[dict, list[bytes]]:
+            meta, parts = _unframe(keys[name], f"{kind} key", MissingKeyError)
+            if meta.get("kind") != kind or meta.get("fp") != fp:
+                raise MissingKeyError(f"key {name!r} is not a {kind} key for these parameters")
+            return meta, parts
+
+        meta, (cc_bytes, pk_bytes) = load("public", "public")
+        tag = str(meta["key_id"])
+        try:
+            cc = openfhe.DeserializeCryptoContextString(cc_bytes, b)
+        except RuntimeError as exc:
+            raise MissingKeyError(f"unreadable crypto context in the key set: {exc}") from exc
+        if cc.GetMultiplicativeDepth() != params.levels:
+            raise ParameterError(f"the client's context has depth {cc.GetMultiplicativeDepth()}, not {params.levels}")
+        _check_context(cc, params)
+        backend = cls(params, threads=threads, _context=cc)
+        backend._tag = tag
+        try:
+            backend._public = openfhe.DeserializePublicKeyString(pk_bytes, b)
+            if "relin" in keys:
+                relin_meta, (relin,) = load("relin", "relin")
+                if relin_meta.get("key_id") != tag:
+                    raise MissingKeyError("the relinearisation key belongs to another key set")
+                if tag not in cc.GetAllEvalMultKeys():  # already cached when client and server share a process
+                    openfhe.DeserializeEvalMultKeyString(relin, b)
+                backend._has_relin = True
+            for name in keys:
+                if not name.startswith("rotation:"):
+                    continue
+                rot_meta, (blob,) = load(name, "rotation")
+                if rot_meta.get("key_id") != tag:
+                    raise MissingKeyError(f"key {name!r} belongs to another key set")
+                cc.InsertEvalAutomorphismKey(openfhe.DeserializeEvalKeyMapString(blob, b), tag)
+                backend._steps.add(normalise_step(int(rot_meta["step"]), backend.slots))
+        except RuntimeError as exc:
+            raise MissingKeyError(f"unreadable key in the key set: {exc}") from exc
+        if backend._public.GetKeyTag() != tag:
+            raise MissingKeyError("the public key does not belong to the key set named in its header")
+        return backend
+
+    # -- data -------------------------------------------------------------------------------------
+    def encode(self, values: np.ndarray, level: int) -> Any:
+        consumed = self.params.levels - self._check_level(level)
+        return self.cc.MakeCKKSPackedPlaintext(self._pad(values), 1, consumed)
+
+    def encrypt(self, values: np.ndarray, level: int | None = None) -> Any:
+        self._require_keys()
+        level = self.params.levels if level is None else level
+        return self.cc.Encrypt(self._public, self.encode(values, level))
+
+    def decrypt(self, ct: Any) -> np.ndarray:
+        self._check_ct(ct)
+        if self._secret is None:
+            raise MissingKeyError("this backend holds no secret key (server role); only the client decrypts")
+        if self._pending(ct):
+            raise CiphertextError("decrypting a product that was never rescaled")
+        try:
+            pt = self.cc.Decrypt(self._secret, ct)
+        except RuntimeError as exc:
+            raise CiphertextError(f"decryption failed (wrong key or too much noise): {exc}") from exc
+        pt.SetLength(self.slots)
+        return np.asarray(pt.GetRealPackedValue(), dtype=np.float64)
+
+    def level(self, ct: Any) -> int:
+        self._check_ct(ct)
+        return self.params.levels - ct.GetLevel()
+
+    # -- arithmetic -------------------------------------------------------------------------------
+    def add(self, a: Any, b: Any) -> Any:
+        a, b = self._align(a, b)
+        return self.cc.EvalAdd(a, b)
+
+    def sub(self, a: Any, b: Any) -> Any:
+        a, b = self._align(a, b)
+        return self.cc.EvalSub(a, b)
+
+    def add_plain(self, ct: Any, values: np.ndarray) -> Any:
+        self._check_fresh(ct, "add_plain on")
+        return self.cc.EvalAdd(ct, self.cc.MakeCKKSPackedPlaintext(self._pad(values), 1, ct.GetLevel()))
+
+    def mul_plain(self, ct: Any, pt: Any) -> Any:
+        self._check_fresh(ct, "multiplying")
+        if not isinstance(pt, openfhe.Plaintext):
+            raise CiphertextError(f"expected an OpenFHE plaintext from encode(), got {type(pt).__name__}")
+        if pt.GetLevel() != ct.GetLevel():
+            raise CiphertextError(f"plaintext encoded for level {self.params.levels - pt.GetLevel()} used at level "
+                                  f"{self.level(ct)}")
+        return self.cc.EvalMult(ct, pt)
+
+    def mul_scalar(self, ct: Any, value: float) -> Any:
+        self._check_fresh(ct, "multiplying")
+        return self.cc.EvalMult(ct, float(value))
+
+    def mul(self, a: Any, b: Any) -> Any:
+        self._check_fresh(a, "multiplying")
+        self._check_fresh(b, "multiplying")
+        a, b = self._align(a, b)
+        if not self._has_relin:
+            raise MissingKeyError("no relinearisation key in this key set")
+        return self.cc.EvalMult(a, b)
+
+    def rescale(self, ct: Any) -> Any:
+        self._check_ct(ct)
+        if not self._pending(ct):
+            raise CiphertextError("rescale of a ciphertext that holds no pending product")
+        if self.level(ct) < 1:
+            raise ParameterError("out of levels: the program needs more levels than the parameters provide")
+        return self.cc.Rescale(ct)
+
+    def multiply_accumulate(self, cts: Sequence[Any], pts: Sequence[Any]) -> Any:
+        # EvalLinearWSum only takes scalar weights, so: EvalMult per term, EvalAddInPlace, one Rescale.
+        if len(cts) != len(pts) or not cts:
+            raise ValueError("multiply_accumulate needs equally many (>= 1) ciphertexts and plaintexts")
+        acc = self.mul_plain(cts[0], pts[0])
+        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+            prod = self.mul_plain(ct, pt)
+            if prod.GetLevel() == acc.GetLevel():
+                self.cc.EvalAddInPlace(acc, prod)
+            else:
+                acc = self.add(acc, prod)
+        return self.rescale(acc)
+
+    def rotate(self, ct: Any, step: int) -> Any:
+        self._check_ct(ct)
+        k = normalise_step(step, self.slots)
+        if k == 0:
+            return ct
+        self._require_step(k)
+        return self.cc.EvalRotate(ct, k)
+
+    def rotate_many(self, ct: Any, steps: Sequence[int]) -> list[Any]:
+        self._check_ct(ct)
+        ks = [normalise_step(s, self.slots) for s in steps]
+        nonzero = sorted(set(ks) - {0})
+        for k in nonzero:
+            self._require_step(k)
+        out: dict[int, Any] = {0: ct}
+        if len(nonzero) == 1:
+            out[nonzero[0]] = self.cc.EvalRotate(ct, nonzero[0])
+        elif nonzero:
+            pre = self.cc.EvalFastRotationPrecompute(ct)
+            for k in nonzero:
+                out[k] = self.cc.EvalFastRotation(ct, k, self._order, pre)
+        return [out[k] for k in ks]
+
+    def level_down(self, ct: Any, level: int) -> Any:
+        self._check_ct(ct)
+        if self._pending(ct):
+            raise CiphertextError("level_down of a product that was not rescaled")
+        current = self.level(ct)
+        if not 0 <= level <= current:
+            raise CiphertextError(f"cannot move a ciphertext from level {current} to {level}")
+        if level == current:
+            return ct
+        return self.cc.LevelReduce(ct, None, current - level)
+
+    # -- bytes ------------------------------------------------------------------------------------
+    def serialize(self, ct: Any) -> bytes:
+        self._check_ct(ct)
+        meta = {"kind": "ciphertext", "key_id": ct.GetKeyTag(), "fp": self._fp, "level": self.level(ct),
+                "pending": self._pending(ct)}
+        return _frame(meta, openfhe.Serialize(ct, openfhe.BINARY))
+
+    def deserialize(self, data: bytes) -> Any:
+        meta, parts = _unframe(data, "ciphertext")
+        if meta.get("kind") != "ciphertext" or meta.get("fp") != self._fp or len(parts) != 1:
+            raise CiphertextError("ciphertext was made for other parameters (or is not a ciphertext)")
+        if self._tag is not None and meta.get("key_id") != self._tag:
+            raise CiphertextError("ciphertext was made under another key set")
+        try:
+            ct = openfhe.DeserializeCiphertextString(parts[0], openfhe.BINARY)
+        except RuntimeError as exc:
+            raise CiphertextError(f"malformed ciphertext: {exc}") from exc
+        self._check_ct(ct)
+        if self.level(ct) != meta.get("level") or self._pending(ct) != meta.get("pending"):
+            raise CiphertextError("ciphertext level or scale does not match its header")
+        return ct
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def _require_keys(self) -> None:
+        if self._tag is None or self._public is None:
+            raise MissingKeyError("no keys: call generate_keys() (client) or from_public_keys() (server)")
+
+    def _require_step(self, k: int) -> None:
+        if k not in self._steps:
+            raise MissingKeyError(f"no rotation key for step {k} (have {len(self._steps)} steps)")
+
+    def _pad(self, values: np.ndarray) -> list[float]:
+        v = np.asarray(values, dtype=np.float64).ravel()
+        if v.size > self.slots:
+            raise ValueError(f"{v.size} values do not fit {self.slots} slots")
+        out = np.zeros(self.slots)
+        out[: v.size] = v
+        return out.tolist()
+
+    def _check_level(self, level: int) -> int:
+        if not 0 <= level <= self.params.levels:
+            raise ParameterError(f"level {level} outside 0..{self.params.levels}")
+        return int(level)
+
+    def _check_ct(self, ct: object) -> None:
+        if not isinstance(ct, openfhe.Ciphertext):
+            raise CiphertextError(f"expected an OpenFHE ciphertext, got {type(ct).__name__}")
+        if self._tag is not None and ct.GetKeyTag() != self._tag:
+            raise CiphertextError("ciphertext was made under another key set")
+
+    @staticmethod
+    def _pending(ct: Any) -> bool:
+        return ct.GetNoiseScaleDeg() >= 2
+
+    def _check_fresh(self, ct: Any, what: str) -> None:
+        self._check_ct(ct)
+        if self._pending(ct):
+            raise CiphertextError(f"{what} a product that was not rescaled; rescale first")
+
+    def _align(self, a: Any, b: Any) -> tuple[Any, Any]:
+        self._check_ct(a)
+        self._check_ct(b)
+        if self._pending(a) != self._pending(b):
+            raise CiphertextError("adding a rescaled ciphertext to a pending product (different scales)")
+        la, lb = a.GetLevel(), b.GetLevel()  # consumed levels
+        if la < lb:
+            a = self.cc.LevelReduce(a, None, lb - la)
+        elif lb < la:
+            b = self.cc.LevelReduce(b, None, la - lb)
+        return a, b
