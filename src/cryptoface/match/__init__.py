@@ -1,0 +1,38 @@
+"""Encrypted matching: approximate L2 normalisation, 1:1 cosine, 1:N packed gallery, decision-only sign.
+
+* :mod:`.poly` designs the polynomials in the clear (1/sqrt fit, composite sign) and documents their errors.
+* :mod:`.homomorphic` evaluates them on ciphertexts through the backend protocol only.
+* :mod:`.layout` defines template and gallery slot layouts; :mod:`.levels` the level budget
+  (``MATCH_LEVELS``); :mod:`.threshold` the global threshold tau.
+"""
+
+from cryptoface.match.homomorphic import (
+    cosine,
+    decision,
+    gallery_scores,
+    normalise,
+    pack_gallery,
+    replicate_probe,
+    rotation_steps,
+)
+from cryptoface.match.layout import GalleryLayout, TemplateLayout
+from cryptoface.match.levels import MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS, SCORE_MATCH_LEVELS
+from cryptoface.match.threshold import DEFAULT_THRESHOLD, threshold_from_metadata
+
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "MATCH_LEVELS",
+    "NORMALISE_LEVELS",
+    "SCORE_LEVELS",
+    "SCORE_MATCH_LEVELS",
+    "GalleryLayout",
+    "TemplateLayout",
+    "cosine",
+    "decision",
+    "gallery_scores",
+    "normalise",
+    "pack_gallery",
+    "replicate_probe",
+    "rotation_steps",
+    "threshold_from_metadata",
+]
