@@ -28,8 +28,7 @@ def decision_clear(score: float, tau: float) -> float:
     return float(sign_clear(score, tau))
 
 
-def encrypt_embedding_for_tests(backend: CkksBackend, embedding: np.ndarray, layout: TemplateLayout,
-                                level: int) -> Any:
+def encrypt_embedding_for_tests(backend: CkksBackend, embedding: np.ndarray, layout: TemplateLayout, level: int) -> Any:
     """TEST HELPER, NOT INFERENCE: encrypt a clear 256-d embedding in the engine's template layout at ``level``.
 
     It stands in for the engine's output (same layout, chosen level) in tests and in the demo's fallback; a

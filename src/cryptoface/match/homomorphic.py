@@ -177,8 +177,7 @@ def replicate_probe(backend: CkksBackend, probe: Any, gallery: GalleryLayout) ->
     return probe
 
 
-def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gallery: GalleryLayout,
-                   count: int) -> Any:
+def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gallery: GalleryLayout, count: int) -> Any:
     """Cosine of the probe with each of the first ``count`` packed templates at ``gallery.score_slot(n)``.
 
     2 levels, 8 rotations per gallery ciphertext; every slot that is not a score is zero.

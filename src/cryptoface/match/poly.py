@@ -36,13 +36,25 @@ effects on the decision and well inside the 1e-3 budget. Degree 31 would cost on
 Sign (decision only)
 --------------------
 The client may learn only accept/reject. With u = score (a cosine in [-1, 1]) and z = (u - tau) / R,
-R = 1 + |tau| (so |z| <= 1), we evaluate F = f o f o ... o f(z) with the odd polynomial
-f(x) = (35x - 35x^3 + 21x^5 - 5x^7) / 16, which maps [-1, 1] onto itself, is increasing and has f(x) - sign(x)
-= O(|x - sign x|^4) near +-1. The first stage is written directly as a polynomial in u (the shift and scale are
-folded into its coefficients, so they cost no level). Each stage is degree 7 = depth 3. Since f is odd and
-increasing, sign(F) = sign(u - tau) exactly (up to CKKS noise where F ~ 0); outside the *uncertain band*
-|u - tau| < delta the value F is within ``SIGN_TOLERANCE`` of +-1, so it says (almost) nothing more than the bit.
-Inside the band F still has the right sign but reveals how close the score is to tau.
+R = 1 + |tau| (so |z| <= 1), we evaluate a composite of odd degree-7 polynomials (Cheon, Kim, Kim & Lee,
+Asiacrypt 2020): g3 first (it pushes small |z| away from 0 quickly), then f3 twice (order-4 convergence to +-1).
+The first stage is written directly as a polynomial in u (shift and scale folded into its coefficients, so they
+cost no level). Each stage is degree 7 = depth 3. The stages are odd and increasing on [-1, 1], so
+sign(F) = sign(u - tau) (up to CKKS noise where F ~ 0). Outside the *uncertain band* |u - tau| < delta, F is
+within ``SIGN_TOLERANCE`` = 1e-2 of +-1, so it says (almost) nothing beyond the bit; inside the band F still has
+the right sign but reveals how close the score is to tau. Measured band at tau = 0.23 (:func:`sign_table`):
+
+================== ===== ==================
+stages             depth delta (cosine)
+================== ===== ==================
+f3 f3              6     0.508
+f3 f3 f3           9     0.241
+**g3 f3 f3**       **9** **0.117**
+g3 g3 f3 f3        12    0.026
+g3 g3 g3 f3 f3     15    0.0058
+================== ===== ==================
+
+We use g3 f3 f3 (9 levels). A deployment with more levels to spare should take g3 g3 f3 f3.
 """
 
 from __future__ import annotations
@@ -103,8 +115,9 @@ class ChebyshevSeries:
         return cheb.chebval(alpha * np.asarray(y, dtype=np.float64) + beta, np.asarray(self.coeffs))
 
 
-def fit_relative_minimax(func, low: float, high: float, degree: int, points: int = 20001,
-                         iterations: int = 60) -> ChebyshevSeries:
+def fit_relative_minimax(
+    func, low: float, high: float, degree: int, points: int = 20001, iterations: int = 60
+) -> ChebyshevSeries:
     """Near-minimax fit of ``func`` in *relative* error (Lawson's algorithm) in the Chebyshev basis."""
     y = np.linspace(low, high, points)
     x = (2 * y - low - high) / (high - low)
@@ -129,8 +142,9 @@ def _inv_sqrt(y: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def inverse_sqrt_series(degree: int = INV_SQRT_DEGREE, low: float = INV_SQRT_LOW,
-                        high: float = INV_SQRT_HIGH) -> ChebyshevSeries:
+def inverse_sqrt_series(
+    degree: int = INV_SQRT_DEGREE, low: float = INV_SQRT_LOW, high: float = INV_SQRT_HIGH
+) -> ChebyshevSeries:
     """The (deterministic, cached) fit of 1/sqrt(y) on [low, high] used for every template."""
     return fit_relative_minimax(_inv_sqrt, low, high, degree)
 
@@ -182,8 +196,9 @@ def sign_depth(stages: tuple[str, ...] = SIGN_STAGES) -> int:
     return sum(chebyshev_depth(len(SIGN_POLYS[name]) - 1) for name in stages)
 
 
-def sign_band(tau: float, stages: tuple[str, ...] = SIGN_STAGES, tolerance: float = SIGN_TOLERANCE,
-              points: int = 400001) -> float:
+def sign_band(
+    tau: float, stages: tuple[str, ...] = SIGN_STAGES, tolerance: float = SIGN_TOLERANCE, points: int = 400001
+) -> float:
     """Smallest delta such that |F(u) - sign(u - tau)| <= tolerance whenever |u - tau| >= delta, u in [-1, 1]."""
     u = np.linspace(-1.0, 1.0, points)
     bad = np.abs(sign_clear(u, tau, stages) - np.sign(u - tau)) > tolerance
@@ -191,10 +206,14 @@ def sign_band(tau: float, stages: tuple[str, ...] = SIGN_STAGES, tolerance: floa
 
 
 SIGN_CANDIDATES: tuple[tuple[str, ...], ...] = (
-    ("f3", "f3"), ("f3", "f3", "f3"), ("g3", "f3", "f3"), ("g3", "g3", "f3", "f3"), ("g3", "g3", "g3", "f3", "f3"),
+    ("f3", "f3"),
+    ("f3", "f3", "f3"),
+    ("g3", "f3", "f3"),
+    ("g3", "g3", "f3", "f3"),
+    ("g3", "g3", "g3", "f3", "f3"),
 )
 
 
 def sign_table(tau: float = 0.23, candidates=SIGN_CANDIDATES) -> list[tuple[str, int, float]]:
     """(stages, depth, band delta in cosine units) rows."""
-    return [("o".join(c), sign_depth(c), sign_band(tau, c)) for c in candidates]
+    return [(" ".join(c), sign_depth(c), sign_band(tau, c)) for c in candidates]
