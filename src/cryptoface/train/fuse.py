@@ -30,15 +30,17 @@ leaves that model untouched.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedBlock, FusedModel, FusedPatchNet, Quadratic
 from cryptoface.train.model import HERMITE_RELU, HerPN, HerPNConv, PatchCNN
+
+if TYPE_CHECKING:  # torch itself is imported at module level only by cryptoface.train.model
+    import torch
+    from torch.nn.modules.batchnorm import _BatchNorm
 
 DEFAULT_A2_FLOOR = 1e-7
 
@@ -49,16 +51,16 @@ FLOOR_RULE = (
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
-    return t.detach().cpu().to(torch.float64).numpy().copy()
+    return t.detach().cpu().double().numpy().copy()
 
 
-def _bn_stats(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+def _bn_stats(bn: _BatchNorm) -> tuple[np.ndarray, np.ndarray]:
     if bn.running_mean is None or bn.running_var is None:
         raise ValueError("cannot fuse a BatchNorm without running statistics (track_running_stats=False)")
     return _np(bn.running_mean), _np(bn.running_var)
 
 
-def bn_affine(bn: nn.modules.batchnorm._BatchNorm) -> tuple[np.ndarray, np.ndarray]:
+def bn_affine(bn: _BatchNorm) -> tuple[np.ndarray, np.ndarray]:
     """Eval-mode BatchNorm as y = scale * x + shift (float64, per channel)."""
     mean, var = _bn_stats(bn)
     scale = 1.0 / np.sqrt(var + bn.eps)

@@ -12,8 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from cryptoface.errors import ModelFileError
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel
@@ -43,6 +41,8 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
 
 def load_paper_checkpoint(path: str | os.PathLike[str], resolution: int = 64) -> PatchCNN:
     """Build PatchCNN(resolution), load the checkpoint's ``backbone`` strictly, return it in eval mode."""
+    import torch  # lazily: cryptoface.train.model is the one module importing torch at import time
+
     p = Path(path)
     if not p.is_file():
         raise ModelFileError(f"checkpoint not found: {p}")
