@@ -1,0 +1,303 @@
+"""Server-side matching logic, independent of HTTP: the service holds public/evaluation keys only.
+
+There is deliberately no code path here that creates, loads or accepts a secret key: backends are built with
+``from_public_keys`` and checked to hold no secret key; key kinds that look like a secret key are refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from cryptoface.backends import backend_class
+from cryptoface.backends.protocol import CkksBackend, CkksParameters
+from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+from cryptoface.match import homomorphic as hm
+from cryptoface.match.layout import GalleryLayout, TemplateLayout
+from cryptoface.match.levels import DECISION_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
+from cryptoface.match.threshold import DEFAULT_THRESHOLD
+from cryptoface.store.base import (
+    ConflictError,
+    NewTemplate,
+    StoreError,
+    TemplateRecord,
+    TemplateStore,
+)
+
+PARAM_FIELDS = ("log_ring", "levels", "scale_bits", "first_mod_bits", "special_mod_bits", "key_switch_digits")
+MODES = ("score", "decision")
+
+
+class ServiceInputError(Exception):
+    """A request that is well-formed JSON but cannot be served (HTTP 400)."""
+
+
+class EngineUnavailableError(Exception):
+    """Encrypted inference is not available in this build (HTTP 501)."""
+
+
+def params_to_json(params: CkksParameters) -> str:
+    return json.dumps({k: getattr(params, k) for k in PARAM_FIELDS}, sort_keys=True)
+
+
+def params_from_json(text: str) -> CkksParameters:
+    try:
+        raw = json.loads(text)
+        unknown = set(raw) - set(PARAM_FIELDS)
+        if unknown:
+            raise ParameterError(f"unknown CKKS parameter(s) {sorted(unknown)}")
+        params = CkksParameters(**{k: int(v) for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"unreadable CKKS parameters: {exc}") from exc
+    if not 10 <= params.log_ring <= 17 or not 1 <= params.levels <= 60:
+        raise ParameterError(f"CKKS parameters out of range: {asdict(params)}")
+    return params
+
+
+def _is_secret_kind(kind: str) -> bool:
+    k = kind.lower()
+    return k.startswith("secret") or k in {"sk", "private"}
+
+
+@dataclass
+class _KeySetState:
+    backend: CkksBackend
+    params: CkksParameters
+    params_id: str
+    lock: threading.Lock
+
+
+class MatchService:
+    """Enrol / verify / identify on encrypted templates for any number of client key sets."""
+
+    def __init__(
+        self,
+        store: TemplateStore,
+        *,
+        model: Any = None,
+        model_id: str = "none",
+        threshold: float = DEFAULT_THRESHOLD,
+        cache_size: int = 4,
+    ) -> None:
+        self.store = store
+        self.model = model
+        self.model_id = model_id
+        self.threshold = float(threshold)
+        self._cache: OrderedDict[str, _KeySetState] = OrderedDict()
+        self._cache_size = cache_size
+        self._cache_lock = threading.Lock()
+
+    # -- key sets -----------------------------------------------------------------------------
+    def register_keys(self, backend_name: str, params_json: str, keys: dict[str, bytes]) -> str:
+        if any(_is_secret_kind(k) for k in keys):
+            raise ServiceInputError("refused: the request carries a secret key; the server accepts public keys only")
+        params = params_from_json(params_json)
+        cls = backend_class(backend_name)
+        server_backend = cls.from_public_keys(params, keys)  # raises MissingKeyError on unreadable keys
+        if server_backend.has_secret_key:  # pragma: no cover - guarded by the backends themselves
+            raise ServiceInputError("refused: these keys give the server a secret key")
+        record = self.store.add_key_set(backend_name, params_to_json(params), keys)
+        self._forget(record.key_id)
+        return record.key_id
+
+    def add_key(self, key_id: str, kind: str, data: bytes) -> None:
+        if _is_secret_kind(kind) or kind == "public":
+            raise ServiceInputError(f"refused key kind {kind!r}: add evaluation keys (relin, rotation:<k>) only")
+        if not (kind == "relin" or kind.startswith("rotation:")):
+            raise ServiceInputError(f"unknown key kind {kind!r}; expected 'relin' or 'rotation:<step>'")
+        record = self.store.get_key_set(key_id)
+        keys = self.store.key_set_keys(key_id)
+        keys[kind] = data
+        backend = backend_class(record.backend).from_public_keys(params_from_json(record.params_json), keys)
+        if backend.has_secret_key:  # pragma: no cover
+            raise ServiceInputError("refused: these keys give the server a secret key")
+        self.store.add_key_set(record.backend, record.params_json, {kind: data, "public": keys["public"]})
+        self._forget(key_id)
+
+    def _forget(self, key_id: str) -> None:
+        with self._cache_lock:
+            self._cache.pop(key_id, None)
+
+    def _state(self, key_id: str) -> _KeySetState:
+        with self._cache_lock:
+            state = self._cache.get(key_id)
+            if state is not None:
+                self._cache.move_to_end(key_id)
+                return state
+        record = self.store.get_key_set(key_id)
+        params = params_from_json(record.params_json)
+        backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(key_id))
+        if backend.has_secret_key:  # pragma: no cover
+            raise ServiceInputError("refused: stored keys give the server a secret key")
+        state = _KeySetState(backend, params, record.params_id, threading.Lock())
+        with self._cache_lock:
+            self._cache[key_id] = state
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        return state
+
+    def backends_hold_secret_keys(self) -> bool:
+        """True if any cached server backend can decrypt (tests assert False)."""
+        with self._cache_lock:
+            return any(s.backend.has_secret_key for s in self._cache.values())
+
+    # -- templates ----------------------------------------------------------------------------
+    def _template_from_probe(self, state: _KeySetState, probe: dict[str, Any]) -> tuple[Any, TemplateLayout]:
+        """Raw template ciphertext + layout from a request probe: images (engine) or an encrypted template."""
+        be = state.backend
+        if probe.get("images") is not None:
+            if self.model is None:
+                raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
+            resolution = probe.get("resolution")
+            if resolution is not None and int(resolution) != int(self.model.resolution):
+                raise ServiceInputError(
+                    f"wrong resolution {resolution}: this server's model takes {self.model.resolution}x"
+                    f"{self.model.resolution} inputs"
+                )
+            cts = [be.deserialize(b) for b in probe["images"]]
+            return self._infer(be, cts)
+        ct = be.deserialize(probe["ciphertext"])
+        return ct, TemplateLayout(int(probe.get("stride", 1)))
+
+    def _infer(self, backend: CkksBackend, cts: list[Any]) -> tuple[Any, TemplateLayout]:
+        try:
+            engine = importlib.import_module("cryptoface.engine")
+            infer = engine.infer_template
+        except (ImportError, AttributeError) as exc:
+            raise EngineUnavailableError(
+                "encrypted inference is not available in this build (cryptoface.engine.infer_template is missing); "
+                "send an encrypted template instead"
+            ) from exc
+        out = infer(backend, self.model, cts)
+        if isinstance(out, tuple):
+            return out[0], out[1]
+        return out.ciphertext, out.layout
+
+    def _normalised(self, state: _KeySetState, probe: dict[str, Any], extra_levels: int) -> tuple[Any, int]:
+        ct, layout = self._template_from_probe(state, probe)
+        need = NORMALISE_LEVELS + extra_levels
+        level = state.backend.level(ct)
+        if level < need:
+            raise CiphertextError(f"the template is at level {level}; normalising and scoring it needs {need} levels")
+        return hm.normalise(state.backend, ct, layout), int(layout.stride)
+
+    def enroll(self, key_id: str, subject: str, probes: list[dict[str, Any]]) -> list[int]:
+        """Normalise each encrypted template (or infer it from images) and store them, all or nothing."""
+        if not probes:
+            raise ServiceInputError("nothing to enrol")
+        state = self._state(key_id)
+        new = []
+        with state.lock:
+            for probe in probes:
+                ct, stride = self._normalised(state, probe, SCORE_LEVELS)
+                new.append(
+                    NewTemplate(
+                        state.backend.serialize(ct), state.backend.level(ct), stride, self.model_id, state.params_id
+                    )
+                )
+        return self.store.enroll(key_id, subject, new)
+
+    def _check_mode(self, mode: str, template_level: int) -> int:
+        if mode not in MODES:
+            raise ServiceInputError(f"mode must be one of {MODES}")
+        if mode == "decision":
+            need = SCORE_LEVELS + DECISION_LEVELS
+            if template_level < need:
+                raise ServiceInputError(
+                    f"decision-only matching needs templates with {need} levels left, these have {template_level}; "
+                    "use mode 'score' or larger parameters"
+                )
+            return DECISION_LEVELS
+        return 0
+
+    def verify(self, key_id: str, subject: str, probe: dict[str, Any], mode: str = "score") -> list[bytes]:
+        """One result ciphertext per enrolled template of ``subject``: the cosine (or F(cos - tau)) in slot 0."""
+        state = self._state(key_id)
+        records = self.store.templates(key_id, subject)
+        be = state.backend
+        extra = self._check_mode(mode, min(r.level for r in records))
+        out = []
+        with state.lock:
+            p, stride = self._normalised(state, probe, SCORE_LEVELS + extra)
+            for r in records:
+                self._check_compatible(r, stride, state)
+                s = hm.cosine(be, p, be.deserialize(r.ciphertext), TemplateLayout(stride))
+                out.append(be.serialize(hm.decision(be, s, self.threshold) if mode == "decision" else s))
+        return out
+
+    def _check_compatible(self, r: TemplateRecord, stride: int, state: _KeySetState) -> None:
+        if r.stride != stride:
+            raise ServiceInputError(f"probe stride {stride} differs from the enrolled template's {r.stride}")
+        if r.params_id != state.params_id:
+            raise ServiceInputError("the enrolled template was made under other CKKS parameters")
+
+    def identify(
+        self, key_id: str, probe: dict[str, Any], mode: str = "score"
+    ) -> list[tuple[bytes, list[int], list[str]]]:
+        """Score the probe against every enrolled template: (result ciphertext, score slots, subject per slot)."""
+        state = self._state(key_id)
+        be = state.backend
+        records = self.store.templates(key_id)
+        if not records:
+            raise ServiceInputError("no subject is enrolled under this key set")
+        with state.lock:
+            p, stride = self._normalised(state, probe, SCORE_LEVELS + self._check_mode(mode, 10**9))
+            records = [r for r in records if r.stride == stride and r.model_id == self.model_id]
+            if not records:
+                raise ServiceInputError(f"no enrolled template has stride {stride} and model {self.model_id!r}")
+            self._check_mode(mode, min(r.level for r in records))
+            gallery = GalleryLayout(stride, be.slots)
+            chunks = self._galleries(key_id, state, gallery, records)
+            rep = hm.replicate_probe(be, p, gallery)
+            names = {r.id: r.subject for r in records}
+            out = []
+            for ct_bytes, ids in chunks:
+                s = hm.gallery_scores(be, rep, be.deserialize(ct_bytes), gallery, len(ids))
+                if mode == "decision":
+                    s = hm.decision(be, s, self.threshold)
+                slots = [int(x) for x in gallery.score_slots(len(ids))]
+                out.append((be.serialize(s), slots, [names[i] for i in ids]))
+        return out
+
+    def _galleries(
+        self, key_id: str, state: _KeySetState, gallery: GalleryLayout, records: list[TemplateRecord]
+    ) -> list[tuple[bytes, list[int]]]:
+        ids = {r.id for r in records}
+        stored = self.store.galleries(key_id, gallery.stride, self.model_id)
+        if stored and {i for g in stored for i in g.template_ids} == ids:
+            return [(g.ciphertext, list(g.template_ids)) for g in stored]
+        be = state.backend
+        chunks = []
+        for start in range(0, len(records), gallery.capacity):
+            part = records[start : start + gallery.capacity]
+            packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
+            chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
+        with contextlib.suppress(ConflictError):  # enrolled meanwhile: serve from this packing, the next one repacks
+            self.store.replace_galleries(key_id, gallery.stride, self.model_id, chunks)
+        return [(c, ids_) for c, ids_, _ in chunks]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "model_id": self.model_id,
+            "model_resolution": None if self.model is None else int(self.model.resolution),
+            "normalise_levels": NORMALISE_LEVELS,
+            "score_levels": SCORE_LEVELS,
+            "decision_levels": DECISION_LEVELS,
+        }
+
+
+__all__ = [
+    "EngineUnavailableError",
+    "MatchService",
+    "MissingKeyError",
+    "ServiceInputError",
+    "StoreError",
+    "params_from_json",
+    "params_to_json",
+]
