@@ -1,0 +1,295 @@
+"""Encrypted CryptoFaceNet inference following a :class:`~cryptoface.engine.plan.Plan` on any CKKS backend.
+
+Zero-slot invariant: every slot that holds no tensor element is exactly zero after every step. Linear
+layers write only output slots (their diagonals are zero elsewhere); a quadratic
+``q(x) = x^2 + b x + c`` adds ``c`` only on the slots of valid elements, so an empty slot stays
+``0^2 + 0 + 0``. The only exception is the rotate-and-add pooling pre-reduction before the head, whose
+garbage in non-anchor slots is never read: the head's diagonals only take anchor slots.
+
+Linear layers: output ciphertext ``j`` = ``sum_g rot(sum_(i, b) rot(in_i, b) * rot(w_(i, g+b), -g), g)``:
+baby rotations of every input ciphertext once per layer (hoisted with ``rotate_many`` or composed from
+power-of-two keys), one ``multiply_accumulate`` (hence one rescale, one level) per giant step, weight
+plaintexts encoded at the level where they are used and dropped right after.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from cryptoface.engine import layout as lay
+from cryptoface.engine.linear import Diagonals, PoolHeadTerm, compose_tree, conv_diagonals, naf, pool_head_diagonals
+from cryptoface.engine.plan import NETWORK_LEVELS, Plan, PlanLayer, build_plan, layer_diagonals
+from cryptoface.errors import ParameterError
+from cryptoface.model.fused import FusedModel
+from cryptoface.model.reference import split_patches
+
+
+@dataclass
+class LayerRecord:
+    """What one plan step took: wall seconds, levels, ciphertexts and the modelled cost."""
+
+    name: str
+    kind: str
+    level_in: int
+    level_out: int
+    seconds: float
+    out_cts: int
+    diagonals: int
+    rotations: int
+    modelled_s: float
+
+
+def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+
+
+def weighted_terms(model: FusedModel, layer: PlanLayer) -> tuple:
+    """The layer's terms with the model's per-patch weights filled in."""
+    nets = model.patches
+    key = layer.weights
+    out = []
+    for term in layer.terms:
+        if isinstance(term, PoolHeadTerm):
+            out.append(replace(term, head=_stack([p.head for p in nets])))
+            continue
+        if key[0] == "stem":
+            w = _stack([p.stem for p in nets])
+        elif term.source == 0:
+            w = _stack([getattr(p.blocks[key[1]], key[2]) for p in nets])
+        else:  # shortcut of block key[1]
+            blocks = [p.blocks[key[1]] for p in nets]
+            if term.channel_diagonal:
+                s = _stack([b.shortcut_scale for b in blocks])  # (n, C)
+                c = s.shape[1]
+                w = np.zeros((len(nets), c, c, 1, 1))
+                w[:, np.arange(c), np.arange(c), 0, 0] = s
+            else:
+                w = _stack([b.shortcut_conv for b in blocks])[:, :, :, None, None]
+        out.append(replace(term, weights=w))
+    return tuple(out)
+
+
+class EncryptedModel:
+    """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
+
+    def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int = 1,
+                 family: str = "multiplexed", key_mode: str = "pow2") -> None:
+        self.model = model
+        self.backend = backend
+        if plan is None:
+            reserve = backend.params.levels - NETWORK_LEVELS
+            if reserve < 0:
+                raise ParameterError(f"the network needs {NETWORK_LEVELS} levels, parameters give "
+                                     f"{backend.params.levels}")
+            plan = build_plan(model.resolution, backend.slots, family=family, key_mode=key_mode, reserve=reserve)
+        if plan.slots != backend.slots or plan.resolution != model.resolution:
+            raise ParameterError("the plan was made for another slot count or resolution")
+        if plan.start_level > backend.params.levels:
+            raise ParameterError(f"the plan starts at level {plan.start_level} > {backend.params.levels}")
+        self.plan = plan
+        self.workers = max(1, int(workers))
+        self.records: list[LayerRecord] = []
+
+    # -- client side --------------------------------------------------------------------------------------
+    def pack_input(self, x: np.ndarray) -> list[np.ndarray]:
+        x = np.asarray(x, dtype=np.float64)
+        s = self.model.resolution
+        if x.shape != (3, s, s):
+            raise ValueError(f"input must be (3, {s}, {s}), got {x.shape}")
+        patches = np.stack(split_patches(x[None], self.model.grid))[:, 0]  # (n, 3, 32, 32)
+        return self.plan.input_layout.pack(patches)
+
+    def encrypt_input(self, x: np.ndarray) -> list[Any]:
+        """Client side: pack ``x`` (3, S, S) by the plan's input layout and encrypt at its start level."""
+        return [self.backend.encrypt(v, self.plan.start_level) for v in self.pack_input(x)]
+
+    def decrypt_template(self, ct: Any) -> np.ndarray:
+        """Client side: the (256,) embedding from the template ciphertext."""
+        return self.plan.template.unpack(self.backend.decrypt(ct))
+
+    # -- server side --------------------------------------------------------------------------------------
+    def infer(self, cts: Sequence[Any], progress: bool = True) -> tuple[Any, lay.TemplateLayout]:
+        """Evaluate the network; returns the template ciphertext and its layout."""
+        if len(cts) != self.plan.input_layout.n_cts:
+            raise ValueError(f"expected {self.plan.input_layout.n_cts} input ciphertexts, got {len(cts)}")
+        self.records = []
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=len(self.plan.layers), desc="encrypted inference", unit="layer")
+        x = list(cts)
+        h: list[Any] = []
+        try:
+            for layer in self.plan.layers:
+                if bar is not None:
+                    bar.set_postfix_str(layer.name)
+                t0 = time.perf_counter()
+                if layer.kind == "quadratic":
+                    x = self._quadratic(layer, x)
+                    if layer.weights[-1] == "q1":
+                        h = x
+                else:
+                    if layer.weights[0] == "block" and layer.weights[2] == "conv1":
+                        ins = h
+                    elif layer.weights[0] == "block":
+                        ins = x + [self.backend.level_down(c, layer.level_in) for c in h]
+                    else:
+                        ins = x
+                    x = self._linear(layer, ins)
+                    x = self._add_bias(layer, x)
+                dt = time.perf_counter() - t0
+                c = layer.count
+                self.records.append(LayerRecord(layer.name, layer.kind, layer.level_in, layer.level_out, dt,
+                                                len(x), c.diagonals if c else layer.out_cts,
+                                                c.rotations if c else 0, layer.cost))
+                if bar is not None:
+                    bar.update(1)
+        finally:
+            if bar is not None:
+                bar.close()
+        (out,) = x
+        return out, self.plan.template
+
+    # -- steps --------------------------------------------------------------------------------------------
+    def _quadratic(self, layer: PlanLayer, cts: list[Any]) -> list[Any]:
+        be = self.backend
+        key = layer.weights
+        if key[0] == "pool_q":
+            qs = [p.pool_q for p in self.model.patches]
+        else:
+            qs = [getattr(p.blocks[key[1]], key[2]) for p in self.model.patches]
+        lout = layer.out_layout
+        bvecs = lout.channel_vector(_stack([q.b for q in qs]))
+        cvecs = lout.channel_vector(_stack([q.c for q in qs]))
+
+        def one(j: int) -> Any:
+            ct = cts[j]
+            sq = be.mul(ct, ct)
+            bx = be.mul_plain(ct, be.encode(bvecs[j], be.level(ct)))
+            return be.add_plain(be.rescale(be.add(sq, bx)), cvecs[j])
+
+        return self._map(one, range(len(cts)))
+
+    def _add_bias(self, layer: PlanLayer, cts: list[Any]) -> list[Any]:
+        be = self.backend
+        key = layer.weights
+        if key[0] == "head":
+            return [be.add_plain(cts[0], self.plan.template.pack(self.model.bias, be.slots))]
+        if key[0] == "block" and key[2] == "conv2":
+            blocks = [p.blocks[key[1]] for p in self.model.patches]
+            if blocks[0].shortcut_bias is not None:
+                vecs = layer.out_layout.channel_vector(_stack([b.shortcut_bias for b in blocks]))
+                return [be.add_plain(c, v) for c, v in zip(cts, vecs, strict=True)]
+        return cts
+
+    def _map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
+        items = list(items)
+        if self.workers == 1 or len(items) == 1:
+            return [fn(i) for i in items]
+        with ThreadPoolExecutor(self.workers) as pool:
+            return list(pool.map(fn, items))
+
+    def _rotate(self, ct: Any, step: int) -> Any:
+        slots = self.backend.slots
+        if step % slots == 0:
+            return ct
+        if self.plan.key_mode == "exact":
+            return self.backend.rotate(ct, step)
+        for d in naf(step, slots):
+            ct = self.backend.rotate(ct, d)
+        return ct
+
+    def _babies(self, ct: Any, steps: set[int]) -> dict[int, Any]:
+        """ct rotated by every step in ``steps`` (normalised), hoisted or composed."""
+        be = self.backend
+        slots = be.slots
+        out = {0: ct}
+        nz = sorted(s for s in steps if s % slots)
+        if not nz:
+            return out
+        if self.plan.key_mode == "exact":
+            for s, r in zip(nz, be.rotate_many(ct, nz), strict=True):
+                out[s] = r
+            return out
+        tree = compose_tree(nz, slots)
+        first = sorted(node for node, (parent, _) in tree.items() if parent == 0)
+        firsts = be.rotate_many(ct, [tree[n][1] for n in first])
+        nodes = {0: ct, **dict(zip(first, firsts, strict=True))}
+
+        def get(node: int) -> Any:
+            if node not in nodes:
+                parent, digit = tree[node]
+                nodes[node] = be.rotate(get(parent), digit)
+            return nodes[node]
+
+        for s in nz:
+            out[s] = get(s)
+        return out
+
+    def _linear(self, layer: PlanLayer, ins: list[Any]) -> list[Any]:
+        be = self.backend
+        slots = be.slots
+        level = layer.level_in
+        ins = [be.level_down(c, level) if be.level(c) > level else c for c in ins]
+        if layer.pre_steps:
+            pre = []
+            for c in ins:
+                for s in layer.pre_steps:
+                    c = be.add(c, self._rotate(c, s))
+                pre.append(c)
+            ins = pre
+        structure = layer_diagonals(layer, slots, with_weights=False)
+        split = layer.split
+        need: dict[int, set[int]] = {}
+        for d in structure:
+            if not len(d):
+                continue
+            b, _ = split.split(d.offset, slots)
+            for i, bb in zip(d.in_ct.tolist(), b.tolist(), strict=True):
+                need.setdefault(i, set()).add(bb)
+        babies = {i: self._babies(ins[i], steps) for i, steps in need.items()}
+        wlayer = replace(layer, terms=weighted_terms(self.model, layer))
+        n_out = len(structure)
+        outs = []
+        for j in range(n_out):
+            diag = self._diagonals(wlayer, j)
+            outs.append(self._giants(diag, babies, layer.split, level))
+            del diag
+        return outs
+
+    def _diagonals(self, layer: PlanLayer, j: int) -> Diagonals:
+        slots = self.backend.slots
+        if isinstance(layer.out_layout, lay.TemplateLayout):
+            (term,) = layer.terms
+            return pool_head_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots)
+        return conv_diagonals(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
+
+    def _giants(self, diag: Diagonals, babies: dict[int, dict[int, Any]], split: Any, level: int) -> Any:
+        be = self.backend
+        slots = be.slots
+        b, g = split.split(diag.offset, slots)
+        order = np.argsort(g, kind="stable")
+        groups: dict[int, list[int]] = {}
+        for k in order.tolist():
+            groups.setdefault(int(g[k]), []).append(k)
+
+        def one(gg: int) -> Any:
+            ks = groups[gg]
+            cts = [babies[int(diag.in_ct[k])][int(b[k])] for k in ks]
+            pts = [be.encode(np.roll(diag.weights[k], gg), level) for k in ks]
+            inner = be.multiply_accumulate(cts, pts)
+            del pts
+            return self._rotate(inner, gg)
+
+        parts = self._map(one, sorted(groups))
+        acc = parts[0]
+        for p in parts[1:]:
+            acc = be.add(acc, p)
+        return acc

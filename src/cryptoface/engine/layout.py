@@ -1,0 +1,244 @@
+"""Tensor layouts: where every (patch, channel, y, x) element of a stage's tensor lives in the ciphertexts.
+
+All layouts here are *planar*: the H x W plane of one (patch, channel) is stored with one pixel order
+``pos[y, x]`` shared by every plane of the stage, at a per-plane base slot. A plane may be stored several
+times (``copies``) when a ciphertext has room; the copies make channel rotations cyclic over a half- or
+quarter-filled ciphertext, which halves the number of diagonals. Slot ``base + pos[y, x]`` of ciphertext
+``ct`` holds the element; every other slot of every ciphertext is exactly zero after each engine step
+(see :mod:`cryptoface.engine.evaluator`).
+
+Layout families (the pixel order and the channel multiplexing per stage, see :func:`stage_layouts`):
+
+* ``raster`` — every stage dense raster, channel-outer/patch-inner ``slot = (c * G + g) * HW + pixel``.
+  A stride-2 conv into a dense raster output reads non-uniformly offset sources (hundreds of distinct
+  offsets per tap), so it is correct but costly.
+* ``multiplexed`` — stage 1 dense raster; after a stride-2 conv the output stays on the 32 x 32 grid
+  with the k*k channels of a group interleaved in the gaps (the MPCNN multiplexed layout, gap 2 then 4):
+  stride-2 convs have uniform offsets, stride-1 convs have (2k-1)^2 spatial offsets per group pair.
+* ``polyphase`` — the client encrypts the input in a two-level polyphase (space-to-depth) order so that
+  both stride-2 convs read uniformly offset sources and write dense outputs; stride-1 convs in a
+  polyphase order have up to 49 spatial offsets instead of 9.
+
+Counts for each family are produced by :func:`cryptoface.engine.plan.compare_families`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from cryptoface.model import spec
+
+FAMILIES = ("raster", "multiplexed", "polyphase")
+
+
+@dataclass(frozen=True)
+class TemplateLayout:
+    """Layout of the 256-d embedding ciphertext: element j at slot ``j * stride``, zeros elsewhere."""
+
+    stride: int
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.stride > 128 or self.stride & (self.stride - 1):
+            raise ValueError(f"template stride must be a power of two <= 128, got {self.stride}")
+
+    def slots_of(self, dim: int = spec.EMBEDDING_DIM) -> np.ndarray:
+        return np.arange(dim) * self.stride
+
+    def pack(self, values: np.ndarray, slots: int) -> np.ndarray:
+        out = np.zeros(slots)
+        out[self.slots_of(len(values))] = values
+        return out
+
+    def unpack(self, vector: np.ndarray, dim: int = spec.EMBEDDING_DIM) -> np.ndarray:
+        return np.asarray(vector)[self.slots_of(dim)].copy()
+
+
+@dataclass(frozen=True, eq=False)
+class PlanarLayout:
+    """A (patches, channels, height, width) tensor spread over ``n_cts`` ciphertexts of ``slots`` slots.
+
+    ``ct[r, g, c]`` / ``base[r, g, c]`` give the ciphertext and base slot of copy ``r`` of plane (g, c)
+    (``ct == -1`` for copies that do not exist); ``pos[y, x]`` the slot of pixel (y, x) within a plane.
+    """
+
+    name: str
+    shape: tuple[int, int, int, int]
+    slots: int
+    n_cts: int
+    ct: np.ndarray  # (copies, n, C) int64, -1 = no such copy
+    base: np.ndarray  # (copies, n, C) int64
+    pos: np.ndarray  # (H, W) int64
+
+    @property
+    def n_patches(self) -> int:
+        return self.shape[0]
+
+    @property
+    def channels(self) -> int:
+        return self.shape[1]
+
+    def element_slots(self, copy: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """(ct, slot) arrays of shape (n, C, H, W) for one copy (-1 where the copy is absent)."""
+        ct = np.broadcast_to(self.ct[copy][:, :, None, None], self.shape)
+        slot = self.base[copy][:, :, None, None] + self.pos[None, None]
+        return ct, np.where(ct >= 0, slot, -1)
+
+    def occupied(self) -> list[np.ndarray]:
+        """Per ciphertext, the sorted slots that hold an element (all copies)."""
+        out: list[list[np.ndarray]] = [[] for _ in range(self.n_cts)]
+        for r in range(self.ct.shape[0]):
+            cts, slots = self.element_slots(r)
+            for j in range(self.n_cts):
+                out[j].append(slots[cts == j])
+        return [np.sort(np.concatenate(v)) if v else np.zeros(0, np.int64) for v in out]
+
+    def validate(self) -> None:
+        """Raise ValueError if two elements share a slot or a slot is out of range."""
+        if self.pos.min() < 0:
+            raise ValueError("negative pixel position")
+        for j, s in enumerate(self.occupied()):
+            if s.size and (s[0] < 0 or s[-1] >= self.slots):
+                raise ValueError(f"{self.name}: slot out of range in ciphertext {j}")
+            if np.any(np.diff(s) == 0):
+                raise ValueError(f"{self.name}: two elements share a slot in ciphertext {j}")
+        if np.any(self.ct[0] < 0):
+            raise ValueError(f"{self.name}: copy 0 must exist for every plane")
+
+    def pack(self, tensor: np.ndarray) -> list[np.ndarray]:
+        """Slot vectors (one per ciphertext) of a (n, C, H, W) tensor, every copy written."""
+        tensor = np.asarray(tensor, dtype=np.float64)
+        if tensor.shape != self.shape:
+            raise ValueError(f"{self.name}: expected shape {self.shape}, got {tensor.shape}")
+        out = np.zeros((self.n_cts, self.slots))
+        for r in range(self.ct.shape[0]):
+            cts, slots = self.element_slots(r)
+            ok = cts >= 0
+            out[cts[ok], slots[ok]] = tensor[ok]
+        return list(out)
+
+    def channel_vector(self, values_per_channel: np.ndarray) -> list[np.ndarray]:
+        """Per ciphertext, ``values[g, c]`` (shape (n, C) or (C,)) at every slot of plane (g, c)."""
+        v = np.broadcast_to(np.asarray(values_per_channel, dtype=np.float64), self.shape[:2])
+        return self.pack(np.broadcast_to(v[:, :, None, None], self.shape).copy())
+
+    def unpack(self, vectors: list[np.ndarray]) -> np.ndarray:
+        """The (n, C, H, W) tensor read from copy 0."""
+        cts, slots = self.element_slots(0)
+        arr = np.asarray(vectors)
+        return arr[cts, slots]
+
+
+# -- pixel orders -------------------------------------------------------------------------------------
+def raster_order(h: int, w: int) -> np.ndarray:
+    return np.arange(h * w, dtype=np.int64).reshape(h, w)
+
+
+def polyphase_order(h: int, w: int, depth: int) -> np.ndarray:
+    """Recursive space-to-depth order: phase (y % 2, x % 2) blocks of the half-size order, ``depth`` times.
+
+    With depth d the even-even pixels (y, x) = (2i, 2j) occupy the first quarter in the order of
+    ``polyphase_order(h/2, w/2, d-1)``, so a stride-2 conv reads a uniformly offset source per tap.
+    """
+    if depth == 0:
+        return raster_order(h, w)
+    inner = polyphase_order(h // 2, w // 2, depth - 1)
+    quarter = (h // 2) * (w // 2)
+    y, x = np.mgrid[0:h, 0:w]
+    phase = (y % 2) * 2 + (x % 2)
+    return (phase * quarter + inner[y // 2, x // 2]).astype(np.int64)
+
+
+def gap_order(h: int, w: int, gap: int) -> np.ndarray:
+    """Pixel (y, x) at (gap*y, gap*x) of a (gap*h) x (gap*w) raster grid."""
+    y, x = np.mgrid[0:h, 0:w]
+    return (gap * y * (gap * w) + gap * x).astype(np.int64)
+
+
+# -- constructors -------------------------------------------------------------------------------------
+def planar(
+    name: str,
+    shape: tuple[int, int, int, int],
+    slots: int,
+    pos: np.ndarray,
+    block: int,
+    group: int = 1,
+    sub: np.ndarray | None = None,
+    replicate: bool = True,
+) -> PlanarLayout:
+    """Channel-outer/patch-inner layout: plane (g, c) at ``((c // group) * G + g) * block + sub[c % group]``.
+
+    ``G`` patches share a ciphertext (as many as fit); a ciphertext with room for k >= 2 times its
+    content holds k copies spaced by the content size when ``replicate``.
+    """
+    n, c, _, _ = shape
+    groups = -(-c // group)
+    if sub is None:
+        sub = np.zeros(group, np.int64)
+    per_patch = groups * block
+    if per_patch > slots:
+        raise ValueError(f"{name}: one patch needs {per_patch} slots > {slots}")
+    g_max = min(n, slots // per_patch)
+    n_cts = -(-n // g_max)
+    # balance patches over the ciphertexts
+    sizes = [n // n_cts + (1 if j < n % n_cts else 0) for j in range(n_cts)]
+    copies_max = max(slots // (per_patch * s) if replicate else 1 for s in sizes)
+    copies_max = 1 << (copies_max.bit_length() - 1)
+    ct = -np.ones((copies_max, n, c), np.int64)
+    base = np.zeros((copies_max, n, c), np.int64)
+    p = 0
+    chans = np.arange(c)
+    for j, size in enumerate(sizes):
+        content = per_patch * size
+        copies = slots // content if replicate else 1
+        copies = 1 << (copies.bit_length() - 1)
+        for gl in range(size):
+            for r in range(copies):
+                ct[r, p + gl] = j
+                base[r, p + gl] = r * content + ((chans // group) * size + gl) * block + sub[chans % group]
+        p += size
+    lay = PlanarLayout(name, shape, slots, n_cts, ct, base, pos)
+    return lay
+
+
+def _shape(n: int, c: int, h: int) -> tuple[int, int, int, int]:
+    return (n, c, h, h)
+
+
+def stage_layouts(n_patches: int, slots: int, family: str = "multiplexed") -> dict[str, PlanarLayout]:
+    """Layouts of the four tensor stages: ``input`` (3x32x32), ``s1`` (16x32x32), ``s2`` (32x16x16), ``s3``.
+
+    ``s3`` is 64x8x8. The client packs the input in the ``input`` layout at encryption time.
+    """
+    n = n_patches
+    p = spec.PATCH_SIZE
+    if family == "raster":
+        orders = {32: raster_order(32, 32), 16: raster_order(16, 16), 8: raster_order(8, 8)}
+        lays = {
+            "input": planar("input", _shape(n, 3, p), slots, orders[32], 1024),
+            "s1": planar("s1", _shape(n, 16, p), slots, orders[32], 1024),
+            "s2": planar("s2", _shape(n, 32, 16), slots, orders[16], 256),
+            "s3": planar("s3", _shape(n, 64, 8), slots, orders[8], 64),
+        }
+    elif family == "polyphase":
+        lays = {
+            "input": planar("input", _shape(n, 3, p), slots, polyphase_order(32, 32, 2), 1024),
+            "s1": planar("s1", _shape(n, 16, p), slots, polyphase_order(32, 32, 2), 1024),
+            "s2": planar("s2", _shape(n, 32, 16), slots, polyphase_order(16, 16, 1), 256),
+            "s3": planar("s3", _shape(n, 64, 8), slots, raster_order(8, 8), 64),
+        }
+    elif family == "multiplexed":
+        sub2 = np.array([(i // 2) * 32 + i % 2 for i in range(4)], np.int64)
+        sub3 = np.array([(i // 4) * 32 + i % 4 for i in range(16)], np.int64)
+        lays = {
+            "input": planar("input", _shape(n, 3, p), slots, raster_order(32, 32), 1024),
+            "s1": planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024),
+            "s2": planar("s2", _shape(n, 32, 16), slots, gap_order(16, 16, 2), 1024, group=4, sub=sub2),
+            "s3": planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=16, sub=sub3),
+        }
+    else:
+        raise ValueError(f"unknown layout family {family!r}; choose one of {FAMILIES}")
+    for lay in lays.values():
+        lay.validate()
+    return lays

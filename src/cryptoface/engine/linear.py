@@ -1,0 +1,411 @@
+"""Linear layers as generalised diagonals between layouts, and their baby-step/giant-step evaluation plan.
+
+A linear layer maps input ciphertexts (one or more tensors, e.g. conv2's input and the block shortcut's
+``h``) to output ciphertexts. Output ciphertext ``j`` is ``sum_(i, d) rot(in_i, d) * w_(i, d)`` where
+``rot(x, d)[t] = x[t + d]`` and ``w_(i, d)`` is a weight vector over the output slots ("diagonal"):
+the slot of an output element gets the weight of the input element that sits ``d`` slots further in
+ciphertext ``i``. Zero padding and stride are built into the weights (out-of-range taps contribute
+nothing; slots that hold no output element get weight 0, so they stay exactly zero).
+
+Everything here is pure numpy: no backend, no encryption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cryptoface.engine.layout import PlanarLayout, TemplateLayout
+
+
+# -- layer terms ---------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class ConvTerm:
+    """A per-patch conv-like map from input tensor ``source`` to the output tensor.
+
+    ``weights`` has shape (n, C_out, C_in, k, k) (per patch, no sharing); ``None`` means structure only
+    (plan counting). ``channel_diagonal`` marks a per-channel scale (only c_in == c_out is nonzero).
+    """
+
+    source: int
+    kernel: int
+    stride: int
+    pad: int
+    c_out: int
+    c_in: int
+    weights: np.ndarray | None = None
+    channel_diagonal: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class PoolHeadTerm:
+    """Average pool of ``window`` x ``window`` blocks then a per-patch dense head, into a template.
+
+    ``head`` has shape (n, D, C * (H/window) * (W/window)) with the flatten index c * P + (wy * PW + wx).
+    ``pre_steps`` are rotate-and-add steps applied to each input ciphertext first (no level), after which
+    the anchor slot of each window holds the window sum (empty = no pre-reduction).
+    """
+
+    source: int
+    window: int
+    dim: int
+    head: np.ndarray | None = None
+    pre_steps: tuple[int, ...] = ()
+
+
+Term = ConvTerm | PoolHeadTerm
+
+
+# -- spatial patterns ------------------------------------------------------------------------------------
+def spatial_patterns(
+    pos_in: np.ndarray, pos_out: np.ndarray, kernel: int, stride: int, pad: int
+) -> list[tuple[int, int, np.ndarray]]:
+    """For each tap t = ky * k + kx: groups (t, delta, out_positions) with delta = pos_in - pos_out.
+
+    Output pixel (oy, ox) reads input (oy * stride + ky - pad, ox * stride + kx - pad) when in range.
+    """
+    hi, wi = pos_in.shape
+    ho, wo = pos_out.shape
+    oy, ox = np.mgrid[0:ho, 0:wo]
+    out = []
+    for ky in range(kernel):
+        for kx in range(kernel):
+            iy = oy * stride + ky - pad
+            ix = ox * stride + kx - pad
+            ok = (iy >= 0) & (iy < hi) & (ix >= 0) & (ix < wi)
+            if not ok.any():
+                continue
+            po = pos_out[ok]
+            delta = pos_in[iy[ok], ix[ok]] - po
+            for d in np.unique(delta):
+                out.append((ky * kernel + kx, int(d), po[delta == d]))
+    return out
+
+
+# -- diagonal extraction -----------------------------------------------------------------------------------
+@dataclass
+class Diagonals:
+    """Diagonals of one output ciphertext: ``keys[k] = (input ct index, offset)``, ``weights[k]`` a slot vector.
+
+    ``weights`` is None when only the structure was computed.
+    """
+
+    in_ct: np.ndarray
+    offset: np.ndarray
+    weights: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.in_ct.size)
+
+
+def _plane_pairs(
+    term: ConvTerm, lin: PlanarLayout, lout: PlanarLayout, out_ct: int
+) -> tuple[np.ndarray, ...]:
+    """(out base, in ct, in base, g, co, ci) of every (output plane copy in ``out_ct``, input channel) pair."""
+    slots = lout.slots
+    r, g, co = np.nonzero(lout.ct == out_ct)
+    b_out = lout.base[r, g, co]
+    if term.channel_diagonal:
+        ci = co[:, None]
+        g2, co2, b2 = g[:, None], co[:, None], b_out[:, None]
+    else:
+        ci = np.broadcast_to(np.arange(term.c_in)[None, :], (g.size, term.c_in))
+        g2 = np.broadcast_to(g[:, None], ci.shape)
+        co2 = np.broadcast_to(co[:, None], ci.shape)
+        b2 = np.broadcast_to(b_out[:, None], ci.shape)
+    g2, co2, ci, b2 = (a.ravel() for a in (g2, co2, ci, b2))
+    # choose the input copy that makes the plane offset smallest (mod slots): cyclic channel rotations
+    cts = lin.ct[:, g2, ci]  # (copies, P)
+    bases = lin.base[:, g2, ci]
+    rel = np.where(cts >= 0, (bases - b2[None, :]) % slots, slots + 1)
+    best = np.argmin(rel, axis=0)
+    idx = np.arange(g2.size)
+    return b2, cts[best, idx], bases[best, idx], g2, co2, ci
+
+
+def conv_diagonals(
+    terms: Sequence[ConvTerm],
+    inputs: Sequence[PlanarLayout],
+    in_ct_offsets: Sequence[int],
+    lout: PlanarLayout,
+    out_ct: int,
+    with_weights: bool = True,
+) -> Diagonals:
+    """Diagonals of output ciphertext ``out_ct`` for a sum of conv terms.
+
+    ``inputs[term.source]`` is the layout of a term's input; its ciphertexts are numbered from
+    ``in_ct_offsets[term.source]`` in the layer's concatenated input list.
+    """
+    slots = lout.slots
+    entries = []  # (keys, values or None, positions rows)
+    for term in terms:
+        lin = inputs[term.source]
+        b_out, ct_in, b_in, g, co, ci = _plane_pairs(term, lin, lout, out_ct)
+        glob = ct_in + in_ct_offsets[term.source]
+        for tap, delta, opos in spatial_patterns(lin.pos, lout.pos, term.kernel, term.stride, term.pad):
+            key = glob * slots + (b_in - b_out + delta) % slots
+            vals = None
+            if with_weights:
+                ky, kx = divmod(tap, term.kernel)
+                vals = term.weights[g, co, ci, ky, kx]
+            entries.append((key, vals, b_out, opos))
+    if not entries:
+        return Diagonals(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, slots)) if with_weights else None)
+    keys = np.unique(np.concatenate([e[0] for e in entries]))
+    diag = Diagonals(keys // slots, keys % slots)
+    if with_weights:
+        w = np.zeros((keys.size, slots))
+        for key, vals, b_out, opos in entries:
+            k = np.searchsorted(keys, key)
+            # within one entry every (diagonal, slot) pair is distinct, so buffered += is exact
+            w[k[:, None], b_out[:, None] + opos[None, :]] += vals[:, None]
+        diag.weights = w
+    return diag
+
+
+def pool_anchor_steps(lin: PlanarLayout, window: int) -> tuple[int, ...] | None:
+    """Rotate-and-add steps that sum each window into its top-left pixel's slot, or None if irregular."""
+    pos = lin.pos
+    h, w = pos.shape
+    if w < 2 or h < 2:
+        return None
+    sx = int(pos[0, 1] - pos[0, 0])
+    sy = int(pos[1, 0] - pos[0, 0])
+    yy, xx = np.mgrid[0:h, 0:w]
+    anchor = pos[(yy // window) * window, (xx // window) * window]
+    if not np.array_equal(pos, anchor + (yy % window) * sy + (xx % window) * sx):
+        return None
+    steps = []
+    for s in (sx, sy):
+        k = 1
+        while k < window:
+            steps.append(k * s)
+            k *= 2
+    if window & (window - 1):
+        return None
+    return tuple(steps)
+
+
+def pool_head_diagonals(
+    term: PoolHeadTerm,
+    lin: PlanarLayout,
+    in_ct_offset: int,
+    template: TemplateLayout,
+    slots: int,
+    with_weights: bool = True,
+) -> Diagonals:
+    """Diagonals of the single template ciphertext for avg-pool + head summed over patches."""
+    n, c, h, w = lin.shape
+    win = term.window
+    pw = w // win
+    ph = h // win
+    yy, xx = np.mgrid[0:h, 0:w]
+    widx = (yy // win) * pw + (xx // win)  # window index per pixel
+    if term.pre_steps:
+        sel = (yy % win == 0) & (xx % win == 0)
+        wscale = 1.0 / (win * win)
+    else:
+        sel = np.ones((h, w), bool)
+        wscale = 1.0 / (win * win)
+    pix_pos = lin.pos[sel]  # (S,)
+    pix_win = widx[sel]
+    cts = lin.ct[0]
+    bases = lin.base[0]
+    out_slots = template.slots_of(term.dim)
+    keys_all, vals_all, pos_all = [], [], []
+    for g in range(n):
+        for cc in range(c):
+            in_slot = bases[g, cc] + pix_pos  # (S,)
+            key = (cts[g, cc] + in_ct_offset) * slots + (in_slot[None, :] - out_slots[:, None]) % slots  # (D, S)
+            keys_all.append(key.ravel())
+            pos_all.append(np.broadcast_to(out_slots[:, None], key.shape).ravel())
+            if with_weights:
+                col = cc * ph * pw + pix_win  # (S,)
+                vals_all.append((term.head[g][:, col] * wscale).ravel())
+    keys = np.concatenate(keys_all)
+    uk, inv = np.unique(keys, return_inverse=True)
+    diag = Diagonals(uk // slots, uk % slots)
+    if with_weights:
+        wts = np.zeros((uk.size, slots))
+        np.add.at(wts, (inv, np.concatenate(pos_all)), np.concatenate(vals_all))
+        diag.weights = wts
+    return diag
+
+
+# -- baby-step / giant-step ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CostModel:
+    """Seconds per operation at the top level (``levels`` remaining); lower levels scale with the limbs.
+
+    Defaults: desilofhe 2.0.0 at N = 2^16, one thread (research/fhe-backends.md §3, §6.4 tuned malloc).
+    """
+
+    rotate: float = 0.338
+    rotate_hoisted: float = 0.182
+    hoist_precompute: float = 0.0
+    mul_plain: float = 0.098
+    encode: float = 0.019
+    rescale: float = 0.059
+    mul: float = 0.530
+    add: float = 0.002
+    levels: int = 25
+    special_limbs: int = 7  # key switching also works on the special primes
+
+    def scale(self, level: int, key_switch: bool = False) -> float:
+        extra = self.special_limbs if key_switch else 0
+        return (level + 1 + extra) / (self.levels + 1 + extra)
+
+
+COST_MODELS = {
+    "desilofhe": CostModel(),
+    "openfhe": CostModel(rotate=0.300, rotate_hoisted=0.150, hoist_precompute=0.154, mul_plain=0.0086,
+                         encode=0.033, rescale=0.061, mul=0.300, add=0.0038),
+}
+
+
+def naf(step: int, slots: int) -> list[int]:
+    """Signed power-of-two digits (non-adjacent form) of ``step`` taken in (-slots/2, slots/2]."""
+    s = step % slots
+    if s > slots // 2:
+        s -= slots
+    digits = []
+    k = 0
+    while s:
+        if s & 1:
+            d = 2 - (s & 3)  # +1 or -1
+            digits.append(d << k)
+            s -= d
+        s >>= 1
+        k += 1
+    return sorted(digits, key=abs, reverse=True)
+
+
+def compose_tree(steps: Sequence[int], slots: int) -> dict[int, tuple[int, int]]:
+    """Prefix tree reaching every step from 0 with power-of-two rotations: node -> (parent, digit).
+
+    Nodes are normalised to 0..slots-1; the number of rotations is the number of nodes.
+    """
+    tree: dict[int, tuple[int, int]] = {}
+    for s in steps:
+        if s % slots == 0:
+            continue
+        cur = 0
+        for d in naf(s, slots):
+            nxt = (cur + d) % slots
+            if nxt not in tree:
+                tree[nxt] = (cur, d)
+            cur = nxt
+    return tree
+
+
+@dataclass
+class BsgsSplit:
+    """offset = giant + baby (mod slots), babies in [lo, lo + n1) with lo = 0 or -n1/2."""
+
+    n1: int
+    centered: bool
+
+    def split(self, offsets: np.ndarray, slots: int) -> tuple[np.ndarray, np.ndarray]:
+        off = np.asarray(offsets) % slots
+        b = (off + self.n1 // 2) % self.n1 - self.n1 // 2 if self.centered else off % self.n1
+        g = (off - b) % slots
+        return b % slots, g
+
+
+@dataclass
+class LayerCount:
+    """Operation counts of one linear layer under a BSGS split and a key mode."""
+
+    diagonals: int = 0
+    baby_rotations: int = 0  # hoisted (exact keys) or composed (pow2 keys)
+    hoist_groups: int = 0  # input ciphertexts with at least one nontrivial baby
+    giant_rotations: int = 0
+    pre_rotations: int = 0
+    babies_hoisted: bool = True
+    keys: set[int] = field(default_factory=set)
+
+    @property
+    def rotations(self) -> int:
+        return self.baby_rotations + self.giant_rotations + self.pre_rotations
+
+
+def count_split(
+    diags: Sequence[Diagonals], split: BsgsSplit, slots: int, key_mode: str = "exact"
+) -> LayerCount:
+    """Counts for evaluating all output ciphertexts ``diags`` of a layer with ``split``."""
+    res = LayerCount()
+    babies_per_in: dict[int, set[int]] = {}
+    for d in diags:
+        res.diagonals += len(d)
+        if not len(d):
+            continue
+        b, g = split.split(d.offset, slots)
+        for i, bb in zip(d.in_ct.tolist(), b.tolist(), strict=True):
+            babies_per_in.setdefault(i, set()).add(bb)
+        giants = set(g.tolist()) - {0}
+        if key_mode == "exact":
+            res.giant_rotations += len(giants)
+            res.keys |= giants
+        else:
+            for gg in giants:
+                dig = naf(gg, slots)
+                res.giant_rotations += len(dig)
+                res.keys |= {x % slots for x in dig}
+    for babies in babies_per_in.values():
+        nz = babies - {0}
+        if not nz:
+            continue
+        if key_mode == "exact":
+            res.baby_rotations += len(nz)
+            res.hoist_groups += 1
+            res.keys |= nz
+        else:
+            res.babies_hoisted = False
+            tree = compose_tree(sorted(nz), slots)
+            res.baby_rotations += len(tree)
+            res.hoist_groups += 1
+            res.keys |= {d % slots for _, d in tree.values()}
+    return res
+
+
+def layer_cost(count: LayerCount, model: CostModel, level: int) -> float:
+    """Modelled seconds for a layer whose inputs are at ``level`` (giants run one level lower)."""
+    ks_in = model.scale(level, True)
+    ks_out = model.scale(max(level - 1, 0), True)
+    lin = model.scale(level)
+    return (
+        count.hoist_groups * model.hoist_precompute * ks_in
+        + count.baby_rotations * (model.rotate_hoisted if count.babies_hoisted else model.rotate) * ks_in
+        + count.pre_rotations * model.rotate * ks_in
+        + count.giant_rotations * model.rotate * ks_out
+        + count.diagonals * (model.mul_plain + model.encode) * lin
+    )
+
+
+def choose_split(
+    diags: Sequence[Diagonals], slots: int, model: CostModel, level: int, key_mode: str = "exact",
+    allowed_keys: set[int] | None = None,
+) -> tuple[BsgsSplit, LayerCount]:
+    """The BSGS split (n1 a power of two, plain or centered babies) of least modelled cost.
+
+    ``allowed_keys``: with a shared key budget, splits that need keys outside it cost an extra key each
+    (charged as one top-level rotation per new key) so the planner prefers reusing keys.
+    """
+    best: tuple[float, BsgsSplit, LayerCount] | None = None
+    n1 = 1
+    while n1 <= slots:
+        for centered in (False, True):
+            if centered and n1 < 2:
+                continue
+            sp = BsgsSplit(n1, centered)
+            cnt = count_split(diags, sp, slots, key_mode)
+            cost = layer_cost(cnt, model, level)
+            if allowed_keys is not None:
+                cost += len(cnt.keys - allowed_keys) * model.rotate
+            if best is None or cost < best[0] - 1e-12:
+                best = (cost, sp, cnt)
+        n1 *= 2
+    assert best is not None
+    return best[1], best[2]
