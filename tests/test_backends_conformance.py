@@ -315,3 +315,39 @@ def test_desilo_low_level_rotation_keys():
     server = backend_class("desilofhe").from_public_keys(PARAMS, keys)
     out = server.rotate_many(server.level_down(server.deserialize(backend.serialize(backend.encrypt(x))), 1), [1, 2])
     close(backend.decrypt(out[1]), np.roll(x, -2))
+
+
+_SERVER_SCRIPT = """
+import sys
+from cryptoface.backends import backend_class
+from cryptoface.backends.protocol import CkksParameters
+import pickle
+name, path = sys.argv[1], sys.argv[2]
+with open(path, "rb") as f:
+    job = pickle.load(f)
+params = CkksParameters(**job["params"])
+server = backend_class(name).from_public_keys(params, job["keys"])
+assert not server.has_secret_key
+ct = server.deserialize(job["ct"])
+out = server.rotate(server.rescale(server.mul_scalar(server.rescale(server.mul(ct, ct)), 3.0)), 3)
+with open(path + ".out", "wb") as f:
+    f.write(server.serialize(out))
+"""
+
+
+def test_server_in_another_process(client, data, tmp_path):
+    """The real split: keys and ciphertexts cross a process boundary (OpenFHE rebuilds its global caches)."""
+    import pickle
+    import subprocess
+    import sys
+
+    job = tmp_path / "job.pkl"
+    params = {"log_ring": PARAMS.log_ring, "levels": PARAMS.levels}
+    with open(job, "wb") as f:
+        pickle.dump({"params": params, "keys": client.export_evaluation_keys(),
+                     "ct": client.serialize(client.encrypt(data["x"]))}, f)
+    proc = subprocess.run([sys.executable, "-c", _SERVER_SCRIPT, _registry_name(client), str(job)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = client.decrypt(client.deserialize((tmp_path / "job.pkl.out").read_bytes()))
+    close(out, 3 * np.roll(data["x"] ** 2, -3))

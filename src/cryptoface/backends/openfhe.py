@@ -31,10 +31,13 @@ How the protocol maps onto OpenFHE:
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
 import json
+import os
 import struct
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -55,6 +58,24 @@ def set_omp_threads(threads: int) -> bool:
     except (OSError, AttributeError):
         return False
     return True
+
+
+@contextlib.contextmanager
+def _quiet_stdout():
+    """Silence fd 1: the binding prints "CC shared ptr ..." when it deserialises a crypto context."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+    except OSError:  # no usable fd 1
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _fingerprint(params: CkksParameters) -> str:
@@ -221,7 +242,8 @@ class OpenFHEBackend:
         meta, (cc_bytes, pk_bytes) = load("public", "public")
         tag = str(meta["key_id"])
         try:
-            cc = openfhe.DeserializeCryptoContextString(cc_bytes, b)
+            with _quiet_stdout():
+                cc = openfhe.DeserializeCryptoContextString(cc_bytes, b)
         except RuntimeError as exc:
             raise MissingKeyError(f"unreadable crypto context in the key set: {exc}") from exc
         if cc.GetMultiplicativeDepth() != params.levels:
