@@ -39,8 +39,9 @@ The client may learn only accept/reject. With u = score (a cosine in [-1, 1]) an
 R = 1 + |tau| (so |z| <= 1), we evaluate a composite of odd degree-7 polynomials (Cheon, Kim, Kim & Lee,
 Asiacrypt 2020): g3 first (it pushes small |z| away from 0 quickly), then f3 twice (order-4 convergence to +-1).
 The first stage is written directly as a polynomial in u (shift and scale folded into its coefficients, so they
-cost no level). Each stage is degree 7 = depth 3. The stages are odd and increasing on [-1, 1], so
-sign(F) = sign(u - tau) (up to CKKS noise where F ~ 0). Outside the *uncertain band* |u - tau| < delta, F is
+cost no level). Each stage is degree 7 = depth 3. Every stage is odd, maps [-1, 1] into [-1, 1] and has no
+root in 0 < |x| <= 1 (g3 is not monotone near +-1, f3 is), so sign(F) = sign(u - tau) for every score
+(up to CKKS noise where F ~ 0). Outside the *uncertain band* |u - tau| < delta, F is
 within ``SIGN_TOLERANCE`` = 1e-2 of +-1, so it says (almost) nothing beyond the bit; inside the band F still has
 the right sign but reveals how close the score is to tau. Measured band at tau = 0.23 (:func:`sign_table`):
 

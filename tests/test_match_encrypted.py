@@ -1,0 +1,155 @@
+"""Encrypted matching against its clear reference: normalisation, 1:1 cosine, 1:N gallery, decision, levels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryptoface.backends import available_backends, create_backend
+from cryptoface.backends.protocol import CkksParameters
+from cryptoface.backends.simulator import SimulatorBackend
+from cryptoface.match import homomorphic as hm
+from cryptoface.match import poly
+from cryptoface.match.clear import cosine_clear, encrypt_embedding_for_tests, normalise_clear
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, extract, template_slots
+from cryptoface.match.levels import DECISION_LEVELS, MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
+
+TAU = 0.23
+
+
+def embedding(rng: np.random.Generator, norm_sq: float | None = None) -> np.ndarray:
+    """A random 256-d 'raw template' whose squared norm is in the training range (82.4..576.8)."""
+    e = rng.standard_normal(256)
+    n2 = rng.uniform(82.4, 576.8) if norm_sq is None else norm_sq
+    return e * np.sqrt(n2) / np.linalg.norm(e)
+
+
+def correlated(rng: np.random.Generator, base: np.ndarray, cos: float) -> np.ndarray:
+    """An embedding with cosine ~``cos`` to ``base`` and a random in-range norm."""
+    u = base / np.linalg.norm(base)
+    v = rng.standard_normal(256)
+    v -= (v @ u) * u
+    v /= np.linalg.norm(v)
+    d = cos * u + np.sqrt(1 - cos**2) * v
+    return d * np.sqrt(rng.uniform(82.4, 576.8))
+
+
+def sim(log_ring: int = 13, stride: int = 1, noise: float = 1e-7) -> SimulatorBackend:
+    be = SimulatorBackend(CkksParameters(log_ring=log_ring, levels=24), noise=noise, seed=1)
+    be.generate_keys(hm.rotation_steps(TemplateLayout(stride), be.slots))
+    return be
+
+
+def test_level_constants():
+    assert NORMALISE_LEVELS == 7
+    assert SCORE_LEVELS == 2
+    assert DECISION_LEVELS == 9
+    assert MATCH_LEVELS == 18
+
+
+@pytest.mark.parametrize(("log_ring", "stride"), [(13, 1), (13, 8), (16, 128), (16, 32)])
+def test_normalise_and_cosine_match_clear(log_ring, stride):
+    rng = np.random.default_rng(stride)
+    be = sim(log_ring, stride)
+    lay = TemplateLayout(stride)
+    start = 20
+    for norm_sq in (82.4, 289.6, 576.8):
+        a = embedding(rng, norm_sq)
+        b = correlated(rng, a, rng.uniform(-0.3, 0.9))
+        ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, start), lay)
+        tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, start), lay)
+        assert be.level(ta) == start - NORMALISE_LEVELS
+        got = be.decrypt(ta)
+        np.testing.assert_allclose(extract(got, lay), normalise_clear(a), atol=1e-5)
+        assert np.abs(np.delete(got, template_slots(lay))).max() < 1e-5  # zeros outside the layout
+        s = hm.cosine(be, ta, tb, lay)
+        assert be.level(s) == start - NORMALISE_LEVELS - SCORE_LEVELS
+        v = be.decrypt(s)
+        assert abs(v[0] - cosine_clear(a, b)) < 1e-3
+        assert np.abs(v[1:]).max() < 1e-5  # only the score slot is revealed
+
+
+def test_gallery_scores_match_clear_over_two_chunks():
+    rng = np.random.default_rng(7)
+    be = sim(12, 2)  # 2048 slots: 8 templates per gallery ciphertext
+    lay = TemplateLayout(2)
+    gal = GalleryLayout(2, be.slots)
+    assert gal.capacity == 8
+    embs = [embedding(rng) for _ in range(11)]
+    probe = correlated(rng, embs[9], 0.7)
+    norm = [hm.normalise(be, encrypt_embedding_for_tests(be, e, lay, 12), lay) for e in embs]
+    p = hm.replicate_probe(be, hm.normalise(be, encrypt_embedding_for_tests(be, probe, lay, 12), lay), gal)
+    got = []
+    for start in range(0, len(norm), gal.capacity):
+        part = norm[start : start + gal.capacity]
+        s = hm.gallery_scores(be, p, hm.pack_gallery(be, part, gal), gal, len(part))
+        v = be.decrypt(s)
+        got.extend(v[gal.score_slots(len(part))])
+        mask = np.ones(be.slots, bool)
+        mask[gal.score_slots(len(part))] = False
+        assert np.abs(v[mask]).max() < 1e-5
+    want = [cosine_clear(probe, e) for e in embs]
+    np.testing.assert_allclose(got, want, atol=1e-3)
+    assert int(np.argmax(got)) == 9
+
+
+def test_gallery_capacity_is_128_at_n16_for_every_stride():
+    for stride in (1, 2, 8, 64, 128):
+        gal = GalleryLayout(stride, 1 << 15)
+        assert gal.capacity == 128
+        assert len(set(gal.score_slots().tolist())) == 128
+
+
+def test_decision_correct_outside_band():
+    rng = np.random.default_rng(3)
+    be = sim(13, 1)
+    lay = TemplateLayout(1)
+    band = poly.sign_band(TAU)
+    assert band < 0.12
+    a = embedding(rng)
+    for cos in (-0.5, 0.0, TAU - band - 0.01, TAU + band + 0.01, 0.6, 0.95):
+        b = correlated(rng, a, cos)
+        ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, 22), lay)
+        tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, 22), lay)
+        d = hm.decision(be, hm.cosine(be, ta, tb, lay), TAU)
+        assert be.level(d) == 22 - MATCH_LEVELS
+        value = be.decrypt(d)[0]
+        truth = np.sign(cosine_clear(a, b) - TAU)
+        assert abs(value - truth) < 2e-2, (cos, value)
+
+
+def test_rotation_steps_cover_everything():
+    for stride in (1, 4, 128):
+        be = sim(16, stride)
+        assert len(be.rotation_steps()) <= 16
+
+
+def test_sign_polynomial_properties():
+    u = np.linspace(-1, 1, 20001)
+    f = poly.sign_clear(u, TAU)
+    assert np.all(np.sign(f[np.abs(u - TAU) > 1e-3]) == np.sign(u - TAU)[np.abs(u - TAU) > 1e-3])
+    assert np.abs(f).max() <= 1 + 1e-9  # bounded: the value never leaks a magnitude beyond the bit
+    band = poly.sign_band(TAU)
+    outside = np.abs(u - TAU) >= band
+    assert np.max(np.abs(f[outside] - np.sign(u - TAU)[outside])) <= poly.SIGN_TOLERANCE
+
+
+def test_inverse_sqrt_table():
+    rows = {d: (depth, err) for d, depth, err in poly.inverse_sqrt_table((7, 15, 31))}
+    assert rows[15][0] == 4 and rows[15][1] < 1e-4
+    assert rows[7][1] > rows[15][1] > rows[31][1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("desilofhe" not in available_backends(), reason="desilofhe is not installed")
+def test_desilo_cosine_matches_clear():
+    be = create_backend("desilofhe", CkksParameters(log_ring=16, levels=24))
+    lay = TemplateLayout(1)
+    be.generate_keys(hm.rotation_steps(lay, be.slots))
+    rng = np.random.default_rng(5)
+    a = embedding(rng)
+    b = correlated(rng, a, 0.5)
+    ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, 9), lay)
+    tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, 9), lay)
+    v = be.decrypt(hm.cosine(be, ta, tb, lay))
+    assert abs(v[0] - cosine_clear(a, b)) < 1e-3
