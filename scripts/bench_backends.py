@@ -29,14 +29,21 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _median_ms(fn, repeats: int, warmup: int = 1) -> float:
+CPU_MS: dict[str, float] = {}
+
+
+def _median_ms(fn, repeats: int, warmup: int = 1, label: str = "") -> float:
+    """Median wall ms; the median process-CPU ms goes to CPU_MS[label] (robust to other load on the box)."""
     for _ in range(warmup):
         fn()
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        t = time.perf_counter()
+        c, t = time.process_time(), time.perf_counter()
         fn()
         times.append((time.perf_counter() - t) * 1000)
+        cpu.append((time.process_time() - c) * 1000)
+    if label:
+        CPU_MS[label] = round(statistics.median(cpu), 2)
     return round(statistics.median(times), 2)
 
 
@@ -75,22 +82,28 @@ def bench(name: str, threads: int, log_ring: int, levels: int, repeats: int) -> 
         "keygen_all_ms (sk, pk, relin, 8 rotation keys)": round(keygen_all_ms, 1),
     }
     ms: dict[str, float] = {}
-    ms["encode"] = _median_ms(lambda: b.encode(x, top), repeats)
-    ms["encrypt"] = _median_ms(lambda: b.encrypt(x), repeats)
-    ms["decrypt"] = _median_ms(lambda: b.decrypt(ct), repeats)
-    ms["mul_plain (no rescale)"] = _median_ms(lambda: b.mul_plain(ct, pt), repeats)
-    ms["rescale"] = _median_ms(lambda: b.rescale(prod), repeats)
-    ms["multiply_accumulate of 16"] = _median_ms(lambda: b.multiply_accumulate(cts, pts), repeats)
-    ms["mul + relin (no rescale)"] = _median_ms(lambda: b.mul(ct, ct2), repeats)
-    ms["add"] = _median_ms(lambda: b.add(ct, ct2), repeats)
-    ms["rotate (top level)"] = _median_ms(lambda: b.rotate(ct, 1), repeats)
-    ms["rotate_many of 8 (hoisted)"] = _median_ms(lambda: b.rotate_many(ct, steps), repeats)
-    ms["level_down to 3"] = _median_ms(lambda: b.level_down(ct, 3), repeats)
+
+    def timed(label: str, fn, warmup: int = 1) -> None:
+        ms[label] = _median_ms(fn, repeats, warmup=warmup, label=label)
+
+    timed("encode", lambda: b.encode(x, top))
+    timed("encrypt", lambda: b.encrypt(x))
+    timed("decrypt", lambda: b.decrypt(ct))
+    timed("mul_plain (no rescale)", lambda: b.mul_plain(ct, pt))
+    timed("rescale", lambda: b.rescale(prod))
+    timed("multiply_accumulate of 16", lambda: b.multiply_accumulate(cts, pts))
+    timed("mul + relin (no rescale)", lambda: b.mul(ct, ct2))
+    timed("add", lambda: b.add(ct, ct2))
+    timed("rotate (top level)", lambda: b.rotate(ct, 1))
+    timed("rotate_many of 8 (hoisted)", lambda: b.rotate_many(ct, steps))
+    timed("level_down to 3", lambda: b.level_down(ct, 3))
 
     keygen = _one_rotation_keygen(name, b)
     if keygen is not None:
-        ms["keygen one rotation key (top)"] = _median_ms(keygen, repeats, warmup=0)
+        timed("keygen one rotation key (top)", keygen, warmup=0)
     out["ms"] = ms
+    out["cpu_ms (process CPU time, all threads)"] = dict(CPU_MS)
+    out["loadavg_1min_at_end"] = os.getloadavg()[0]
     keys = b.export_evaluation_keys()
     out["bytes"] = {
         "rotation key (top)": len(keys["rotation:1"]),
@@ -100,7 +113,11 @@ def bench(name: str, threads: int, log_ring: int, levels: int, repeats: int) -> 
         "ciphertext (level 3)": len(b.serialize(b.level_down(ct, 3))),
     }
     if name == "desilofhe":
-        out["gil"] = _gil_ratio(b, ct, pt)
+        out["gil_rotate"] = _gil_probe(lambda: b.engine.rotate(ct.ct, b._rot[1]))
+        out["gil_mul_plain"] = _gil_probe(lambda: b.engine.multiply(ct.ct, pt))
+    elif name == "openfhe":
+        out["gil_rotate"] = _gil_probe(lambda: b.cc.EvalRotate(ct, 1))
+        out["gil_mul_plain"] = _gil_probe(lambda: b.cc.EvalMult(ct, pt))
     return out
 
 
@@ -113,25 +130,38 @@ def _one_rotation_keygen(name: str, b: Any):
     return None
 
 
-def _gil_ratio(b: Any, ct: Any, pt: Any, ops: int = 4) -> dict[str, float]:
-    """wall(2 Python threads x ops) / wall(1 thread x ops): ~1 = GIL released, ~2 = held."""
+def _gil_probe(op, calls: int = 3) -> dict[str, float]:
+    """Does ``op`` (one library call) release the GIL? A pure-Python thread counts while it runs.
 
-    def work() -> None:
-        for _ in range(ops):
-            b.mul_plain(ct, pt)
+    ``share`` = counter progress during the calls / progress at the same rate while idle: ~0 means the GIL
+    was held for the whole call, clearly > 0 means another Python thread ran meanwhile (released). This is
+    robust to other load on the machine, unlike a 1-vs-2-thread wall-time ratio.
+    """
+    count = 0
+    stop = False
 
-    t = time.perf_counter()
-    work()
-    one = time.perf_counter() - t
-    threads = [threading.Thread(target=work) for _ in range(2)]
-    t = time.perf_counter()
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    two = time.perf_counter() - t
-    return {"mul_plain_1thread_s": round(one, 3), "mul_plain_2threads_s": round(two, 3),
-            "ratio": round(two / one, 2), "cpus": os.cpu_count() or 0}
+    def spin() -> None:
+        nonlocal count
+        while not stop:
+            count += 1
+
+    th = threading.Thread(target=spin, daemon=True)
+    th.start()
+    time.sleep(0.05)
+    c0, t0 = count, time.perf_counter()
+    time.sleep(0.2)
+    idle_rate = (count - c0) / (time.perf_counter() - t0)
+    busy, during = 0.0, 0
+    for _ in range(calls):
+        c0, t0 = count, time.perf_counter()
+        op()
+        busy += time.perf_counter() - t0
+        during += count - c0
+    stop = True
+    th.join()
+    share = during / (idle_rate * busy) if idle_rate and busy else 0.0
+    return {"op_ms_with_spinner": round(busy / calls * 1000, 1), "share": round(share, 2),
+            "released": share > 0.2}
 
 
 def run_all(args: argparse.Namespace) -> dict[str, Any]:
