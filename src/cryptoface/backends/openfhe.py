@@ -25,8 +25,11 @@ How the protocol maps onto OpenFHE:
   context from the serialised one (checked against ``params``) and loads the keys into that cache; it
   never holds a secret key object. The key tag is the key-set id: ciphertexts under another tag are
   rejected with CiphertextError.
-* Threads: OpenFHE parallelises inside each operation with OpenMP and holds the GIL. ``threads`` is applied
-  with libgomp's ``omp_set_num_threads`` (process-wide for the calling thread; the last backend made wins).
+* Threads: OpenFHE parallelises inside each operation with OpenMP. ``threads`` is applied with libgomp's
+  ``omp_set_num_threads`` when the backend is made (it sets the calling thread's OpenMP default, so the
+  last backend made wins; parallel regions started from other Python threads use OMP_NUM_THREADS). Idle
+  OpenMP workers spin, so threads > 1 is a loss on a busy machine. A probe with a counting Python thread
+  (scripts/bench_backends.py) shows this wheel releases the GIL inside EvalRotate/EvalMult.
 """
 
 from __future__ import annotations
