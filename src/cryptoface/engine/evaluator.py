@@ -283,7 +283,7 @@ class EncryptedModel:
         def one(gg: int) -> Any:
             ks = groups[gg]
             cts = [babies[int(diag.in_ct[k])][int(b[k])] for k in ks]
-            pts = [be.encode(np.roll(diag.weights[k], gg), level) for k in ks]
+            pts = [be.encode(np.roll(diag.vector(k, slots), gg), level) for k in ks]
             inner = be.multiply_accumulate(cts, pts)
             del pts
             return self._rotate(inner, gg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 import numpy as np
 
@@ -94,10 +95,28 @@ class Diagonals:
 
     in_ct: np.ndarray
     offset: np.ndarray
-    weights: np.ndarray | None = None
+    entries: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (diagonal, slot, value), sorted
+    _bounds: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.in_ct.size)
+
+    def set_entries(self, diag: np.ndarray, slot: np.ndarray, value: np.ndarray) -> None:
+        small = diag.astype(np.uint16) if len(self) < 1 << 16 else diag
+        order = np.argsort(small, kind="stable")  # radix sort for 16-bit keys
+        self.entries = (diag[order], slot[order], value[order])
+        self._bounds = np.searchsorted(self.entries[0], np.arange(len(self) + 1))
+
+    def vector(self, k: int, slots: int) -> np.ndarray:
+        """Dense weight vector of diagonal ``k`` (entries for the same slot are summed)."""
+        lo, hi = self._bounds[k], self._bounds[k + 1]
+        return np.bincount(self.entries[1][lo:hi], weights=self.entries[2][lo:hi], minlength=slots)
+
+    @property
+    def weights(self) -> np.ndarray:
+        """All dense diagonals (tests and small layers only)."""
+        slots = int(self.entries[1].max()) + 1 if self.entries is not None and self.entries[1].size else 1
+        return np.stack([self.vector(k, slots) for k in range(len(self))]) if len(self) else np.zeros((0, 1))
 
 
 def _plane_pairs(
@@ -152,16 +171,17 @@ def conv_diagonals(
                 vals = term.weights[g, co, ci, ky, kx]
             entries.append((key, vals, b_out, opos))
     if not entries:
-        return Diagonals(np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, slots)) if with_weights else None)
+        return Diagonals(np.zeros(0, np.int64), np.zeros(0, np.int64))
     keys = np.unique(np.concatenate([e[0] for e in entries]))
     diag = Diagonals(keys // slots, keys % slots)
     if with_weights:
-        w = np.zeros((keys.size, slots))
+        ks, ps, vs = [], [], []
         for key, vals, b_out, opos in entries:
             k = np.searchsorted(keys, key)
-            # within one entry every (diagonal, slot) pair is distinct, so buffered += is exact
-            w[k[:, None], b_out[:, None] + opos[None, :]] += vals[:, None]
-        diag.weights = w
+            ks.append(np.repeat(k, opos.size))
+            ps.append((b_out[:, None] + opos[None, :]).ravel())
+            vs.append(np.repeat(vals, opos.size))
+        diag.set_entries(np.concatenate(ks), np.concatenate(ps), np.concatenate(vs))
     return diag
 
 
@@ -228,9 +248,7 @@ def pool_head_diagonals(
     uk, inv = np.unique(keys, return_inverse=True)
     diag = Diagonals(uk // slots, uk % slots)
     if with_weights:
-        wts = np.zeros((uk.size, slots))
-        np.add.at(wts, (inv, np.concatenate(pos_all)), np.concatenate(vals_all))
-        diag.weights = wts
+        diag.set_entries(inv.ravel(), np.concatenate(pos_all), np.concatenate(vals_all))
     return diag
 
 
@@ -292,7 +310,7 @@ def compose_tree(steps: Sequence[int], slots: int) -> dict[int, tuple[int, int]]
         if s % slots == 0:
             continue
         cur = 0
-        for d in naf(s, slots):
+        for d in _naf_cached(s, slots):
             nxt = (cur + d) % slots
             if nxt not in tree:
                 tree[nxt] = (cur, d)
@@ -335,39 +353,51 @@ def count_split(
     diags: Sequence[Diagonals], split: BsgsSplit, slots: int, key_mode: str = "exact"
 ) -> LayerCount:
     """Counts for evaluating all output ciphertexts ``diags`` of a layer with ``split``."""
-    res = LayerCount()
-    babies_per_in: dict[int, set[int]] = {}
+    res = LayerCount(babies_hoisted=key_mode == "exact")
+    pairs = []
     for d in diags:
         res.diagonals += len(d)
         if not len(d):
             continue
         b, g = split.split(d.offset, slots)
-        for i, bb in zip(d.in_ct.tolist(), b.tolist(), strict=True):
-            babies_per_in.setdefault(i, set()).add(bb)
-        giants = set(g.tolist()) - {0}
+        pairs.append(d.in_ct * slots + b)
+        giants = np.unique(g)
+        giants = giants[giants != 0]
         if key_mode == "exact":
-            res.giant_rotations += len(giants)
-            res.keys |= giants
+            res.giant_rotations += giants.size
+            res.keys |= set(giants.tolist())
         else:
-            for gg in giants:
-                dig = naf(gg, slots)
+            for gg in giants.tolist():
+                dig = _naf_cached(gg, slots)
                 res.giant_rotations += len(dig)
                 res.keys |= {x % slots for x in dig}
-    for babies in babies_per_in.values():
-        nz = babies - {0}
-        if not nz:
+    if not pairs:
+        return res
+    allp = np.unique(np.concatenate(pairs))
+    in_cts, bab = allp // slots, allp % slots
+    for i in np.unique(in_cts).tolist():
+        nz = bab[(in_cts == i) & (bab != 0)]
+        if not nz.size:
             continue
+        res.hoist_groups += 1
         if key_mode == "exact":
-            res.baby_rotations += len(nz)
-            res.hoist_groups += 1
-            res.keys |= nz
+            res.baby_rotations += nz.size
+            res.keys |= set(nz.tolist())
         else:
-            res.babies_hoisted = False
-            tree = compose_tree(sorted(nz), slots)
+            tree = _tree_cached(tuple(nz.tolist()), slots)
             res.baby_rotations += len(tree)
-            res.hoist_groups += 1
             res.keys |= {d % slots for _, d in tree.values()}
     return res
+
+
+@lru_cache(maxsize=1 << 16)
+def _naf_cached(step: int, slots: int) -> tuple[int, ...]:
+    return tuple(naf(step, slots))
+
+
+@lru_cache(maxsize=1024)
+def _tree_cached(steps: tuple[int, ...], slots: int) -> dict[int, tuple[int, int]]:
+    return compose_tree(steps, slots)
 
 
 def layer_cost(count: LayerCount, model: CostModel, level: int) -> float:

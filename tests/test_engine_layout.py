@@ -1,0 +1,56 @@
+"""Engine layouts and parameters: round trips, no collisions, defaults within the security bound."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cryptoface.engine import layout as lay
+from cryptoface.engine.params import MATCHING_RESERVE_LEVELS, default_parameters
+from cryptoface.engine.plan import NETWORK_LEVELS
+
+SLOTS = 1 << 15
+
+
+@pytest.mark.parametrize("family", lay.FAMILIES)
+@pytest.mark.parametrize("n", [4, 9, 16])
+def test_stage_layouts_round_trip(family: str, n: int) -> None:
+    rng = np.random.default_rng(n)
+    for name, layout in lay.stage_layouts(n, SLOTS, family).items():
+        layout.validate()
+        t = rng.standard_normal(layout.shape)
+        vecs = layout.pack(t)
+        assert len(vecs) == layout.n_cts
+        np.testing.assert_array_equal(layout.unpack(vecs), t, err_msg=name)
+        # every copy holds the same values, and nothing else is nonzero
+        total = sum(int(np.count_nonzero(v)) for v in vecs)
+        assert total == sum(s.size for s in layout.occupied())
+
+
+def test_polyphase_even_pixels_are_next_stage_order() -> None:
+    p32 = lay.polyphase_order(32, 32, 2)
+    p16 = lay.polyphase_order(16, 16, 1)
+    np.testing.assert_array_equal(p32[::2, ::2], p16)
+    np.testing.assert_array_equal(p16[::2, ::2], lay.raster_order(8, 8))
+    assert sorted(p32.ravel().tolist()) == list(range(1024))
+
+
+def test_template_layout() -> None:
+    t = lay.TemplateLayout(16)
+    v = np.arange(256.0)
+    vec = t.pack(v, SLOTS)
+    assert np.count_nonzero(vec) == 255 and vec[16 * 3] == 3.0
+    np.testing.assert_array_equal(t.unpack(vec), v)
+    with pytest.raises(ValueError):
+        lay.TemplateLayout(256)
+    with pytest.raises(ValueError):
+        lay.TemplateLayout(3)
+
+
+@pytest.mark.parametrize("resolution", [64, 96, 128])
+def test_default_parameters_secure(resolution: int) -> None:
+    p = default_parameters(resolution)
+    p.check_security()
+    assert p.log_qp <= 1772
+    assert p.levels == NETWORK_LEVELS + MATCHING_RESERVE_LEVELS
+    assert p.ring_degree == 1 << 16 and p.scale_bits == 40
