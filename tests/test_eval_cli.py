@@ -82,6 +82,28 @@ def test_eval_lfw_missing_folder(tmp_path):
         run_cli(["eval", "lfw", "--lfw-dir", str(tmp_path / "lfw"), "--model", "sface", "--cache-dir", str(tmp_path)])
 
 
+def test_read_and_limit_lfw_pairs(tmp_path):
+    from cryptoface.eval.lfw import limit_pairs, read_pairs
+
+    lines = ["2 3"]
+    for k in range(2):
+        lines += [f"A{k} 1 {i + 2}" for i in range(3)]
+        lines += [f"B{k} {i + 1} C{k} 1" for i in range(3)]
+    path = tmp_path / "pairs.txt"
+    path.write_text("\n".join(lines) + "\n")
+    pairs = read_pairs(path)
+    assert len(pairs) == 12
+    assert pairs.left[0] == "A0/A0_0001.jpg" and pairs.right[0] == "A0/A0_0002.jpg"
+    assert pairs.left[3] == "B0/B0_0001.jpg" and pairs.right[3] == "C0/C0_0001.jpg"
+    assert pairs.same.tolist() == ([True] * 3 + [False] * 3) * 2
+    assert pairs.fold.tolist() == [0] * 6 + [1] * 6
+    small = limit_pairs(pairs, 1)
+    assert small.same.tolist() == [True, False, True, False] and small.fold.tolist() == [0, 0, 1, 1]
+    path.write_text("\n".join([*lines[:4], "X 1", *lines[5:]]) + "\n")
+    with pytest.raises(DataError, match=":5:"):
+        read_pairs(path)
+
+
 LFW = shared_dir() / "data" / "lfw"
 
 
@@ -94,5 +116,5 @@ def test_eval_lfw_limit_sface(tmp_path):
     report = json.loads(out.read_text())
     assert set(REQUIRED_KEYS) <= set(report)
     assert report["n_pairs"] == 400 and len(report["fold_accuracies"]) == 10
-    assert report["accuracy"] > 0.95
+    assert report["accuracy"] > 0.95 and report["face_select"] == "center"
     assert list((tmp_path / "cache").glob("lfw-crops-*.npz"))

@@ -103,6 +103,21 @@ def test_largest_face_is_kept(faces_dir):
     assert detect_face(img).area == max(f.area for f in faces)
 
 
+def test_select_center_or_largest(faces_dir):
+    big = load_image_file(faces_dir / "obama3.jpg")  # 275x400
+    small = cv2.resize(load_image_file(faces_dir / "paul_rudd_1.jpg"), (142, 200), interpolation=cv2.INTER_AREA)
+    canvas = np.full((400, 700, 3), 128, np.uint8)
+    canvas[:, :275] = big  # large face on the left
+    canvas[100:300, 279:421] = small  # smaller face in the middle
+    largest = detect_face(canvas)
+    central = detect_face(canvas, select="center")
+    assert largest.center[0] < 275 < central.center[0] < 421
+    assert largest.area > central.area
+    assert not np.array_equal(align_face(canvas), align_face(canvas, select="center"))
+    with pytest.raises(ValueError, match="select"):
+        detect_face(canvas, select="first")
+
+
 def test_large_image_is_downscaled_for_detection(faces_dir):
     img = load_image_file(faces_dir / "obama3.jpg")
     big = cv2.resize(img, (img.shape[1] * 4, img.shape[0] * 4), interpolation=cv2.INTER_CUBIC)

@@ -43,6 +43,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="smoke test: keep the first N genuine and first N impostor pairs of each fold",
     )
+    lfw.add_argument(
+        "--select",
+        choices=("center", "largest"),
+        default="center",
+        help="face kept when a photo shows several: nearest the centre (LFW protocol, default) or largest",
+    )
     lfw.set_defaults(func=run_lfw)
 
     pairs = sub.add_parser("pairs", help="your own pairs: CSV with columns image1,image2,same")
@@ -101,7 +107,9 @@ def run_lfw(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise DataError("--limit must be at least 1")
     emb, model_name = _embedder(args)
-    result = evaluate_lfw(args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet)
+    result = evaluate_lfw(
+        args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet, select=args.select
+    )
     title = f"LFW, {emb.name} ({result['n_pairs']} pairs, 10-fold)"
     return _finish(
         args, result, model_name, emb.resolution, title, dataset="lfw", protocol="10-fold", lfw_dir=str(args.lfw_dir)

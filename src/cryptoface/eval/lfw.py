@@ -30,6 +30,13 @@ from cryptoface.face.image import load_image_file
 from cryptoface.face.pipeline import PIPELINE_VERSION, align_face
 
 CACHE_ENV = "CRYPTOFACE_CACHE"
+# LFW photos are centred on the person named in pairs.txt: keep the detected face nearest the centre.
+LFW_FACE_SELECT = "center"
+
+
+def crop_version(select: str = LFW_FACE_SELECT) -> str:
+    """Version string of the cached crops: the pipeline version and the face-selection rule."""
+    return f"{PIPELINE_VERSION}|select={select}"
 
 
 @dataclass(frozen=True)
@@ -102,13 +109,15 @@ def image_root(lfw_dir: str | os.PathLike[str]) -> Path:
     return nested if nested.is_dir() and not (root / "pairs.txt").is_file() else root
 
 
-def crop_cache_path(lfw_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """``<cache>/lfw-crops-<hash of the LFW path and pipeline version>.npz``.
+def crop_cache_path(
+    lfw_dir: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None, select: str = LFW_FACE_SELECT
+) -> Path:
+    """``<cache>/lfw-crops-<hash of the LFW path, pipeline version and face selection>.npz``.
 
     The cache folder is ``cache_dir``, else ``$CRYPTOFACE_CACHE``, else ``~/.cache/cryptoface``.
     """
     base = Path(cache_dir or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "cryptoface").expanduser()
-    key = f"{Path(lfw_dir).resolve()}|{PIPELINE_VERSION}"
+    key = f"{Path(lfw_dir).resolve()}|{crop_version(select)}"
     return base / f"lfw-crops-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
@@ -121,12 +130,12 @@ def _centre_crop(path: Path) -> np.ndarray:
     return cv2.resize(img[y0 : y0 + side, x0 : x0 + side], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
 
 
-def _read_cache(path: Path) -> dict[str, tuple[np.ndarray, bool]]:
+def _read_cache(path: Path, version: str) -> dict[str, tuple[np.ndarray, bool]]:
     if not path.is_file():
         return {}
     try:
         with np.load(path, allow_pickle=False) as data:
-            if str(data["version"]) != PIPELINE_VERSION:
+            if str(data["version"]) != version:
                 return {}
             crops, fallback = data["crops"], data["fallback"]
             return {str(p): (crops[i], bool(fallback[i])) for i, p in enumerate(data["paths"])}
@@ -134,13 +143,13 @@ def _read_cache(path: Path) -> dict[str, tuple[np.ndarray, bool]]:
         return {}
 
 
-def _write_cache(path: Path, entries: dict[str, tuple[np.ndarray, bool]]) -> None:
+def _write_cache(path: Path, entries: dict[str, tuple[np.ndarray, bool]], version: str) -> None:
     names = sorted(entries)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp.npz")
     np.savez(
         tmp,
-        version=np.array(PIPELINE_VERSION),
+        version=np.array(version),
         paths=np.array(names),
         crops=np.stack([entries[n][0] for n in names]),
         fallback=np.array([entries[n][1] for n in names], dtype=bool),
@@ -153,14 +162,16 @@ def aligned_crops(
     relpaths: list[str],
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    select: str = LFW_FACE_SELECT,
 ) -> tuple[dict[str, np.ndarray], list[str]]:
     """Aligned crops of the given LFW images (from the cache, aligning and caching the missing ones).
 
     Returns ``(crops by relative path, relative paths that fell back to a centre crop)``.
     """
     root = image_root(lfw_dir)
-    cache = crop_cache_path(lfw_dir, cache_dir)
-    entries = _read_cache(cache)
+    cache = crop_cache_path(lfw_dir, cache_dir, select)
+    version = crop_version(select)
+    entries = _read_cache(cache, version)
     missing = sorted(set(relpaths) - set(entries))
     if missing:
         for rel in tqdm(missing, desc="aligning LFW photos", unit="img", disable=not progress):
@@ -168,28 +179,28 @@ def aligned_crops(
             if not path.is_file():
                 raise DataError(f"LFW image {path} (named in pairs.txt) is missing")
             try:
-                entries[rel] = (align_face(path, aligned=False), False)
+                entries[rel] = (align_face(path, aligned=False, select=select), False)
             except (NoFaceError, FaceTooSmallError):
                 entries[rel] = (_centre_crop(path), True)
             except ImageError as exc:
                 raise DataError(f"LFW image {path} cannot be read: {exc}") from exc
-        _write_cache(cache, entries)
+        _write_cache(cache, entries, version)
     crops = {rel: entries[rel][0] for rel in relpaths}
     fallback = sorted({rel for rel in relpaths if entries[rel][1]})
     return crops, fallback
 
 
-def _embedding_cache_path(lfw_dir: str | os.PathLike[str], embedder: Embedder, cache_dir) -> Path | None:
+def _embedding_cache_path(lfw_dir: str | os.PathLike[str], embedder: Embedder, cache_dir, select: str) -> Path | None:
     key = getattr(embedder, "cache_key", None)
     if not key:
         return None
-    crops = crop_cache_path(lfw_dir, cache_dir)
+    crops = crop_cache_path(lfw_dir, cache_dir, select)
     digest = hashlib.sha256(f"{crops.name}|{key}".encode()).hexdigest()[:16]
     return crops.with_name(f"lfw-emb-{digest}.npz")
 
 
-def _read_embeddings(lfw_dir, embedder: Embedder, cache_dir) -> dict[str, np.ndarray]:
-    path = _embedding_cache_path(lfw_dir, embedder, cache_dir)
+def _read_embeddings(lfw_dir, embedder: Embedder, cache_dir, select: str) -> dict[str, np.ndarray]:
+    path = _embedding_cache_path(lfw_dir, embedder, cache_dir, select)
     if path is None or not path.is_file():
         return {}
     try:
@@ -199,8 +210,8 @@ def _read_embeddings(lfw_dir, embedder: Embedder, cache_dir) -> dict[str, np.nda
         return {}
 
 
-def _write_embeddings(lfw_dir, embedder: Embedder, cache_dir, feats: dict[str, np.ndarray]) -> None:
-    path = _embedding_cache_path(lfw_dir, embedder, cache_dir)
+def _write_embeddings(lfw_dir, embedder: Embedder, cache_dir, select: str, feats: dict[str, np.ndarray]) -> None:
+    path = _embedding_cache_path(lfw_dir, embedder, cache_dir, select)
     if path is None:
         return
     names = sorted(feats)
@@ -216,16 +227,20 @@ def evaluate_lfw(
     limit: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = True,
+    select: str = LFW_FACE_SELECT,
 ) -> dict[str, Any]:
-    """Run the 10-fold LFW protocol; returns the fields of the JSON report (fractions in [0, 1])."""
+    """Run the 10-fold LFW protocol; returns the fields of the JSON report (fractions in [0, 1]).
+
+    ``select`` picks the face in photos with several: "center" (default, the LFW subject) or "largest".
+    """
     t0 = time.perf_counter()
     pairs = read_pairs(Path(lfw_dir) / "pairs.txt")
     if limit is not None:
         pairs = limit_pairs(pairs, limit)
     names = sorted(set(pairs.left) | set(pairs.right))
-    crops, fallback = aligned_crops(lfw_dir, names, cache_dir, progress)
+    crops, fallback = aligned_crops(lfw_dir, names, cache_dir, progress, select)
     t_align = time.perf_counter() - t0
-    feats = _read_embeddings(lfw_dir, embedder, cache_dir)
+    feats = _read_embeddings(lfw_dir, embedder, cache_dir, select)
     todo = [r for r in names if r not in feats]
     chunk = 256
     for start in tqdm(
@@ -235,10 +250,11 @@ def evaluate_lfw(
         for rel, f in zip(part, embedder.embed([crops[r] for r in part]), strict=True):
             feats[rel] = f
     if todo:
-        _write_embeddings(lfw_dir, embedder, cache_dir, feats)
+        _write_embeddings(lfw_dir, embedder, cache_dir, select, feats)
     scores = cosine_scores(np.stack([feats[r] for r in pairs.left]), np.stack([feats[r] for r in pairs.right]))
     result = summarize(scores, pairs.same, pairs.fold)
     result.update(
+        face_select=select,
         n_images=len(names),
         n_fallback=len(fallback),
         fallback_images=fallback,

@@ -3,7 +3,10 @@
 YuNet takes a BGR uint8 image and returns, per face, a box (x, y, w, h), five landmarks in the order
 right eye, left eye, nose tip, right mouth corner, left mouth corner (the subject's right/left, i.e.
 image left first), and a score. Faces are searched at score >= 0.5 first and, when none is found, again
-at >= 0.2; the face with the largest box area is kept.
+at >= 0.2. By default the face with the largest box area is kept (a user photo); ``select="center"``
+keeps the face whose box centre is nearest the image centre instead, the rule of the LFW protocol (LFW
+photos are centred on their subject, who is not always the largest face: on the 6,000 pairs, SFace
+scores 98.90 % with "largest" and 99.25 % with "center").
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ MAX_DETECT_SIDE = 1280
 # template puts the eyes 35.2 px apart in the 112x112 crop, so below 10 px the crop would be a >3.5x
 # upscale of a face too blurry to recognise reliably.
 MIN_EYE_DISTANCE = 10.0
+SELECTIONS = ("largest", "center")
 
 
 @dataclass(frozen=True)
@@ -41,6 +45,10 @@ class Face:
     @property
     def area(self) -> float:
         return self.box[2] * self.box[3]
+
+    @property
+    def center(self) -> np.ndarray:
+        return np.array([self.box[0] + self.box[2] / 2.0, self.box[1] + self.box[3] / 2.0])
 
     @property
     def eye_distance(self) -> float:
@@ -113,16 +121,24 @@ def detect_faces(image_rgb: np.ndarray) -> list[Face]:
     return faces
 
 
-def detect_face(image_rgb: np.ndarray, min_eye_distance: float = MIN_EYE_DISTANCE) -> Face:
-    """The largest face (box area) of an RGB uint8 photo.
+def detect_face(image_rgb: np.ndarray, min_eye_distance: float = MIN_EYE_DISTANCE, select: str = "largest") -> Face:
+    """The main face of an RGB uint8 photo: the largest box (``select="largest"``) or the box whose centre
+    is nearest the image centre (``select="center"``).
 
     Raises :class:`NoFaceError` when YuNet finds none and :class:`FaceTooSmallError` when the kept
     face's eyes are closer than ``min_eye_distance`` pixels.
     """
+    if select not in SELECTIONS:
+        raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
     faces = detect_faces(image_rgb)
     if not faces:
         raise NoFaceError("no face found in the image; use a photo with one clearly visible, roughly frontal face")
-    face = max(faces, key=lambda f: f.area)
+    if select == "largest":
+        face = max(faces, key=lambda f: f.area)
+    else:
+        h, w = np.asarray(image_rgb).shape[:2]
+        middle = np.array([w / 2.0, h / 2.0])
+        face = min(faces, key=lambda f: float(np.linalg.norm(f.center - middle)))
     if face.eye_distance < min_eye_distance:
         raise FaceTooSmallError(
             f"the face is too small: its eyes are {face.eye_distance:.1f} px apart, at least {min_eye_distance:g} px "

@@ -11,7 +11,7 @@ from cryptoface.face.image import ImageSource, load_image_file
 from cryptoface.face.resize import to_model_input
 
 # Bump when detection/alignment changes in a way that changes crops (invalidates cached LFW crops).
-PIPELINE_VERSION = "yunet2023mar-largest-arcface112-lmeds-v1"
+PIPELINE_VERSION = "yunet2023mar-arcface112-lmeds-v1"
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -33,8 +33,11 @@ def _is_aligned_crop(img: np.ndarray) -> bool:
     return img.shape[:2] == (CROP_SIZE, CROP_SIZE)
 
 
-def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None) -> np.ndarray:
-    """112x112x3 RGB uint8 crop of the largest face in a photo (path, bytes or RGB uint8 array).
+def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None, select: str = "largest") -> np.ndarray:
+    """112x112x3 RGB uint8 crop of the main face in a photo (path, bytes or RGB uint8 array).
+
+    The main face is the largest one; ``select="center"`` keeps the one nearest the image centre instead
+    (see :func:`cryptoface.face.detect.detect_face`).
 
     ``aligned=None`` treats a 112x112 input as an already aligned crop (as in the training shards) and
     returns it unchanged; pass ``aligned=False`` to run detection on such an image anyway. Raises
@@ -45,7 +48,7 @@ def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None) -> 
         if not _is_aligned_crop(img):
             raise ImageError(f"an aligned crop must be {CROP_SIZE}x{CROP_SIZE}, got {img.shape[1]}x{img.shape[0]}")
         return img
-    face = detect_face(img)
+    face = detect_face(img, select=select)
     return warp_face(img, face.landmarks)
 
 
