@@ -118,3 +118,28 @@ def test_eval_lfw_limit_sface(tmp_path):
     assert report["n_pairs"] == 400 and len(report["fold_accuracies"]) == 10
     assert report["accuracy"] > 0.95 and report["face_select"] == "center"
     assert list((tmp_path / "cache").glob("lfw-crops-*.npz"))
+
+
+def test_eval_pairs_fused_model(tmp_path):
+    from cryptoface.model.file import save_model
+    from cryptoface.model.random import random_model
+
+    model = save_model(random_model(64, seed=1), tmp_path / "net4.npz")
+    (tmp_path / "imgs").symlink_to(FACES)
+    csv_path = tmp_path / "pairs.csv"
+    write_pairs(csv_path, [("imgs/obama3.jpg", "imgs/obama4.jpg", 1), ("imgs/obama3.jpg", "imgs/chirac1.jpg", 0)])
+    out = tmp_path / "out.json"
+    assert run_cli(["eval", "pairs", "--csv", str(csv_path), "--model", str(model), "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["resolution"] == 64 and report["model"] == str(model) and report["n_pairs"] == 2
+    with pytest.raises(ModelFileError, match="64x64"):
+        run_cli(["eval", "pairs", "--csv", str(csv_path), "--model", str(model), "--resolution", "96"])
+
+
+def test_default_model_missing_is_clear(tmp_path):
+    from cryptoface.assets import ASSETS_DIR
+
+    if (ASSETS_DIR / "cryptofacenet4.npz").is_file():
+        pytest.skip("this build bundles a default model")
+    with pytest.raises(ModelFileError, match="--model"):
+        run_cli(["eval", "pairs", "--csv", str(tmp_path / "x.csv")])
