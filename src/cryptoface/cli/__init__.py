@@ -12,6 +12,7 @@ from cryptoface.errors import CryptoFaceError
 COMMAND_MODULES = [
     "eval_cmd",
     "model_cmd",
+    "service_cmd",
 ]
 
 

@@ -1,0 +1,251 @@
+"""``cryptoface keygen | serve | enroll | verify | identify | demo``: the client and server roles."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from cryptoface.backends.protocol import CkksParameters
+from cryptoface.errors import CryptoFaceError
+
+SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
+
+
+def _default_backend() -> str:
+    from cryptoface.backends import available_backends
+
+    return "desilofhe" if "desilofhe" in available_backends() else "simulator"
+
+
+def _label(backend: str) -> str:
+    return "NOT ENCRYPTED (simulator)" if backend == "simulator" else f"CKKS encryption ({backend})"
+
+
+BUNDLED_MODEL = SAMPLES.parent / "cryptofacenet4.npz"
+
+
+def _load_model(path: Path | None, resolution: int = 64) -> Any:
+    """The given model file, else the bundled CryptoFaceNet4, else a random model (meaningless decisions)."""
+    from cryptoface.model.file import load_model
+
+    if path is not None:
+        return load_model(path)
+    if BUNDLED_MODEL.is_file() and resolution == 64:
+        return load_model(BUNDLED_MODEL)
+    from cryptoface.model.random import random_model
+
+    print("warning: no model file; using a RANDOM model, decisions are meaningless")
+    return random_model(resolution)
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("keygen", help="client: make a key set (secret key stays in --home, mode 0600)")
+    p.add_argument("--home", type=Path, default=None, help="key folder (default $CRYPTOFACE_HOME or ~/.cryptoface)")
+    p.add_argument("--backend", default=None, help="simulator | desilofhe | openfhe (default: desilofhe if installed)")
+    p.add_argument("--log-ring", type=int, default=16)
+    p.add_argument("--levels", type=int, default=24)
+    p.add_argument("--stride", type=int, default=1, help="template layout stride of the engine")
+    p.add_argument("--resolution", type=int, default=64, help="model input resolution (engine rotation keys)")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("serve", help="server: run the matching HTTP server (public keys only)")
+    p.add_argument("--db", type=Path, required=True, help="SQLite file")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--model", type=Path, default=None, help="fused model file (enables enrolment from images)")
+    p.add_argument("--threshold", type=float, default=None, help="cosine threshold (default: model's, else 0.23)")
+    p.set_defaults(func=cmd_serve)
+
+    for name, helptext in (("enroll", "enrol NAME from photos"), ("verify", "verify a photo against NAME")):
+        p = sub.add_parser(name, help=f"client: {helptext}")
+        p.add_argument("name")
+        p.add_argument("photos", nargs="+" if name == "enroll" else 1, type=Path)
+        _client_args(p)
+        p.set_defaults(func=cmd_enroll if name == "enroll" else cmd_verify)
+    p = sub.add_parser("identify", help="client: find who a photo shows among the enrolled subjects")
+    p.add_argument("photos", nargs=1, type=Path)
+    _client_args(p)
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser("demo", help="everything in one process on the bundled sample faces")
+    p.add_argument("--backend", default=None, help="default: desilofhe if installed, else simulator")
+    p.add_argument("--quick", action="store_true", help="small ring (2^13 slots) for a fast smoke run")
+    p.add_argument("--model", type=Path, default=None, help="fused model file for the clear stand-in embedding")
+    p.add_argument("--mode", choices=("score", "decision"), default="score")
+    p.set_defaults(func=cmd_demo)
+
+
+def _client_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", required=True, help="server URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--home", type=Path, default=None)
+    p.add_argument("--mode", choices=("score", "decision"), default="score")
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--standin", action="store_true", help="TESTING ONLY: encrypt a clear embedding (no engine)")
+    p.add_argument("--model", type=Path, default=None, help="model for --standin (default: random)")
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    from cryptoface.client import ClientKeys
+
+    backend = args.backend or _default_backend()
+    print(f"generating a {backend} key set: {_label(backend)}")
+    t = time.perf_counter()
+    keys = ClientKeys.generate(
+        backend,
+        CkksParameters(log_ring=args.log_ring, levels=args.levels),
+        stride=args.stride,
+        resolution=args.resolution,
+    )
+    root = keys.save(args.home)
+    print(
+        f"key id {keys.key_id}; {len(keys.backend.rotation_steps())} rotation keys; saved to {root} "
+        f"({time.perf_counter() - t:.1f} s)"
+    )
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from cryptoface.match.threshold import threshold_from_model_file
+    from cryptoface.service import create_app
+    from cryptoface.store import SQLiteStore
+
+    model = None
+    model_id = "none"
+    if args.model is not None:
+        from cryptoface.model.file import load_model
+
+        model = load_model(args.model)
+        model_id = args.model.name
+    tau = args.threshold if args.threshold is not None else threshold_from_model_file(args.model)
+    app = create_app(SQLiteStore(args.db), model=model, model_id=model_id, threshold=tau)
+    print(f"serving {args.db} on http://{args.host}:{args.port} (threshold {tau}); OpenAPI at /docs")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    return 0
+
+
+def _probes(args: argparse.Namespace, client: Any) -> list[dict[str, Any]]:
+    from cryptoface.client.photos import STANDIN_LABEL, encrypt_photo, standin_template
+
+    if args.standin:
+        print(STANDIN_LABEL)
+        model = _load_model(args.model, args.resolution)
+        return [client.template_probe(standin_template(client.keys, model, p)) for p in args.photos]
+    return [client.image_probe(encrypt_photo(client.keys, p, args.resolution), args.resolution) for p in args.photos]
+
+
+@contextlib.contextmanager
+def _client(args: argparse.Namespace) -> Iterator[Any]:
+    from cryptoface.client import ClientKeys, CryptoFaceClient
+
+    keys = ClientKeys.load(args.home)
+    with CryptoFaceClient(args.server, keys) as client:
+        client.register()
+        yield client
+
+
+def cmd_enroll(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        ids = c.enroll(args.name, _probes(args, c))
+    print(f"enrolled {args.name}: {len(ids)} template(s)")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.verify(args.name, _probes(args, c)[0], mode=args.mode)
+    detail = f"score {r.score:.4f} vs threshold {r.threshold}" if r.mode == "score" else "decision only"
+    print(f"{'ACCEPT' if r.accepted else 'REJECT'} {args.name} ({detail})")
+    return 0 if r.accepted else 1
+
+
+def cmd_identify(args: argparse.Namespace) -> int:
+    with _client(args) as c:
+        r = c.identify(_probes(args, c)[0], mode=args.mode)
+    print(f"identified: {r.subject or 'unknown'}" + (f" (score {r.score:.4f})" if r.score is not None else ""))
+    return 0 if r.subject else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from cryptoface.client import ClientKeys
+    from cryptoface.client.http import IdentifyResult, VerifyResult
+    from cryptoface.client.photos import STANDIN_LABEL, standin_template
+    from cryptoface.match.poly import inverse_sqrt_series
+    from cryptoface.match.threshold import threshold_from_metadata
+    from cryptoface.service.core import MatchService, params_to_json
+    from cryptoface.store import SQLiteStore
+
+    backend = args.backend or _default_backend()
+    params = CkksParameters(log_ring=13 if args.quick else 16, levels=24)
+    if backend == "desilofhe":
+        params = CkksParameters(log_ring=16, levels=24)
+    slow = backend != "simulator"
+    print(f"CryptoFace demo - backend {backend}: {_label(backend)}, N = 2^{params.log_ring}")
+    print("expected time: " + ("about 3-6 minutes on 2 CPUs (key generation ~1 min)" if slow else "under a minute"))
+    photos = {"obama": ["obama3.jpg", "obama4.jpg"], "chirac": ["chirac1.jpg", "chirac3.jpg"]}
+    missing = [f for fs in photos.values() for f in fs if not (SAMPLES / f).is_file()]
+    if missing:
+        raise CryptoFaceError(f"sample faces missing under {SAMPLES}: {missing}")
+    timings: list[tuple[str, float]] = []
+
+    @contextlib.contextmanager
+    def step(name: str) -> Iterator[None]:
+        t = time.perf_counter()
+        yield
+        timings.append((name, time.perf_counter() - t))
+        print(f"  {name}: {timings[-1][1]:.2f} s")
+
+    model = _load_model(args.model)
+    print(STANDIN_LABEL + " - the encrypted engine is not wired into the demo yet")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SQLiteStore(Path(tmp) / "demo.db")
+        service = MatchService(store, threshold=threshold_from_metadata(model.metadata))
+        with step("client keygen"):
+            keys = ClientKeys.generate(backend, params, stride=1, **({"noise": 1e-7} if not slow else {}))
+        with step("server registers public keys"):
+            key_id = service.register_keys(backend, params_to_json(params), keys.evaluation_keys)
+        be = keys.backend
+
+        def probe(ct: Any) -> dict[str, Any]:
+            return {"ciphertext": be.serialize(ct), "stride": keys.stride}
+
+        inverse_sqrt_series()  # fitted once per process (~3 s)
+        gallery = [(name, f) for name, fs in photos.items() for f in fs[:1]]
+        with step("client: preprocess + stand-in embeddings + encrypt (4 photos)"):
+            cts = {f: standin_template(keys, model, SAMPLES / f) for fs in photos.values() for f in fs}
+        for name, f in tqdm(gallery, desc="enrol", unit="person"):
+            with step(f"server: enrol {name} ({f}) - normalise under encryption, store"):
+                service.enroll(key_id, name, [probe(cts[f])])
+        genuine = cts[photos["obama"][1]]
+        impostor = cts[photos["chirac"][1]]
+        for label, ct in tqdm([("genuine", genuine), ("impostor", impostor)], desc="verify", unit="probe"):
+            with step(f"verify obama with {label} probe"):
+                out = service.verify(key_id, "obama", probe(ct), mode=args.mode)
+            values = [float(be.decrypt(be.deserialize(o))[0]) for o in out]
+            cut = service.threshold if args.mode == "score" else 0.0
+            r = VerifyResult("obama", max(values) > cut, args.mode, values, service.threshold)
+            shown = f"score {r.score:.4f}" if r.mode == "score" else f"sign value {values[0]:+.3f}"
+            print(f"    {label}: {'ACCEPT' if r.accepted else 'REJECT'} ({shown}, threshold {service.threshold})")
+        with step("identify (reusing the genuine probe's ciphertext)"):
+            chunks = service.identify(key_id, probe(genuine), mode="score")
+        best: dict[str, float] = {}
+        for ct, slots, names in chunks:
+            v = be.decrypt(be.deserialize(ct))
+            for s, n in zip(slots, names, strict=True):
+                best[n] = max(best.get(n, -1.0), float(v[s]))
+        name, score = max(best.items(), key=lambda kv: kv[1])
+        ident = IdentifyResult(name if score > service.threshold else None, score, "score", best)
+        print(
+            f"    identify: {ident.subject or 'unknown'} (scores {', '.join(f'{k} {v:.3f}' for k, v in best.items())})"
+        )
+        store.close()
+    print(f"total {sum(t for _, t in timings):.1f} s; backend {backend}: {_label(backend)}")
+    return 0
