@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "eval_cmd",
     "model_cmd",
     "service_cmd",
+    "bench_cmd",
 ]
 
 
