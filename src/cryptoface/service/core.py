@@ -167,7 +167,12 @@ class MatchService:
     def _infer(self, backend: CkksBackend, cts: list[Any]) -> tuple[Any, TemplateLayout]:
         try:
             engine = importlib.import_module("cryptoface.engine")
-            infer = engine.infer_template
+            infer = getattr(engine, "infer_template", None)
+            if infer is None:  # until the engine exports infer_template: its EncryptedModel does the same
+                evaluator = importlib.import_module("cryptoface.engine.evaluator")
+
+                def infer(be: CkksBackend, model: Any, cts: list[Any]) -> Any:
+                    return evaluator.EncryptedModel(model, be).infer(cts, progress=False)
         except (ImportError, AttributeError) as exc:
             raise EngineUnavailableError(
                 "encrypted inference is not available in this build (cryptoface.engine.infer_template is missing); "
