@@ -25,11 +25,11 @@ How the protocol maps onto OpenFHE:
   context from the serialised one (checked against ``params``) and loads the keys into that cache; it
   never holds a secret key object. The key tag is the key-set id: ciphertexts under another tag are
   rejected with CiphertextError.
-* Threads: OpenFHE parallelises inside each operation with OpenMP. ``threads`` is applied with libgomp's
-  ``omp_set_num_threads`` when the backend is made (it sets the calling thread's OpenMP default, so the
-  last backend made wins; parallel regions started from other Python threads use OMP_NUM_THREADS). Idle
-  OpenMP workers spin, so threads > 1 is a loss on a busy machine. A probe with a counting Python thread
-  (scripts/bench_backends.py) shows this wheel releases the GIL inside EvalRotate/EvalMult.
+* Threads: OpenFHE parallelises inside each operation with OpenMP, with a thread limit it reads once when
+  the library loads. So ``openfhe`` is imported lazily by the first backend, after libgomp's default has
+  been set to its ``threads``; later backends in the same process share that count (a warning says so).
+  Idle OpenMP workers spin, so threads > 1 is a loss on a busy machine. A probe with a counting Python
+  thread (scripts/bench_backends.py) shows this wheel releases the GIL inside EvalRotate/EvalMult.
 """
 
 from __future__ import annotations
@@ -37,15 +37,17 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import hashlib
+import importlib
+import importlib.util
 import json
 import os
 import struct
 import sys
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
-import openfhe
 
 from cryptoface.backends.protocol import CkksParameters, normalise_step
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
@@ -54,13 +56,38 @@ _MAGIC = b"CFOFH1"
 _HEAD = struct.Struct("<I")
 
 
-def set_omp_threads(threads: int) -> bool:
-    """Set OpenMP's thread count for OpenFHE's parallel loops; False when libgomp cannot be reached."""
-    try:
-        ctypes.CDLL("libgomp.so.1").omp_set_num_threads(ctypes.c_int(max(1, int(threads))))
-    except (OSError, AttributeError):
-        return False
-    return True
+if importlib.util.find_spec("openfhe") is None:  # keeps the registry's availability check cheap and honest
+    raise ImportError("No module named 'openfhe'")
+
+openfhe: Any = None  # the module, imported by load_openfhe() once the thread count is known
+_LOADED_THREADS: int | None = None
+
+
+def load_openfhe(threads: int | None = None) -> Any:
+    """Import openfhe, fixing its OpenMP thread count first.
+
+    OpenFHE reads ``omp_get_max_threads()`` once, when the library loads, and passes that limit to every
+    parallel loop, so ``omp_set_num_threads`` after the import changes nothing (measured: a second thread
+    still did half the work). Here libgomp's default is set *before* the import instead. Later calls
+    cannot change the count; they warn when asked for a different one.
+    """
+    global openfhe, _LOADED_THREADS
+    if openfhe is None:
+        if threads is not None:
+            try:
+                ctypes.CDLL("libgomp.so.1").omp_set_num_threads(ctypes.c_int(max(1, int(threads))))
+            except (OSError, AttributeError):
+                os.environ["OMP_NUM_THREADS"] = str(max(1, int(threads)))
+        openfhe = importlib.import_module("openfhe")
+        try:
+            _LOADED_THREADS = int(ctypes.CDLL("libgomp.so.1").omp_get_max_threads())
+        except (OSError, AttributeError):
+            _LOADED_THREADS = threads
+    elif threads is not None and _LOADED_THREADS is not None and threads != _LOADED_THREADS:
+        warnings.warn(f"OpenFHE already runs with {_LOADED_THREADS} OpenMP threads in this process; "
+                      f"threads={threads} is ignored (it can only be chosen before the first backend)",
+                      RuntimeWarning, stacklevel=3)
+    return openfhe
 
 
 @contextlib.contextmanager
@@ -116,6 +143,7 @@ def _unframe(data: bytes, what: str, error: type[Exception] = CiphertextError) -
 
 def make_context(params: CkksParameters) -> Any:
     """OpenFHE CKKS crypto context for ``params`` (OpenFHE's own 128-bit check at log_ring >= 16)."""
+    load_openfhe()
     p = openfhe.CCParamsCKKSRNS()
     p.SetMultiplicativeDepth(params.levels)
     p.SetScalingModSize(params.scale_bits)
@@ -154,8 +182,8 @@ class OpenFHEBackend:
 
     def __init__(self, params: CkksParameters | None = None, threads: int = 1, *, _context: Any = None) -> None:
         self.params = params or CkksParameters()
-        self.threads = int(threads)
-        set_omp_threads(self.threads)
+        load_openfhe(int(threads))
+        self.threads = _LOADED_THREADS or int(threads)  # what OpenFHE actually uses
         self.cc = _context if _context is not None else make_context(self.params)
         self._order = self.cc.GetCyclotomicOrder()
         self._fp = _fingerprint(self.params)
@@ -231,6 +259,7 @@ class OpenFHEBackend:
     @classmethod
     def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], threads: int = 1) -> OpenFHEBackend:
         """Server side: rebuild the client's context and load its public and evaluation keys."""
+        load_openfhe(int(threads))
         if "public" not in keys:
             raise MissingKeyError("the key set has no public key")
         fp = _fingerprint(params)
