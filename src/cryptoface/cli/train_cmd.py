@@ -1,0 +1,138 @@
+"""``cryptoface train`` (needs the ``train`` extra: torch) and ``cryptoface ranges`` (numpy only).
+
+``cryptoface train --config configs/distill-paper.json [--resume] [--set key=value ...] [--teacher-only]``
+``cryptoface ranges MODEL --lfw-dir ../shared/data/lfw [--train-dir ../shared/data/faces-train] [--limit N]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cryptoface.errors import CryptoFaceError
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="fine-tune / train CryptoFaceNet by distillation (needs torch)")
+    p.add_argument("--config", type=Path, required=True, help="JSON training config (see configs/)")
+    p.add_argument("--resume", action="store_true", help="continue from <out_dir>/checkpoint.pt")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--teacher-only",
+        action="store_true",
+        help="only fill the teacher-embedding cache (resumable), then exit",
+    )
+    p.set_defaults(func=run_train)
+
+    r = subparsers.add_parser(
+        "ranges", help="per-layer max and 99.9th percentile of |HerPN input| of a fused model on real faces"
+    )
+    r.add_argument("model", type=Path, help="fused model file (.npz)")
+    r.add_argument("--lfw-dir", type=Path, default=None, help="LFW folder (pairs.txt photos, aligned via the cache)")
+    r.add_argument("--train-dir", type=Path, default=None, help="faces-train folder (tar shards + index.csv)")
+    r.add_argument("--limit", type=int, default=None, help="use at most N images from each source")
+    r.add_argument("--bound", type=float, default=None, help="exit with status 1 when any |HerPN input| exceeds it")
+    r.add_argument("--json", type=Path, default=None, help="write the per-layer table as JSON")
+    r.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/cryptoface)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.set_defaults(func=run_ranges)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    try:
+        import torch  # noqa: F401
+    except ImportError as exc:
+        raise CryptoFaceError("cryptoface train needs PyTorch: pip install 'cryptoface[train]'") from exc
+    from cryptoface.train.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.teacher_only:
+        from cryptoface.train.data import load_crops, read_index
+        from cryptoface.train.distill import fill_teacher_cache
+
+        index = read_index(cfg.train_dir)
+        crops = load_crops(index, cfg.cache_dir, cfg.progress)
+        folder = fill_teacher_cache(crops, index.digest, cfg.teacher, cfg.teacher_views, cfg.cache_dir, cfg.progress)
+        print(f"teacher cache complete: {folder}")
+        return 0
+    from cryptoface.train.train import train
+
+    summary = train(cfg, resume=args.resume)
+    print(json.dumps({k: summary[k] for k in ("export", "minutes", "stopped_early")}))
+    return 0
+
+
+def _batches(crops, resolution: int, batch: int = 32):
+    import numpy as np
+
+    from cryptoface.face.resize import to_model_input
+
+    for i in range(0, len(crops), batch):
+        yield np.stack([to_model_input(np.asarray(c), resolution) for c in crops[i : i + batch]])
+
+
+def run_ranges(args: argparse.Namespace) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from cryptoface.model.file import load_model
+    from cryptoface.train.ranges import RangeStats, fused_forward_ranges
+
+    if args.lfw_dir is None and args.train_dir is None:
+        raise CryptoFaceError("give --lfw-dir and/or --train-dir")
+    model = load_model(args.model)
+    stats = RangeStats()
+    sources: list[tuple[str, object]] = []
+    if args.lfw_dir is not None:
+        from cryptoface.eval.lfw import aligned_crops, read_pairs
+
+        pairs = read_pairs(args.lfw_dir / "pairs.txt")
+        names = sorted(set(pairs.left) | set(pairs.right))[: args.limit]
+        crops, _ = aligned_crops(args.lfw_dir, names, args.cache_dir, not args.quiet)
+        sources.append((f"LFW pair photos ({len(names)})", [crops[n] for n in names]))
+    if args.train_dir is not None:
+        from cryptoface.train.data import load_crops, read_index
+
+        index = read_index(args.train_dir)
+        arr = load_crops(index, args.cache_dir, not args.quiet)
+        n = len(arr) if args.limit is None else min(args.limit, len(arr))
+        # evenly spaced over the index so every source (celeba, utkface, aaf) is represented
+        rows = np.unique(np.linspace(0, len(arr) - 1, n).round().astype(int))
+        sources.append((f"training crops ({len(rows)})", arr[rows]))
+    for label, crops in sources:
+        for batch in tqdm(list(_batches(crops, model.resolution)), desc=label, disable=args.quiet):
+            fused_forward_ranges(model, batch, stats)
+    rows = stats.table()
+    print(f"{args.model}: {stats.n_images} images ({'; '.join(lbl for lbl, _ in sources)})")
+    print(f"{'HerPN input':28s} {'max |x|':>10s} {'p99.9 |x|':>10s}")
+    for r in rows:
+        print(f"{r['layer']:28s} {r['max']:10.2f} {r['p99.9']:10.2f}")
+    overall = stats.overall_max
+    print(f"overall max |HerPN input| = {overall:.2f}")
+    print(f"non-finite HerPN outputs: {stats.nonfinite_herpn}, non-finite embeddings: {stats.nonfinite_embedding}")
+    bound = model.metadata.get("activation_bound")
+    if bound is not None:
+        print(f"model claims activation_bound = {bound}: {'OK' if overall <= bound else 'VIOLATED'}")
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(
+            json.dumps(
+                {
+                    "model": str(args.model),
+                    "images": stats.n_images,
+                    "sources": [lbl for lbl, _ in sources],
+                    "layers": rows,
+                    "overall_max": overall,
+                    "nonfinite_herpn": stats.nonfinite_herpn,
+                    "nonfinite_embedding": stats.nonfinite_embedding,
+                },
+                indent=1,
+            )
+        )
+        print(f"wrote {args.json}")
+    bad = stats.nonfinite_herpn or stats.nonfinite_embedding
+    if args.bound is not None and overall > args.bound:
+        print(f"bound {args.bound} exceeded")
+        bad = True
+    return 1 if bad else 0

@@ -1,0 +1,472 @@
+"""``cryptoface train``: fine-tune (or train) CryptoFaceNet by distillation from SFace, keep it CKKS-safe, export.
+
+Pipeline (see :class:`~cryptoface.train.config.TrainConfig` for every knob):
+
+1. data: decoded training crops (cached), teacher embeddings (cached, chunked), the LFW guard, a seeded
+   hold-out split;
+2. model: the paper's released weights (``init = "paper"``) or a fresh PatchCNN; optionally the exact
+   per-channel rescale of every HerPN input down to ``rescale_target`` (:mod:`cryptoface.train.ranges`);
+3. loss: relational + projected-cosine distillation, optional CosFace on labelled identities, optional
+   jigsaw, and the range penalty ``mean(relu(|x| - B)^2)`` on every HerPN input;
+4. every epoch: a checkpoint (``checkpoint.pt``; ``--resume`` continues from it, optimizer and RNG state
+   included) and a history line in ``history.jsonl``;
+5. at the end: the fused float64 model file (``export_name``) with the recipe, guard report, norm
+   statistics and threshold in its metadata.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from cryptoface.model.file import save_model
+from cryptoface.train.config import TrainConfig
+from cryptoface.train.data import TrainIndex, labelled_identities, load_crops, read_index
+from cryptoface.train.distill import teacher_embeddings
+from cryptoface.train.fuse import fuse
+from cryptoface.train.guard import lfw_pair_embeddings, run_guard
+from cryptoface.train.losses import CosFace, Projection, jigsaw_loss, projection_loss, relational_loss
+from cryptoface.train.model import PatchCNN
+from cryptoface.train.ranges import RangePenalty, channel_maxima, rescale_herpn_inputs, squared_norm_stats
+
+CHECKPOINT = "checkpoint.pt"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+def to_input(crops_u8: np.ndarray | torch.Tensor, resolution: int) -> torch.Tensor:
+    """(B, 112, 112, 3) uint8 -> (B, 3, S, S) float32, the model transform (normalise, then antialiased resize)."""
+    x = torch.as_tensor(np.ascontiguousarray(crops_u8)).permute(0, 3, 1, 2).float().div_(255.0)
+    return resize(x, resolution)
+
+
+def resize(x01: torch.Tensor, resolution: int) -> torch.Tensor:
+    x = (x01 - 0.5) / 0.5
+    if x.shape[-1] == resolution:
+        return x
+    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+
+
+def augment(x01: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flip / colour / geometry jitter on (B, 3, 112, 112) in [0, 1]; returns (images, flipped mask)."""
+    b = x01.shape[0]
+    flipped = torch.zeros(b, dtype=torch.bool)
+    if cfg.flip:
+        flipped = torch.rand(b, generator=gen) < 0.5
+        x01 = torch.where(flipped[:, None, None, None], x01.flip(-1), x01)
+    if cfg.color_jitter > 0:
+        j = cfg.color_jitter
+        bright = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        contrast = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        mean = x01.mean(dim=(1, 2, 3), keepdim=True)
+        x01 = ((x01 - mean) * contrast + mean * bright).clamp(0, 1)
+    if cfg.scale_jitter > 0 or cfg.shift_jitter > 0:
+        size = x01.shape[-1]
+        s = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * cfg.scale_jitter
+        t = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2.0 * cfg.shift_jitter / size)
+        theta = torch.zeros(b, 2, 3)
+        theta[:, 0, 0] = 1.0 / s
+        theta[:, 1, 1] = 1.0 / s
+        theta[:, :, 2] = t
+        grid = F.affine_grid(theta, list(x01.shape), align_corners=False)
+        x01 = F.grid_sample(x01, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    return x01, flipped
+
+
+# ----------------------------------------------------------------------------- data preparation
+
+
+@dataclass
+class Prepared:
+    index: TrainIndex
+    crops: np.ndarray
+    teacher: np.ndarray  # (N, V, 128)
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    labels: np.ndarray  # (N,) class id or -1
+    n_classes: int
+    report: dict[str, Any]
+
+
+def prepare_data(cfg: TrainConfig) -> Prepared:
+    index = read_index(cfg.train_dir)
+    crops = load_crops(index, cfg.cache_dir, cfg.progress)
+    n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
+    views = 2 if cfg.teacher_views == 2 else 1
+    full_teacher, ok = teacher_embeddings(
+        crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress, require_complete=not cfg.teacher_partial
+    )
+    rows = np.arange(n)
+    ok = ok[:n]
+    report: dict[str, Any] = {"crops": int(n), "with_teacher": int(ok.sum())}
+    usable = ok.copy()
+    if cfg.lfw_dir and cfg.teacher == "sface":
+        log(f"LFW guard against the pair photos of {cfg.lfw_dir}")
+        names, lfw_emb = lfw_pair_embeddings(cfg.lfw_dir, cfg.cache_dir, cfg.progress)
+        checked = rows[ok]
+        res = run_guard(
+            full_teacher[checked, 0],
+            [index.identity[i] for i in checked],
+            names,
+            lfw_emb,
+            cfg.guard_threshold,
+            cfg.guard_identity_threshold,
+        )
+        usable[checked[~res.keep]] = False
+        report["guard"] = res.summary()
+        top = np.argsort(-res.max_cos)[:10]
+        report["guard"]["top_matches"] = [
+            {"member": index.member[checked[i]], "lfw": res.nearest[i], "cos": round(float(res.max_cos[i]), 3)}
+            for i in top
+        ]
+        log(
+            f"guard: {report['guard']['dropped']} of {len(checked)} crops dropped "
+            f"({res.dropped_images} image-level >= {cfg.guard_threshold}, identities {res.dropped_identities})"
+        )
+    else:
+        report["guard"] = {"skipped": "no lfw_dir or not the SFace teacher (tests / smoke runs)"}
+    rows = rows[usable]
+    rng = np.random.default_rng(cfg.seed)
+    perm = rng.permutation(rows)
+    n_val = round(cfg.holdout * len(perm)) if len(perm) > 10 else 0
+    val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    classes = labelled_identities(index, train_rows)
+    labels = np.full(len(index), -1, np.int64)
+    for i in train_rows:
+        labels[i] = classes.get(index.identity[i], -1)
+    report.update(train=len(train_rows), holdout=len(val_rows), labelled_identities=len(classes))
+    report["identities_used"] = sorted(classes)
+    return Prepared(index, crops, full_teacher, train_rows, val_rows, labels, len(classes), report)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def build_model(cfg: TrainConfig, data: Prepared) -> tuple[PatchCNN, dict[str, float]]:
+    if cfg.init == "paper":
+        from cryptoface.train.paper import load_paper_checkpoint
+
+        model = load_paper_checkpoint(cfg.paper_checkpoint, cfg.resolution)
+    else:
+        model = PatchCNN(cfg.resolution)
+    factors: dict[str, float] = {}
+    if cfg.rescale_target is not None and len(data.train_rows):
+        rows = np.sort(np.random.default_rng(cfg.seed + 1).permutation(data.train_rows)[: cfg.rescale_images])
+        batches = (to_input(data.crops[rows[i : i + 128]], cfg.resolution) for i in range(0, len(rows), 128))
+        log(f"measuring HerPN input maxima on {len(rows)} crops for the exact rescale to {cfg.rescale_target}")
+        maxima = channel_maxima(model, batches)
+        factors = rescale_herpn_inputs(model, maxima, cfg.rescale_target)
+        log("largest rescale factor per layer kind: " + ", ".join(f"{k}={v:.1f}" for k, v in factors.items()))
+    return model, factors
+
+
+def set_bn_mode(model: PatchCNN, cfg: TrainConfig) -> None:
+    """Frozen: every BatchNorm uses (and keeps) its running statistics; train: batch statistics."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            if cfg.bn_mode == "frozen":
+                m.eval()
+            else:
+                m.momentum = cfg.bn_momentum
+
+
+def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if not cfg.cosine_decay or total <= cfg.warmup_steps:
+        return cfg.lr
+    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+
+
+@torch.no_grad()
+def embed_rows(model: PatchCNN, crops: np.ndarray, rows: np.ndarray, resolution: int, batch: int = 128) -> np.ndarray:
+    was = model.training
+    model.eval()
+    out = [model(to_input(crops[rows[i : i + batch]], resolution)).double().numpy() for i in range(0, len(rows), batch)]
+    model.train(was)
+    return np.concatenate(out) if out else np.zeros((0, 256))
+
+
+def training_pairs_threshold(emb: np.ndarray, identities: list[str], seed: int = 0) -> dict[str, Any]:
+    """Best global cosine threshold (accuracy) on balanced genuine / impostor pairs of labelled training faces."""
+    from cryptoface.eval.metrics import best_threshold
+
+    ids = np.array(identities, dtype=object)
+    groups = [np.flatnonzero(ids == k) for k in sorted(set(identities)) if k]
+    genuine = [(a, b) for g in groups for i, a in enumerate(g) for b in g[i + 1 :]]
+    if not genuine:
+        return {"threshold": None, "reason": "no identity with two images"}
+    rng = np.random.default_rng(seed)
+    labelled = np.concatenate(groups)
+    imp: list[tuple[int, int]] = []
+    while len(imp) < len(genuine):
+        a, b = rng.choice(labelled, 2, replace=False)
+        if ids[a] != ids[b]:
+            imp.append((int(a), int(b)))
+    pairs = np.array(genuine + imp)
+    same = np.r_[np.ones(len(genuine), bool), np.zeros(len(imp), bool)]
+    u = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    scores = np.einsum("ij,ij->i", u[pairs[:, 0]], u[pairs[:, 1]])
+    thr, acc = best_threshold(scores, same)
+    return {
+        "threshold": float(thr),
+        "accuracy": float(acc),
+        "genuine_pairs": len(genuine),
+        "impostor_pairs": len(imp),
+        "identities": len(groups),
+    }
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def _checkpoint_state(model, heads, opt, epoch, step, history, cfg, extra) -> dict[str, Any]:
+    return {
+        "model": model.state_dict(),
+        "heads": {k: v.state_dict() for k, v in heads.items()},
+        "optimizer": opt.state_dict(),
+        "epoch": epoch,
+        "step": step,
+        "history": history,
+        "config": cfg.to_dict(),
+        "extra": extra,
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+    }
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    """Run the configured training; returns a summary (also written to ``<out_dir>/summary.json``)."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    seed_everything(cfg.seed)
+    t_start = time.monotonic()
+    data = prepare_data(cfg)
+    log(f"data: {json.dumps({k: v for k, v in data.report.items() if k != 'identities_used'})}")
+    (out / "data_report.json").write_text(json.dumps(data.report, indent=1))
+    ckpt_path = out / CHECKPOINT
+    resume_state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if resume else None
+    if resume and resume_state is None:
+        raise FileNotFoundError(ckpt_path)
+    if resume_state is not None:
+        model = PatchCNN(cfg.resolution)
+        model.load_state_dict(resume_state["model"])
+        factors = resume_state["extra"].get("rescale_factors", {})
+    else:
+        model, factors = build_model(cfg, data)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    heads: dict[str, torch.nn.Module] = {"projection": Projection(256, data.teacher.shape[-1])}
+    if cfg.w_margin > 0 and data.n_classes >= 2:
+        heads["cosface"] = CosFace(256, data.n_classes, cfg.margin_scale, cfg.margin)
+    params = list(model.parameters()) + [p for h in heads.values() for p in h.parameters()]
+    if cfg.optimizer == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, Any]] = []
+    start_epoch, step = 0, 0
+    if resume_state is not None:
+        for k, h in heads.items():
+            h.load_state_dict(resume_state["heads"][k])
+        opt.load_state_dict(resume_state["optimizer"])
+        start_epoch, step, history = resume_state["epoch"], resume_state["step"], resume_state["history"]
+        torch.set_rng_state(resume_state["rng"]["torch"])
+        np.random.set_state(resume_state["rng"]["numpy"])
+        random.setstate(resume_state["rng"]["python"])
+        log(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
+    penalty = RangePenalty(model, cfg.range_bound) if cfg.w_range > 0 else None
+    forward = torch.compile(model) if cfg.compile else model
+    epoch_size = len(data.train_rows) if cfg.epoch_size is None else min(cfg.epoch_size, len(data.train_rows))
+    steps_per_epoch = max(1, epoch_size // cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    teacher = torch.from_numpy(data.teacher)
+    labels = torch.from_numpy(data.labels)
+    stopped_early = False
+    for epoch in range(start_epoch, cfg.epochs):
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        perm = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(data.train_rows)
+        order = perm[: steps_per_epoch * cfg.batch_size]
+        set_bn_mode(model, cfg)
+        for h in heads.values():
+            h.train()
+        sums: dict[str, float] = {}
+        t_epoch = time.monotonic()
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        for b in bar:
+            rows = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
+            x01 = torch.from_numpy(np.ascontiguousarray(data.crops[rows])).permute(0, 3, 1, 2).float().div_(255.0)
+            x01, flipped = augment(x01, cfg, gen)
+            x = resize(x01, cfg.resolution)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            view = (flipped & (teacher.shape[1] > 1)).long()
+            t_emb = teacher[torch.from_numpy(rows), view]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(cfg, step, total_steps)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                if cfg.w_jigsaw > 0:
+                    emb, jl, jt = model.forward_train(x)
+                else:
+                    emb = forward(x)
+            emb = emb.float()
+            losses: dict[str, torch.Tensor] = {}
+            if cfg.w_relational > 0:
+                losses["relational"] = relational_loss(emb, t_emb)
+            if cfg.w_projection > 0:
+                losses["projection"] = projection_loss(heads["projection"](emb), t_emb)
+            if "cosface" in heads:
+                lab = labels[torch.from_numpy(rows)]
+                mask = lab >= 0
+                if int(mask.sum()) > 0:
+                    losses["margin"] = heads["cosface"](emb[mask], lab[mask])
+            if cfg.w_jigsaw > 0:
+                losses["jigsaw"] = jigsaw_loss(jl, jt)
+            if penalty is not None:
+                losses["range"] = torch.as_tensor(penalty.pop())
+            weights = {
+                "relational": cfg.w_relational,
+                "projection": cfg.w_projection,
+                "margin": cfg.w_margin,
+                "jigsaw": cfg.w_jigsaw,
+                "range": cfg.w_range,
+            }
+            loss = sum(weights[k] * v for k, v in losses.items())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            step += 1
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+            if cfg.time_limit_minutes is not None and time.monotonic() - t_start > 60 * cfg.time_limit_minutes:
+                stopped_early = True
+                break
+        n_done = b + 1
+        rec: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "steps": n_done,
+            "seconds": round(time.monotonic() - t_epoch, 1),
+            "images_per_s": round(n_done * cfg.batch_size / max(1e-9, time.monotonic() - t_epoch), 2),
+            **{k: v / n_done for k, v in sums.items()},
+        }
+        if penalty is not None:
+            rec["herpn_max_train"] = max(penalty.maxima.values(), default=0.0)
+            penalty.maxima.clear()
+        if len(data.val_rows):
+            if penalty is not None:
+                penalty.enabled = False
+            ve = embed_rows(model, data.crops, data.val_rows, cfg.resolution)
+            vt = data.teacher[data.val_rows, 0]
+            rec["val_relational"] = float(relational_loss(torch.from_numpy(ve), torch.from_numpy(vt)))
+            if penalty is not None:
+                penalty.enabled = True
+                penalty.pop()
+        history.append(rec)
+        log(f"epoch {epoch + 1}: {json.dumps(rec)}")
+        with open(out / "history.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        extra = {"rescale_factors": factors, "data": data.report}
+        state = _checkpoint_state(model, heads, opt, epoch + 1, step, history, cfg, extra)
+        tmp = out / (CHECKPOINT + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, ckpt_path)
+        if stopped_early:
+            log(f"time limit of {cfg.time_limit_minutes} min reached; stopping after a checkpoint")
+            break
+    if penalty is not None:
+        penalty.remove()
+    path = export(model, cfg, data, history, factors, out / cfg.export_name)
+    summary = {
+        "export": str(path),
+        "history": history,
+        "data": data.report,
+        "stopped_early": stopped_early,
+        "minutes": round((time.monotonic() - t_start) / 60, 2),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_images: int | None = None) -> dict:
+    """norm_stats (||t||^2 on training faces) and the training-pair threshold of an eval-mode model."""
+    rows = data.train_rows if max_images is None else data.train_rows[:max_images]
+    emb = embed_rows(model, data.crops, rows, resolution)
+    labelled = np.array([bool(data.index.identity[i]) for i in data.train_rows])
+    lab_rows = data.train_rows[labelled]
+    # Only identities with >= 2 images give genuine pairs (CelebA); embed those crops.
+    lab_emb = embed_rows(model, data.crops, lab_rows, resolution)
+    thr = training_pairs_threshold(lab_emb, [data.index.identity[i] for i in lab_rows])
+    return {"norm_stats": {**squared_norm_stats(emb), "faces": "training crops"}, "threshold": thr}
+
+
+def export(model: PatchCNN, cfg: TrainConfig, data: Prepared, history, factors, path: Path) -> Path:
+    """Fuse ``model`` (eval mode, float64) and write it with the recipe and statistics as metadata."""
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    stats = model_statistics(model, data, cfg.resolution, cfg.stats_images)
+    fused = fuse(model.double())
+    model.float()
+    meta = dict(fused.metadata)
+    meta.update(
+        {
+            "source": {
+                "description": "cryptoface train: distilled from OpenCV SFace on the faces-train crops",
+                "init": cfg.init,
+                "init_credit": (
+                    "CryptoFace authors' released CryptoFaceNet4 (Ao & Boddeti, CVPR 2025), WebFace4M "
+                    "non-commercial research terms"
+                    if cfg.init == "paper"
+                    else None
+                ),
+                "license": "derived weights: non-commercial research (CelebA, UTKFace, WebFace4M terms)",
+            },
+            "training": {
+                "config": cfg.to_dict(),
+                "history": history,
+                "rescale_factors": factors,
+                "data": {k: v for k, v in data.report.items() if k != "identities_used"},
+            },
+            "norm_stats": stats["norm_stats"],
+            "threshold": stats["threshold"]["threshold"],
+            "threshold_detail": stats["threshold"],
+            "parameters": model.inference_parameter_count(),
+            "activation_bound": None,  # set only after `cryptoface ranges` verified it on real faces
+        }
+    )
+    from cryptoface.model.fused import FusedModel
+
+    fm = FusedModel(fused.architecture, fused.resolution, fused.patches, fused.bias, meta)
+    out = save_model(fm, path)
+    log(f"exported {out}")
+    return out
