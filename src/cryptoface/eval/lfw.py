@@ -244,7 +244,7 @@ def evaluate_lfw(
     todo = [r for r in names if r not in feats]
     chunk = 256
     for start in tqdm(
-        range(0, len(todo), chunk), desc=f"embedding ({embedder.name})", unit="batch", disable=not progress
+        range(0, len(todo), chunk), desc=f"embedding ({embedder.name})", unit="batch", disable=not progress or not todo
     ):
         part = todo[start : start + chunk]
         for rel, f in zip(part, embedder.embed([crops[r] for r in part]), strict=True):

@@ -37,7 +37,8 @@ def plot_roc(
     ax.set_xscale("log")
     ax.set_xlim(floor, 1.0)
     low = float(np.interp(floor * 1.0001, far, roc.tpr))
-    ax.set_ylim(max(0.0, min(low, 1 - eer) - 0.05), 1.002)
+    bottom = min(low, 1 - eer)
+    ax.set_ylim(max(0.0, bottom - max(0.01, 0.5 * (1 - bottom))), 1.002)
     ax.set_xlabel("FAR (false accept rate, log scale)")
     ax.set_ylabel("TAR (true accept rate)")
     acc = f"accuracy {100 * accuracy:.2f} %"
