@@ -66,6 +66,7 @@ class TrainConfig:
     lr: float = 1e-3
     momentum: float = 0.9
     weight_decay: float = 0.0
+    head_lr_mult: float = 1.0  # learning-rate multiplier of the training-only heads (projection, CosFace)
     warmup_steps: int = 20
     cosine_decay: bool = True
     grad_clip: float = 5.0
@@ -76,7 +77,7 @@ class TrainConfig:
     time_limit_minutes: float | None = None  # stop (after a checkpoint) when exceeded
     stats_images: int | None = 4096  # training crops for norm_stats at export (None: all)
     # output
-    out_dir: str = "runs/default"
+    out_dir: str = "~/.cache/cryptoface/runs/default"
     export_name: str = "model.npz"
     progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +93,10 @@ class TrainConfig:
             raise ConfigError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.batch_size < 2:
             raise ConfigError("batch_size must be at least 2 (the relational loss compares pairs in a batch)")
+        if self.teacher_partial and self.w_margin > 0:
+            raise ConfigError(
+                "w_margin > 0 needs a complete teacher cache (teacher_partial = false): classes must not change"
+            )
         if self.teacher_views not in (1, 2):
             raise ConfigError("teacher_views must be 1 or 2")
         if self.epochs < 0:

@@ -20,6 +20,7 @@ is pointed at:
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,23 +43,39 @@ def lfw_pair_embeddings(
 ) -> tuple[list[str], np.ndarray]:
     """(relative paths, unit SFace embeddings (M, 128)) of every photo named in ``pairs.txt``.
 
-    Uses the LFW crop cache and the SFace embedding cache of :mod:`cryptoface.eval.lfw` (shared with
-    ``cryptoface eval lfw --model sface``), so the photos are aligned and embedded at most once.
+    Crops come from the LFW crop cache of :mod:`cryptoface.eval.lfw` (same alignment as ``cryptoface eval
+    lfw``); embeddings are cached in ``guard-sface-<hash>.npz`` next to it (seeded from the eval's SFace
+    cache when its layout matches), so the photos are aligned and embedded at most once.
     """
     from cryptoface.eval.embedders import SFaceEmbedder
 
     pairs = lfw_eval.read_pairs(Path(lfw_dir) / "pairs.txt")
     names = sorted(set(pairs.left) | set(pairs.right))
     emb = SFaceEmbedder()
-    feats = lfw_eval._read_embeddings(lfw_dir, emb, cache)  # shared cache with `cryptoface eval lfw`
+    crop_cache = lfw_eval.crop_cache_path(lfw_dir, cache)
+    own = crop_cache.with_name(
+        "guard-sface-" + hashlib.sha256(f"{crop_cache.name}|{emb.cache_key}".encode()).hexdigest()[:16] + ".npz"
+    )
+    feats: dict[str, np.ndarray] = {}
+    if own.is_file():
+        with np.load(own, allow_pickle=False) as data:
+            feats = {str(p): f for p, f in zip(data["paths"], data["features"], strict=True)}
+    else:
+        try:  # reuse `cryptoface eval lfw --model sface`'s cache when its (private) layout matches
+            feats = dict(lfw_eval._read_embeddings(lfw_dir, emb, cache, lfw_eval.LFW_FACE_SELECT))
+        except Exception:
+            feats = {}
     todo = [n for n in names if n not in feats]
-    if todo:
-        crops, _ = lfw_eval.aligned_crops(lfw_dir, todo, cache, progress)
+    if todo or not own.is_file():
+        crops, _ = lfw_eval.aligned_crops(lfw_dir, todo, cache, progress) if todo else ({}, [])
         for start in range(0, len(todo), 256):
             part = todo[start : start + 256]
             for rel, f in zip(part, emb.embed([crops[r] for r in part]), strict=True):
                 feats[rel] = f
-        lfw_eval._write_embeddings(lfw_dir, emb, cache, feats)
+        own.parent.mkdir(parents=True, exist_ok=True)
+        tmp = own.with_name(own.name + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, paths=np.array(names), features=np.stack([feats[n] for n in names]))
+        os.replace(tmp, own)
     return names, _unit(np.stack([feats[n] for n in names]))
 
 

@@ -148,10 +148,10 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
     else:
         report["guard"] = {"skipped": "no lfw_dir or not the SFace teacher (tests / smoke runs)"}
     rows = rows[usable]
-    rng = np.random.default_rng(cfg.seed)
-    perm = rng.permutation(rows)
-    n_val = round(cfg.holdout * len(perm)) if len(perm) > 10 else 0
-    val_rows, train_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    # A crop's hold-out membership depends only on its row and the seed, so it stays put when a partial
+    # teacher cache grows between epochs.
+    is_val = np.random.default_rng(cfg.seed).random(len(index)) < cfg.holdout
+    val_rows, train_rows = rows[is_val[rows]], rows[~is_val[rows]]
     classes = labelled_identities(index, train_rows)
     labels = np.full(len(index), -1, np.int64)
     for i in train_rows:
@@ -263,7 +263,7 @@ def _checkpoint_state(model, heads, opt, epoch, step, history, cfg, extra) -> di
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     """Run the configured training; returns a summary (also written to ``<out_dir>/summary.json``)."""
-    out = Path(cfg.out_dir)
+    out = Path(cfg.out_dir).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
@@ -286,13 +286,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     heads: dict[str, torch.nn.Module] = {"projection": Projection(256, data.teacher.shape[-1])}
     if cfg.w_margin > 0 and data.n_classes >= 2:
         heads["cosface"] = CosFace(256, data.n_classes, cfg.margin_scale, cfg.margin)
-    params = list(model.parameters()) + [p for h in heads.values() for p in h.parameters()]
+    head_params = [p for h in heads.values() for p in h.parameters()]
+    params = list(model.parameters()) + head_params
+    groups = [
+        {"params": list(model.parameters()), "lr_mult": 1.0},
+        {"params": head_params, "lr_mult": cfg.head_lr_mult, "weight_decay": 0.0},
+    ]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
     else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     start_epoch, step = 0, 0
     if resume_state is not None:
@@ -313,6 +318,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     labels = torch.from_numpy(data.labels)
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
+        if cfg.teacher_partial and epoch > start_epoch and data.report["with_teacher"] < data.report["crops"]:
+            data = prepare_data(cfg)  # pick up teacher chunks cached since the last epoch
+            teacher = torch.from_numpy(data.teacher)
+            labels = torch.from_numpy(data.labels)
+            log(f"data refreshed: {data.report['with_teacher']} crops with teacher, {len(data.train_rows)} train")
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(data.train_rows)
         order = perm[: steps_per_epoch * cfg.batch_size]
@@ -332,7 +342,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             view = (flipped & (teacher.shape[1] > 1)).long()
             t_emb = teacher[torch.from_numpy(rows), view]
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, total_steps)
+                g["lr"] = lr_at(cfg, step, total_steps) * g["lr_mult"]
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
                 if cfg.w_jigsaw > 0:
                     emb, jl, jt = model.forward_train(x)
