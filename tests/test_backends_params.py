@@ -42,3 +42,12 @@ def test_openfhe_own_check_agrees_with_ours(levels, ok):
             make_context(params)
         with pytest.raises(ParameterError):
             params.check_security()
+
+
+def test_desilo_refuses_a_ring_it_would_not_use():
+    pytest.importorskip("desilofhe", reason="desilofhe is importable only in .venv (Python 3.10-3.12)")
+    from cryptoface.backends.desilo import DesiloBackend
+
+    with pytest.raises(ParameterError, match="slots"):
+        DesiloBackend(CkksParameters(log_ring=16, levels=4))  # desilofhe picks N = 2^14 for 4 levels
+    assert DesiloBackend(CkksParameters(log_ring=14, levels=4)).slots == 1 << 13
