@@ -56,8 +56,12 @@ def test_simulator_forward_matches_reference(resolution: int, key_mode: str) -> 
     assert be.level(out) == MATCHING_RESERVE_LEVELS
     vec = be.decrypt(out)
     mask = np.ones(be.slots, bool)
-    mask[tmpl.slots_of()] = False
+    mask[tmpl.all_slots()] = False
     assert np.all(vec[mask] == 0.0)
+    # replicated template: every replica holds the same (scaled) embedding
+    assert tmpl.replicas * tmpl.period == be.slots
+    np.testing.assert_allclose(vec[tmpl.all_slots()], np.broadcast_to(tmpl.scale * ref, (tmpl.replicas, 256)),
+                               atol=1e-9 * max(1.0, float(np.max(np.abs(ref)))))
     # per-layer records
     assert [r.name for r in em.records] == [layer.name for layer in em.plan.layers]
     assert em.records[-1].level_out == MATCHING_RESERVE_LEVELS

@@ -8,6 +8,7 @@ import pytest
 from cryptoface.engine import layout as lay
 from cryptoface.engine.params import MATCHING_RESERVE_LEVELS, default_parameters
 from cryptoface.engine.plan import NETWORK_LEVELS
+from cryptoface.engine.template import TEMPLATE_SCALE
 
 SLOTS = 1 << 15
 
@@ -36,11 +37,22 @@ def test_polyphase_even_pixels_are_next_stage_order() -> None:
 
 
 def test_template_layout() -> None:
-    t = lay.TemplateLayout(16)
+    t = lay.TemplateLayout(16, scale=1.0)
     v = np.arange(256.0)
     vec = t.pack(v, SLOTS)
     assert np.count_nonzero(vec) == 255 and vec[16 * 3] == 3.0
     np.testing.assert_array_equal(t.unpack(vec), v)
+    # replicated and scaled (the engine's default): element j at every slot = j (mod 256)
+    r = lay.TemplateLayout(1, SLOTS // 256)
+    assert r.scale == TEMPLATE_SCALE and r.span == SLOTS
+    vec = r.pack(v, SLOTS)
+    np.testing.assert_allclose(vec, np.tile(TEMPLATE_SCALE * v, SLOTS // 256))
+    np.testing.assert_allclose(r.unpack(vec), v)
+    assert r.all_slots().shape == (128, 256) and np.unique(r.all_slots()).size == SLOTS
+    with pytest.raises(ValueError):
+        lay.TemplateLayout(1, 3)
+    with pytest.raises(ValueError):
+        lay.TemplateLayout(1, 256).pack(v, SLOTS)
     with pytest.raises(ValueError):
         lay.TemplateLayout(256)
     with pytest.raises(ValueError):

@@ -19,6 +19,8 @@ from cryptoface.engine.linear import (
     naf,
     pool_anchor_steps,
     pool_head_diagonals,
+    pool_head_replicated_diagonals,
+    template_reduce_steps,
 )
 from cryptoface.engine.plan import NETWORK_LEVELS, build_plan
 from cryptoface.model.reference import conv2d
@@ -129,6 +131,45 @@ def test_pool_head_matches_numpy(family: str, stride: int) -> None:
     keep = np.zeros(SLOTS, bool)
     keep[tmpl.slots_of()] = True
     assert np.all(out[~keep] == 0)
+
+
+@pytest.mark.parametrize(("family", "n", "pre"), [("multiplexed", 4, False), ("multiplexed", 9, False),
+                                                  ("polyphase", 4, True), ("raster", 16, False)])
+def test_pool_head_replicated_matches_numpy(family: str, n: int, pre: bool) -> None:
+    s3 = lay.stage_layouts(n, SLOTS, family)["s3"]
+    rng = np.random.default_rng(n)
+    x = rng.standard_normal(s3.shape)
+    head = rng.standard_normal((n, 256, 256))
+    steps = pool_anchor_steps(s3, 4) if pre else ()
+    tmpl = lay.TemplateLayout(1, SLOTS // 256)
+    term = PoolHeadTerm(0, 4, 256, head, tuple(steps))
+    vecs = s3.pack(x)
+    for st in steps:
+        vecs = [v + rot(v, st) for v in vecs]
+    d = pool_head_replicated_diagonals(term, s3, 0, tmpl, SLOTS)
+    assert len(d) <= 256 * s3.n_cts
+    split, cnt = choose_split([d], SLOTS, CostModel(), 11, "pow2")
+    assert cnt.rotations <= 45 * s3.n_cts
+    out = apply_diagonals(d, vecs, split)
+    for st in template_reduce_steps(tmpl, SLOTS):
+        out = out + rot(out, st)
+    pooled = x.reshape(n, 64, 2, 4, 2, 4).mean(axis=(3, 5)).reshape(n, 256)
+    ref = np.einsum("gji,gi->j", head, pooled)
+    np.testing.assert_allclose(tmpl.unpack(out), ref, atol=1e-9)
+    # replicated: element j (times the template scale) at every slot = j (mod 256)
+    np.testing.assert_allclose(out.reshape(-1, 256), np.broadcast_to(tmpl.scale * ref, (SLOTS // 256, 256)),
+                               atol=1e-9)
+    # structure-only diagonals agree with the weighted ones
+    np.testing.assert_array_equal(pool_head_replicated_diagonals(term, s3, 0, tmpl, SLOTS, False).offset, d.offset)
+
+
+def test_plan_pool_head_counts() -> None:
+    for res in (64, 96, 128):
+        plan = build_plan(res, SLOTS, key_mode="pow2")
+        head = plan.layers[-1]
+        assert plan.template == lay.TemplateLayout(1, 128)
+        assert head.count.diagonals <= 256 * head.in_layouts[0].n_cts
+        assert head.count.rotations <= 55 + 25 * (head.in_layouts[0].n_cts - 1)
 
 
 def test_bsgs_covers_every_offset() -> None:

@@ -23,7 +23,15 @@ from typing import Any
 import numpy as np
 
 from cryptoface.engine import layout as lay
-from cryptoface.engine.linear import Diagonals, PoolHeadTerm, compose_tree, conv_diagonals, naf, pool_head_diagonals
+from cryptoface.engine.linear import (
+    Diagonals,
+    PoolHeadTerm,
+    compose_tree,
+    conv_diagonals,
+    naf,
+    pool_head_diagonals,
+    pool_head_replicated_diagonals,
+)
 from cryptoface.engine.plan import NETWORK_LEVELS, Plan, PlanLayer, build_plan, layer_diagonals
 from cryptoface.errors import ParameterError
 from cryptoface.model.fused import FusedModel
@@ -262,12 +270,16 @@ class EncryptedModel:
             diag = self._diagonals(wlayer, j)
             outs.append(self._giants(diag, babies, layer.split, level))
             del diag
+        for step in layer.post_steps:  # replicated template: sum the replica classes (no level)
+            outs = [be.add(c, self._rotate(c, step)) for c in outs]
         return outs
 
     def _diagonals(self, layer: PlanLayer, j: int) -> Diagonals:
         slots = self.backend.slots
         if isinstance(layer.out_layout, lay.TemplateLayout):
             (term,) = layer.terms
+            if layer.out_layout.replicas > 1:
+                return pool_head_replicated_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots)
             return pool_head_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots)
         return conv_diagonals(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cryptoface.engine.template import TEMPLATE_SCALE
 from cryptoface.model import spec
 
 FAMILIES = ("raster", "multiplexed", "polyphase")
@@ -35,24 +36,57 @@ FAMILIES = ("raster", "multiplexed", "polyphase")
 
 @dataclass(frozen=True)
 class TemplateLayout:
-    """Layout of the 256-d embedding ciphertext: element j at slot ``j * stride``, zeros elsewhere."""
+    """Layout of the 256-d embedding ciphertext.
+
+    Element j sits at slots ``j * stride + b * 256 * stride`` for every ``b < replicas`` (zeros elsewhere) and
+    the ciphertext holds ``scale * e`` (default: the engine's :data:`~cryptoface.engine.template.TEMPLATE_SCALE`,
+    so matching maps ``||t||^2`` onto its Chebyshev interval with a constant add). ``replicas = 1`` is a single
+    copy; the engine's default is ``TemplateLayout(1, slots // 256)``: element j at every slot ``= j (mod 256)``.
+    :meth:`pack` / :meth:`unpack` apply / remove the scale.
+    """
 
     stride: int
+    replicas: int = 1
+    scale: float = TEMPLATE_SCALE
 
     def __post_init__(self) -> None:
         if self.stride < 1 or self.stride > 128 or self.stride & (self.stride - 1):
             raise ValueError(f"template stride must be a power of two <= 128, got {self.stride}")
+        if self.replicas < 1 or self.replicas & (self.replicas - 1):
+            raise ValueError(f"template replicas must be a power of two >= 1, got {self.replicas}")
+        if not self.scale > 0:
+            raise ValueError(f"template scale must be positive, got {self.scale}")
+
+    @property
+    def period(self) -> int:
+        """Slots between two replicas of the same element."""
+        return spec.EMBEDDING_DIM * self.stride
+
+    @property
+    def span(self) -> int:
+        """Slots the layout needs (all replicas)."""
+        return self.period * self.replicas
 
     def slots_of(self, dim: int = spec.EMBEDDING_DIM) -> np.ndarray:
+        """Slot of each element in replica 0."""
         return np.arange(dim) * self.stride
 
+    def all_slots(self, dim: int = spec.EMBEDDING_DIM) -> np.ndarray:
+        """(replicas, dim) slots of every copy of every element."""
+        return np.arange(self.replicas)[:, None] * self.period + self.slots_of(dim)[None, :]
+
     def pack(self, values: np.ndarray, slots: int) -> np.ndarray:
+        """``scale * values`` at every replica, zeros elsewhere."""
+        if self.span > slots:
+            raise ValueError(f"template layout needs {self.span} slots, the ring has {slots}")
+        v = np.asarray(values, dtype=np.float64)
         out = np.zeros(slots)
-        out[self.slots_of(len(values))] = values
+        out[self.all_slots(len(v))] = self.scale * v[None, :]
         return out
 
     def unpack(self, vector: np.ndarray, dim: int = spec.EMBEDDING_DIM) -> np.ndarray:
-        return np.asarray(vector)[self.slots_of(dim)].copy()
+        """The embedding (scale removed) read from replica 0."""
+        return np.asarray(vector)[self.slots_of(dim)] / self.scale
 
 
 @dataclass(frozen=True, eq=False)
@@ -167,10 +201,13 @@ def planar(
     sub: np.ndarray | None = None,
     replicate: bool = True,
 ) -> PlanarLayout:
-    """Channel-outer/patch-inner layout: plane (g, c) at ``((c // group) * G + g) * block + sub[c % group]``.
+    """Channel-outer/patch-inner layout: plane (g, c) at ``(c // group) * pitch + g * block + sub[c % group]``.
 
-    ``G`` patches share a ciphertext (as many as fit); a ciphertext with room for k >= 2 times its
-    content holds k copies spaced by the content size when ``replicate``.
+    ``G`` patches share a ciphertext (as many as fit, balanced over the ciphertexts). When the number of
+    channel groups is a power of two the pitch is ``slots / (groups * k)``, so a channel rotation is cyclic
+    even when the ciphertext is not full (e.g. 3 of 4 patches per ciphertext); otherwise it is the content
+    ``G * block``. With room for k >= 2 times the content (power of two) and ``replicate``, copy ``r`` sits
+    ``r * slots / k`` further.
     """
     n, c, _, _ = shape
     groups = -(-c // group)
@@ -189,14 +226,20 @@ def planar(
     base = np.zeros((copies_max, n, c), np.int64)
     p = 0
     chans = np.arange(c)
+    cyclic = groups & (groups - 1) == 0
     for j, size in enumerate(sizes):
-        content = per_patch * size
-        copies = slots // content if replicate else 1
+        chunk = size * block  # one channel group of the ciphertext's patches
+        pitch = slots // groups if cyclic else chunk
+        copies = pitch // chunk if replicate and cyclic else (slots // (chunk * groups) if replicate else 1)
         copies = 1 << (copies.bit_length() - 1)
         for gl in range(size):
             for r in range(copies):
                 ct[r, p + gl] = j
-                base[r, p + gl] = r * content + ((chans // group) * size + gl) * block + sub[chans % group]
+                if cyclic:  # copies r * slots / copies: a shift group, so copies of rotations line up
+                    base[r, p + gl] = ((chans // group) * (pitch // copies) + gl * block + r * (slots // copies)
+                                       + sub[chans % group])
+                else:
+                    base[r, p + gl] = r * chunk * groups + ((chans // group) * size + gl) * block + sub[chans % group]
         p += size
     lay = PlanarLayout(name, shape, slots, n_cts, ct, base, pos)
     return lay

@@ -135,12 +135,18 @@ def _plane_pairs(
         co2 = np.broadcast_to(co[:, None], ci.shape)
         b2 = np.broadcast_to(b_out[:, None], ci.shape)
     g2, co2, ci, b2 = (a.ravel() for a in (g2, co2, ci, b2))
-    # choose the input copy that makes the plane offset smallest (mod slots): cyclic channel rotations
+    # choose the input copy that makes copy 0 of the output plane's offset smallest (mod slots): cyclic
+    # channel rotations; another output copy takes the input copy shifted like itself (same offset, so both
+    # output copies share the diagonal), else its own smallest offset
     cts = lin.ct[:, g2, ci]  # (copies, P)
     bases = lin.base[:, g2, ci]
-    rel = np.where(cts >= 0, (bases - b2[None, :]) % slots, slots + 1)
-    best = np.argmin(rel, axis=0)
     idx = np.arange(g2.size)
+    b_ref = lout.base[0, g2, co2]
+    rel = np.where(cts >= 0, (bases - b_ref[None, :]) % slots, slots + 1)
+    want = (bases[np.argmin(rel, axis=0), idx] + b2 - b_ref) % slots
+    same = (cts >= 0) & (bases % slots == want[None, :]) & (cts == cts[np.argmin(rel, axis=0), idx][None, :])
+    rel_own = np.where(cts >= 0, (bases - b2[None, :]) % slots, slots + 1)
+    best = np.where(same.any(axis=0), np.argmax(same, axis=0), np.argmin(rel_own, axis=0))
     return b2, cts[best, idx], bases[best, idx], g2, co2, ci
 
 
@@ -243,12 +249,94 @@ def pool_head_diagonals(
             pos_all.append(np.broadcast_to(out_slots[:, None], key.shape).ravel())
             if with_weights:
                 col = cc * ph * pw + pix_win  # (S,)
-                vals_all.append((term.head[g][:, col] * wscale).ravel())
+                vals_all.append((term.head[g][:, col] * (wscale * template.scale)).ravel())
     keys = np.concatenate(keys_all)
     uk, inv = np.unique(keys, return_inverse=True)
     diag = Diagonals(uk // slots, uk % slots)
     if with_weights:
         diag.set_entries(inv.ravel(), np.concatenate(pos_all), np.concatenate(vals_all))
+    return diag
+
+
+@dataclass
+class DenseDiagonals(Diagonals):
+    """Diagonals held as a dense (diagonals, slots) matrix (the replicated pool+head: every slot is used)."""
+
+    dense: np.ndarray | None = None
+
+    def vector(self, k: int, slots: int) -> np.ndarray:
+        return self.dense[k, :slots].copy()
+
+    @property
+    def weights(self) -> np.ndarray:
+        return self.dense
+
+
+def _pool_sources(term: PoolHeadTerm, lin: PlanarLayout) -> tuple[np.ndarray, np.ndarray, float]:
+    """(pixel positions within a plane, pooled index of each, weight): window anchors after a pre-reduction
+    (``term.pre_steps``), else every pixel with the 1/window^2 average folded into the head weights."""
+    _, _, h, w = lin.shape
+    win = term.window
+    yy, xx = np.mgrid[0:h, 0:w]
+    widx = (yy // win) * (w // win) + (xx // win)
+    sel = ((yy % win == 0) & (xx % win == 0)) if term.pre_steps else np.ones((h, w), bool)
+    return lin.pos[sel], widx[sel], 1.0 / (win * win)
+
+
+def template_reduce_steps(template: TemplateLayout, slots: int) -> tuple[int, ...]:
+    """Rotate-and-add steps that sum every replica class of a replicated template (``period * 2^r``)."""
+    if template.replicas == 1:
+        return ()
+    if template.span != slots:
+        raise ValueError(f"a replicated template must fill the ring: {template.span} != {slots} slots")
+    return tuple(template.period << r for r in range(template.replicas.bit_length() - 1))
+
+
+def pool_head_replicated_diagonals(
+    term: PoolHeadTerm,
+    lin: PlanarLayout,
+    in_ct_offset: int,
+    template: TemplateLayout,
+    slots: int,
+    with_weights: bool = True,
+) -> DenseDiagonals:
+    """Avg-pool + head into a *replicated* template, before the replica reduction.
+
+    Output element i owns every slot ``s = i * stride (mod period)`` (``period = 256 * stride``, the template
+    fills the ring). The diagonal with offset ``delta < period`` gives slot ``s = p - delta`` the product of
+    the head weight (i, k) with the input at slot ``p`` of pooled value k whenever ``p - delta`` is a slot of i,
+    i.e. ``delta = (p - i * stride) mod period``: each (i, k) pair lands in exactly one (diagonal, slot), so
+    ``period`` diagonals per input ciphertext carry every product (up to ``slots`` useful entries each instead
+    of 256). Summing the replica classes afterwards (:func:`template_reduce_steps`, no level) leaves element i
+    complete at every slot it owns. Weights include the template scale.
+    """
+    n, c, h, w = lin.shape
+    period = template.period
+    if template.span != slots:
+        raise ValueError(f"a replicated template must fill the ring: {template.span} != {slots} slots")
+    pix, widx, wscale = _pool_sources(term, lin)
+    cts = lin.ct[0]
+    bases = lin.base[0]
+    outs = np.arange(term.dim) * template.stride
+    offsets = {}
+    for j in np.unique(cts).tolist():
+        src = (bases[cts == j][:, None] + pix[None, :]).ravel() % period
+        offsets[j] = np.unique((np.unique(src)[:, None] - outs[None, :]) % period)
+    keys = np.concatenate([(j + in_ct_offset) * slots + offsets[j] for j in sorted(offsets)])
+    diag = DenseDiagonals(keys // slots, keys % slots)
+    if not with_weights:
+        return diag
+    dense = np.zeros((len(diag), slots))
+    for g in range(n):
+        for cc in range(c):
+            j = int(cts[g, cc])
+            src = bases[g, cc] + pix  # (S,)
+            delta = (src[None, :] - outs[:, None]) % period  # (D, S)
+            rows = np.searchsorted(keys, (j + in_ct_offset) * slots + delta)
+            dst = (src[None, :] - delta) % slots
+            col = cc * (h // term.window) * (w // term.window) + widx
+            dense[rows, dst] = term.head[g][:, col] * (wscale * template.scale)
+    diag.dense = dense
     return diag
 
 

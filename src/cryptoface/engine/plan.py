@@ -36,6 +36,8 @@ from cryptoface.engine.linear import (
     naf,
     pool_anchor_steps,
     pool_head_diagonals,
+    pool_head_replicated_diagonals,
+    template_reduce_steps,
 )
 from cryptoface.model import spec
 
@@ -66,6 +68,7 @@ class PlanLayer:
     split: BsgsSplit | None = None
     count: LayerCount | None = None
     pre_steps: tuple[int, ...] = ()
+    post_steps: tuple[int, ...] = ()  # rotate-and-add after the layer (replicated template reduction), no level
     cost: float = 0.0
     out_cts: int = 0
 
@@ -140,6 +143,8 @@ def layer_diagonals(layer: PlanLayer, slots: int, with_weights: bool = False) ->
     """Diagonals of every output ciphertext of a linear layer (weights taken from ``layer.terms``)."""
     if isinstance(layer.out_layout, lay.TemplateLayout):
         (term,) = layer.terms
+        if layer.out_layout.replicas > 1:
+            return [pool_head_replicated_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots, with_weights)]
         return [pool_head_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots, with_weights)]
     return [
         conv_diagonals(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j, with_weights)
@@ -160,6 +165,10 @@ def _finish_linear(layer: PlanLayer, slots: int, model: CostModel, key_mode: str
                 dig = naf(s, slots)
                 count.pre_rotations += n_in * len(dig)
                 count.keys |= {d % slots for d in dig}
+    for s in layer.post_steps:  # counted with the pre-rotations: rotate-and-add outside the BSGS
+        dig = [s] if key_mode == "exact" else naf(s, slots)
+        count.pre_rotations += len(dig)
+        count.keys |= {d % slots for d in dig}
     layer.split, layer.count = split, count
     layer.out_cts = len(diags)
     layer.cost = layer_cost(count, model, layer.level_in)
@@ -183,7 +192,11 @@ def build_plan(
     cost_model: CostModel | None = None,
     template_stride: int | None = None,
 ) -> Plan:
-    """The plan for CryptoFaceNet at ``resolution`` with ``slots`` slots, ending at level ``reserve``."""
+    """The plan for CryptoFaceNet at ``resolution`` with ``slots`` slots, ending at level ``reserve``.
+
+    The template is replicated (``TemplateLayout(1, slots // 256)``, pool+head with ~256 diagonals per input
+    ciphertext and a replica reduction) unless ``template_stride`` asks for the single-copy strided layout.
+    """
     if key_mode not in KEY_MODES:
         raise ValueError(f"key_mode must be one of {KEY_MODES}")
     model = cost_model or CostModel()
@@ -193,11 +206,11 @@ def build_plan(
     level = start
     layers: list[PlanLayer] = []
 
-    def linear(name, weights, ins, out, terms, pre=()):
+    def linear(name, weights, ins, out, terms, pre=(), post=()):
         nonlocal level
         offs = tuple(int(v) for v in np.cumsum([0] + [x.n_cts for x in ins])[:-1])
         layer = PlanLayer(name, "linear", weights, level, level - 1, tuple(ins), out, tuple(terms), offs,
-                          pre_steps=tuple(pre))
+                          pre_steps=tuple(pre), post_steps=tuple(post))
         _finish_linear(layer, slots, model, key_mode)
         layers.append(layer)
         level -= 1
@@ -227,8 +240,14 @@ def build_plan(
     pre = pool_anchor_steps(s3, s3.pos.shape[0] // spec.POOL_GRID) or ()
     window = s3.pos.shape[0] // spec.POOL_GRID
     term = PoolHeadTerm(0, window, spec.EMBEDDING_DIM, pre_steps=tuple(pre))
-    strides = (template_stride,) if template_stride else TEMPLATE_STRIDES
-    best = None
+    if template_stride is None:  # replicated template, pooling folded into the head (no pre-rotations)
+        tmpl = lay.TemplateLayout(1, slots // spec.EMBEDDING_DIM)
+        best = linear("pool+head", ("head",), [s3], tmpl, [PoolHeadTerm(0, window, spec.EMBEDDING_DIM)], (),
+                      template_reduce_steps(tmpl, slots))
+        strides = ()
+    else:
+        strides = (template_stride,)
+        best = None
     saved = level
     for stride in strides:
         level = saved
@@ -236,8 +255,9 @@ def build_plan(
         layers.pop()
         if best is None or layer.cost < best.cost:
             best = layer
-    layers.append(best)
-    level = saved - 1
+    if strides:
+        layers.append(best)
+        level = saved - 1
     keys: set[int] = set()
     for layer in layers:
         if layer.count is not None:
