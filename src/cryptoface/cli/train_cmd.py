@@ -36,6 +36,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--json", type=Path, default=None, help="write the per-layer table as JSON")
     r.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/cryptoface)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
+    r.add_argument(
+        "--lfw-metrics",
+        action="store_true",
+        help="also score LFW pairs.txt (10-fold) from the same forward pass (needs all pair photos: no --limit)",
+    )
     r.set_defaults(func=run_ranges)
 
 
@@ -100,9 +105,29 @@ def run_ranges(args: argparse.Namespace) -> int:
         # evenly spaced over the index so every source (celeba, utkface, aaf) is represented
         rows = np.unique(np.linspace(0, len(arr) - 1, n).round().astype(int))
         sources.append((f"training crops ({len(rows)})", arr[rows]))
-    for label, crops in sources:
+    embeddings: list[np.ndarray] = []
+    for k, (label, crops) in enumerate(sources):
         for batch in tqdm(list(_batches(crops, model.resolution)), desc=label, disable=args.quiet):
-            fused_forward_ranges(model, batch, stats)
+            out = fused_forward_ranges(model, batch, stats)
+            if k == 0 and args.lfw_dir is not None:
+                embeddings.append(out)
+    lfw_result = None
+    if args.lfw_metrics and args.lfw_dir is not None:
+        from cryptoface.eval.embedders import cosine_scores
+        from cryptoface.eval.lfw import summarize
+
+        if args.limit is not None:
+            raise CryptoFaceError("--lfw-metrics needs every pair photo: drop --limit")
+        feats = dict(zip(names, np.concatenate(embeddings), strict=True))
+        scores = cosine_scores(np.stack([feats[n] for n in pairs.left]), np.stack([feats[n] for n in pairs.right]))
+        res = summarize(scores, pairs.same, pairs.fold)
+        lfw_result = {k: v for k, v in res.items() if k in ("accuracy", "accuracy_std", "eer", "tar_at_far_1e-2")}
+        lfw_result["tar_at_far_1e-3"] = res["tar_at_far_1e-3"]
+        print(
+            "LFW 10-fold: accuracy {:.2f} % +- {:.2f}, EER {:.2f} %, TAR@FAR=1e-3 {:.2f} %".format(
+                100 * res["accuracy"], 100 * res["accuracy_std"], 100 * res["eer"], 100 * res["tar_at_far_1e-3"]
+            )
+        )
     rows = stats.table()
     print(f"{args.model}: {stats.n_images} images ({'; '.join(lbl for lbl, _ in sources)})")
     print(f"{'HerPN input':28s} {'max |x|':>10s} {'p99.9 |x|':>10s}")
@@ -126,6 +151,7 @@ def run_ranges(args: argparse.Namespace) -> int:
                     "overall_max": overall,
                     "nonfinite_herpn": stats.nonfinite_herpn,
                     "nonfinite_embedding": stats.nonfinite_embedding,
+                    "lfw": lfw_result,
                 },
                 indent=1,
             )
