@@ -11,7 +11,7 @@ from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.match import homomorphic as hm
 from cryptoface.match import poly
 from cryptoface.match.clear import cosine_clear, encrypt_embedding_for_tests, normalise_clear
-from cryptoface.match.layout import GalleryLayout, TemplateLayout, extract, template_slots
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout, normalised_layout
 from cryptoface.match.levels import DECISION_LEVELS, MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
 
 TAU = 0.23
@@ -34,24 +34,26 @@ def correlated(rng: np.random.Generator, base: np.ndarray, cos: float) -> np.nda
     return d * np.sqrt(rng.uniform(82.4, 576.8))
 
 
-def sim(log_ring: int = 13, stride: int = 1, noise: float = 1e-7) -> SimulatorBackend:
+def sim(log_ring: int = 13, stride: int = 1, noise: float = 1e-7, replicas: int = 1) -> SimulatorBackend:
     be = SimulatorBackend(CkksParameters(log_ring=log_ring, levels=24), noise=noise, seed=1)
-    be.generate_keys(hm.rotation_steps(TemplateLayout(stride), be.slots))
+    be.generate_keys(hm.rotation_steps(TemplateLayout(stride, replicas), be.slots))
     return be
 
 
 def test_level_constants():
-    assert NORMALISE_LEVELS == 7
-    assert SCORE_LEVELS == 2
+    assert NORMALISE_LEVELS == 6
+    assert SCORE_LEVELS == 1
     assert DECISION_LEVELS == 9
-    assert MATCH_LEVELS == 18
+    assert MATCH_LEVELS == 16
 
 
-@pytest.mark.parametrize(("log_ring", "stride"), [(13, 1), (13, 8), (16, 128), (16, 32)])
-def test_normalise_and_cosine_match_clear(log_ring, stride):
+@pytest.mark.parametrize(("log_ring", "stride", "replicas"),
+                         [(13, 1, 1), (13, 1, 16), (13, 8, 1), (16, 1, 128), (16, 128, 1), (16, 32, 1)])
+def test_normalise_and_cosine_match_clear(log_ring, stride, replicas):
     rng = np.random.default_rng(stride)
-    be = sim(log_ring, stride)
-    lay = TemplateLayout(stride)
+    be = sim(log_ring, stride, replicas=replicas)
+    lay = TemplateLayout(stride, replicas)
+    out = normalised_layout(be.slots)
     start = 20
     for norm_sq in (82.4, 289.6, 576.8):
         a = embedding(rng, norm_sq)
@@ -60,20 +62,32 @@ def test_normalise_and_cosine_match_clear(log_ring, stride):
         tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, start), lay)
         assert be.level(ta) == start - NORMALISE_LEVELS
         got = be.decrypt(ta)
-        np.testing.assert_allclose(extract(got, lay), normalise_clear(a), atol=1e-5)
-        assert np.abs(np.delete(got, template_slots(lay))).max() < 1e-5  # zeros outside the layout
+        np.testing.assert_allclose(out.unpack(got), normalise_clear(a), atol=1e-5)
+        assert np.abs(np.delete(got, out.all_slots().ravel())).max() < 5e-5  # zeros (up to noise) elsewhere
         s = hm.cosine(be, ta, tb, lay)
         assert be.level(s) == start - NORMALISE_LEVELS - SCORE_LEVELS
-        v = be.decrypt(s)
-        assert abs(v[0] - cosine_clear(a, b)) < 1e-3
-        assert np.abs(v[1:]).max() < 1e-5  # only the score slot is revealed
+        v = be.decrypt(s).reshape(-1, out.stride)
+        assert abs(v[0, 0] - cosine_clear(a, b)) < 1e-3
+        assert np.abs(v[:, 0] - v[0, 0]).max() < 5e-5  # the score, replicated, and nothing else (up to noise)
+        assert np.abs(v[:, 1:]).max() < 5e-5
+
+
+def test_normalise_unscaled_template_costs_one_more_level():
+    rng = np.random.default_rng(11)
+    be = sim(13, 1)
+    lay = TemplateLayout(1, scale=1.0)
+    assert hm.normalise_levels(lay) == NORMALISE_LEVELS + 1
+    a = embedding(rng)
+    ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, 20), lay)
+    assert be.level(ta) == 20 - NORMALISE_LEVELS - 1
+    np.testing.assert_allclose(normalised_layout(be.slots).unpack(be.decrypt(ta)), normalise_clear(a), atol=1e-5)
 
 
 def test_gallery_scores_match_clear_over_two_chunks():
     rng = np.random.default_rng(7)
     be = sim(12, 2)  # 2048 slots: 8 templates per gallery ciphertext
     lay = TemplateLayout(2)
-    gal = GalleryLayout(2, be.slots)
+    gal = gallery_layout(be.slots)
     assert gal.capacity == 8
     embs = [embedding(rng) for _ in range(11)]
     probe = correlated(rng, embs[9], 0.7)
@@ -83,11 +97,13 @@ def test_gallery_scores_match_clear_over_two_chunks():
     for start in range(0, len(norm), gal.capacity):
         part = norm[start : start + gal.capacity]
         s = hm.gallery_scores(be, p, hm.pack_gallery(be, part, gal), gal, len(part))
+        assert be.level(s) == 12 - NORMALISE_LEVELS - SCORE_LEVELS
         v = be.decrypt(s)
         got.extend(v[gal.score_slots(len(part))])
-        mask = np.ones(be.slots, bool)
-        mask[gal.score_slots(len(part))] = False
-        assert np.abs(v[mask]).max() < 1e-5
+        # every slot holds a score (slot s: template s mod 8), empty positions are zero: nothing else revealed
+        rows = v.reshape(-1, gal.capacity)
+        assert np.abs(rows - rows[0]).max() < 1e-5
+        assert len(part) == gal.capacity or np.abs(rows[:, len(part):]).max() < 1e-5
     want = [cosine_clear(probe, e) for e in embs]
     np.testing.assert_allclose(got, want, atol=1e-3)
     assert int(np.argmax(got)) == 9
@@ -118,10 +134,14 @@ def test_decision_correct_outside_band():
         assert abs(value - truth) < 2e-2, (cos, value)
 
 
-def test_rotation_steps_cover_everything():
-    for stride in (1, 4, 128):
-        be = sim(16, stride)
-        assert len(be.rotation_steps()) <= 16
+def test_rotation_steps_are_signed_powers_of_two():
+    slots = 1 << 15
+    for lay in (TemplateLayout(1), TemplateLayout(4), TemplateLayout(128), TemplateLayout(1, 128)):
+        steps = hm.rotation_steps(lay, slots)
+        assert len(steps) <= 32
+        for k in steps:
+            c = abs(((k + slots // 2) % slots) - slots // 2)
+            assert c & (c - 1) == 0, k
 
 
 def test_sign_polynomial_properties():
@@ -153,3 +173,16 @@ def test_desilo_cosine_matches_clear():
     tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, 9), lay)
     v = be.decrypt(hm.cosine(be, ta, tb, lay))
     assert abs(v[0] - cosine_clear(a, b)) < 1e-3
+
+
+def test_engine_reserve_covers_score_matching():
+    from cryptoface.engine import params as ep
+    from cryptoface.engine.template import TEMPLATE_SCALE
+    from cryptoface.match.levels import SCORE_MATCH_LEVELS
+
+    assert ep.MATCHING_RESERVE_LEVELS >= SCORE_MATCH_LEVELS
+    assert ep.NORMALISATION_LEVELS >= NORMALISE_LEVELS and ep.SCORE_LEVELS >= SCORE_LEVELS
+    assert ep.SIGN_LEVELS >= DECISION_LEVELS
+    # the engine's output scale is exactly the one that makes normalisation take NORMALISE_LEVELS
+    assert hm.normalise_levels(TemplateLayout(1, 128, TEMPLATE_SCALE)) == NORMALISE_LEVELS
+    assert ep.default_parameters(64, mode="decision").levels - ep.default_parameters(64).levels >= DECISION_LEVELS

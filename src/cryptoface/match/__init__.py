@@ -2,7 +2,7 @@
 
 * :mod:`.poly` designs the polynomials in the clear (1/sqrt fit, composite sign) and documents their errors.
 * :mod:`.homomorphic` evaluates them on ciphertexts through the backend protocol only.
-* :mod:`.layout` defines template and gallery slot layouts; :mod:`.levels` the level budget
+* :mod:`.layout` defines template (engine), normalised and gallery slot layouts; :mod:`.levels` the level budget
   (``MATCH_LEVELS``); :mod:`.threshold` the global threshold tau.
 """
 
@@ -11,11 +11,12 @@ from cryptoface.match.homomorphic import (
     decision,
     gallery_scores,
     normalise,
+    normalise_levels,
     pack_gallery,
     replicate_probe,
     rotation_steps,
 )
-from cryptoface.match.layout import GalleryLayout, TemplateLayout
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout, normalised_layout
 from cryptoface.match.levels import MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS, SCORE_MATCH_LEVELS
 from cryptoface.match.threshold import DEFAULT_THRESHOLD, threshold_from_metadata
 
@@ -29,8 +30,11 @@ __all__ = [
     "TemplateLayout",
     "cosine",
     "decision",
+    "gallery_layout",
     "gallery_scores",
     "normalise",
+    "normalise_levels",
+    "normalised_layout",
     "pack_gallery",
     "replicate_probe",
     "rotation_steps",

@@ -3,6 +3,20 @@
 Every function takes a :class:`~cryptoface.backends.protocol.CkksBackend` (server side: no secret key) and
 ciphertexts; nothing here decrypts. Levels follow the protocol's bookkeeping: each ``mul``/``mul_plain``/
 ``mul_scalar`` is followed by one ``rescale``; the level costs are the constants of :mod:`cryptoface.match.levels`.
+
+Normalisation takes a raw template in any :class:`TemplateLayout` (the engine's replicated one, or a single
+copy with any stride, which is first replicated over the ring by rotations) and returns the *normalised
+layout* (:func:`normalised_layout`): element j at slot ``S * j`` with ``S = slots / 256``, zeros elsewhere.
+In that layout every score sum is a cyclic rotate-and-add over the whole ring (steps ``S * 2^k``), so
+
+* 1:1: every slot ``= 0 (mod S)`` holds the cosine, all others are zero: no mask level;
+* 1:N: template n of a gallery sits at slots ``S * j + n`` (a rotation, no level) and slot s of the result
+  holds the score of template ``s mod S``: every slot is a score, so again no mask level.
+
+The move from the engine's replicated layout (element j at every slot ``= j mod 256``) into the normalised
+layout is a 0/1 permutation with 256 diagonals (BSGS 16 x 16, 30 rotations): one level, computed in parallel
+with ``||t||^2`` and the Chebyshev sum, so it costs no depth. Levels: ``t*t`` 1, Chebyshev 4, ``t'*p`` 1 = 6;
+score 1.
 """
 
 from __future__ import annotations
@@ -14,22 +28,80 @@ from typing import Any
 import numpy as np
 
 from cryptoface.backends.protocol import CkksBackend, normalise_step
+from cryptoface.engine.linear import compose_tree, naf
 from cryptoface.errors import ParameterError
-from cryptoface.match.layout import EMBEDDING_DIM, GalleryLayout, TemplateLayout, check_layout
+from cryptoface.match.layout import (
+    EMBEDDING_DIM,
+    GalleryLayout,
+    TemplateLayout,
+    check_layout,
+    gallery_layout,
+    normalised_layout,
+)
+from cryptoface.match.levels import NORMALISE_LEVELS
 from cryptoface.match.poly import SIGN_STAGES, ChebyshevSeries, inverse_sqrt_series, sign_stages
 
 _TINY = 1e-13  # relative size under which a polynomial coefficient is treated as zero
 _LOG_DIM = int(math.log2(EMBEDDING_DIM))
+_BABIES = 16  # baby steps of the layout permutation (256 = 16 x 16 diagonals)
+
+
+# -- layouts ------------------------------------------------------------------------------------------
+def _filled(layout: TemplateLayout, slots: int) -> TemplateLayout:
+    """The layout after replicating ``layout`` over the whole ring."""
+    check_layout(layout, slots)
+    return TemplateLayout(layout.stride, slots // layout.period, layout.scale)
+
+
+def _fill_steps(layout: TemplateLayout, slots: int) -> list[int]:
+    steps = []
+    span = layout.span
+    while span < slots:
+        steps.append(-span)
+        span *= 2
+    return steps
+
+
+def _permutation_offsets(stride: int, slots: int) -> np.ndarray:
+    """Offset (a multiple of ``stride`` below ``256 * stride``) that brings element j to slot ``S * j``."""
+    m = (slots // EMBEDDING_DIM) // stride
+    j = np.arange(EMBEDDING_DIM)
+    return stride * ((j * (1 - m)) % EMBEDDING_DIM)
+
+
+def _permutation_steps(stride: int, slots: int) -> tuple[list[int], list[int]]:
+    """(baby, giant) rotation steps of the move into the normalised layout (empty if already there)."""
+    if stride * EMBEDDING_DIM == slots:
+        return [], []
+    off = _permutation_offsets(stride, slots)
+    unit = _BABIES * stride
+    babies = sorted({int(o % unit) for o in off} - {0})
+    giants = sorted({int(o - o % unit) for o in off} - {0})
+    return babies, giants
+
+
+def normalise_levels(layout: TemplateLayout) -> int:
+    """Levels :func:`normalise` takes for this layout: 6, or 7 when its scale is not the engine's."""
+    return NORMALISE_LEVELS + (0 if _scale_matches(layout, inverse_sqrt_series()) else 1)
+
+
+def _scale_matches(layout: TemplateLayout, series: ChebyshevSeries) -> bool:
+    alpha, _ = series.affine
+    return abs(layout.scale**2 / alpha - 1.0) < 1e-12
 
 
 # -- keys ---------------------------------------------------------------------------------------------
 def rotation_steps(layout: TemplateLayout, slots: int) -> frozenset[int]:
     """Rotation steps (0..slots-1) that normalisation, scoring and 1:N packing need for this layout."""
-    s = check_layout(layout, slots)
-    steps = {s << k for k in range(_LOG_DIM)}
-    if EMBEDDING_DIM * s < slots:
-        steps.add(normalise_step(-EMBEDDING_DIM * s, slots))  # broadcast copy for the norm
-    steps.update(normalise_step(-k, slots) for k in GalleryLayout(s, slots).pack_steps())
+    check_layout(layout, slots)
+    s = layout.stride
+    steps = {normalise_step(k, slots) for k in _fill_steps(layout, slots)}
+    steps |= {s << k for k in range(_LOG_DIM)}  # ||t||^2
+    babies, giants = _permutation_steps(s, slots)  # composed from signed powers of two: no extra keys
+    steps |= {normalise_step(d, slots) for k in babies + giants for d in naf(k, slots)}
+    gallery = gallery_layout(slots)
+    steps |= {gallery.stride << k for k in range(_LOG_DIM)}  # scores
+    steps |= {normalise_step(-k, slots) for k in gallery.pack_steps()}
     return frozenset(k for k in steps if k)
 
 
@@ -49,6 +121,57 @@ def rotate_sum(backend: CkksBackend, ct: Any, stride: int, count: int = EMBEDDIN
         ct = backend.add(ct, backend.rotate(ct, step))
         step *= 2
     return ct
+
+
+def replicate(backend: CkksBackend, t: Any, layout: TemplateLayout) -> tuple[Any, TemplateLayout]:
+    """A single-copy (or partly replicated) template copied over the whole ring (no level)."""
+    for step in _fill_steps(layout, backend.slots):
+        t = backend.add(t, backend.rotate(t, step))
+    return t, _filled(layout, backend.slots)
+
+
+def to_normalised_layout(backend: CkksBackend, t: Any, layout: TemplateLayout) -> Any:
+    """A ring-filling template moved to slot ``S * j`` per element j, zeros elsewhere (1 level, scale kept).
+
+    256 0/1 diagonals in a 16 x 16 baby-step/giant-step split, one rescale per giant; every rotation is composed
+    from signed powers of two (babies share prefixes in a tree), so it needs no keys beyond the engine's.
+    """
+    slots = backend.slots
+    if layout.span != slots:
+        raise ParameterError("the template must fill the ring first (see replicate)")
+    target = np.arange(EMBEDDING_DIM) * (slots // EMBEDDING_DIM)
+    if layout.stride * EMBEDDING_DIM == slots:  # already there (single copy at stride S)
+        return t
+    off = _permutation_offsets(layout.stride, slots)
+    unit = _BABIES * layout.stride
+    baby = off % unit
+    giant = off - baby
+    bsteps = sorted(set(baby.tolist()) - {0})
+    rotated = {0: t}
+    tree = compose_tree(bsteps, slots)
+
+    def get(node: int) -> Any:
+        if node not in rotated:
+            parent, digit = tree[node]
+            rotated[node] = backend.rotate(get(parent), digit)
+        return rotated[node]
+
+    for b in bsteps:
+        get(b)
+    level = backend.level(t)
+    acc = None
+    for g in sorted(set(giant.tolist())):
+        cts, pts = [], []
+        for j in np.nonzero(giant == g)[0].tolist():
+            w = np.zeros(slots)
+            w[(target[j] + g) % slots] = 1.0  # rot(w_d, -g): the giant rotation moves it back to S * j
+            cts.append(rotated[int(baby[j])])
+            pts.append(backend.encode(w, level))
+        part = backend.multiply_accumulate(cts, pts)
+        for d in naf(g, slots) if g else []:
+            part = backend.rotate(part, d)
+        acc = part if acc is None else backend.add(acc, part)
+    return acc
 
 
 def _scaled(backend: CkksBackend, ct: Any, value: float) -> Any:
@@ -123,35 +246,49 @@ def chebyshev(backend: CkksBackend, x: Any, series: ChebyshevSeries) -> Any:
 
 # -- matching -----------------------------------------------------------------------------------------
 def norm_squared(backend: CkksBackend, t: Any, layout: TemplateLayout) -> Any:
-    """||t||^2 in every layout slot (1 level, 9 rotations; other slots hold partial sums or zeros)."""
+    """||t||^2 in every slot ``= 0 (mod stride)`` of a ring-filling template (1 level, 8 rotations)."""
     s = check_layout(layout, backend.slots)
-    return rotate_sum(backend, backend.rescale(backend.mul(t, t)), s, broadcast=True)
+    return rotate_sum(backend, backend.rescale(backend.mul(t, t)), s)
 
 
 def normalise(backend: CkksBackend, t: Any, layout: TemplateLayout, series: ChebyshevSeries | None = None) -> Any:
-    """t * p(||t||^2) with p ~ 1/sqrt: an (approximately) unit template in the same layout, zeros elsewhere."""
+    """e * p(||e||^2) with p ~ 1/sqrt for the template ``t = scale * e``, in :func:`normalised_layout`.
+
+    6 levels when ``layout.scale`` is the engine's ``TEMPLATE_SCALE`` (``||t||^2`` is already the Chebyshev
+    variable up to a constant), 7 otherwise (one scalar multiply). ``1 / scale`` is folded into the
+    Chebyshev coefficients; the layout permutation runs at the top level, in parallel with the norm.
+    """
     series = series or inverse_sqrt_series()
-    y = norm_squared(backend, t, layout)
+    t, full = replicate(backend, t, layout)
+    y = norm_squared(backend, t, full)
     alpha, beta = series.affine
-    x = backend.add_plain(_scaled(backend, y, alpha), np.full(backend.slots, beta))
-    return backend.rescale(backend.mul(t, chebyshev(backend, x, series)))
+    ratio = alpha / full.scale**2
+    # the constant only where ||t||^2 is: the empty slots (y = 0) stay at x = 0, inside [-1, 1]
+    shift = np.zeros(backend.slots)
+    shift[:: full.stride] = beta
+    if _scale_matches(full, series):
+        x = backend.add_plain(y, shift) if beta else y
+    else:
+        x = backend.add_plain(_scaled(backend, y, ratio), shift)
+    unscaled = ChebyshevSeries(tuple(c / full.scale for c in series.coeffs))
+    p = chebyshev(backend, x, unscaled)
+    moved = to_normalised_layout(backend, t, full)
+    return backend.rescale(backend.mul(moved, p))
 
 
-def _masked(backend: CkksBackend, ct: Any, slots: np.ndarray) -> Any:
-    mask = np.zeros(backend.slots)
-    mask[slots] = 1.0
-    return backend.rescale(backend.mul_plain(ct, backend.encode(mask, backend.level(ct))))
+def cosine(backend: CkksBackend, probe: Any, template: Any, layout: TemplateLayout | None = None) -> Any:
+    """<probe, template> of two normalised templates in every slot ``= 0 (mod S)``, zeros elsewhere.
+
+    1 level, 8 rotations; the sum is cyclic over the ring, so nothing but the score is in the result.
+    ``layout`` is accepted for compatibility and ignored (normalised templates have one layout).
+    """
+    s = normalised_layout(backend.slots).stride
+    return rotate_sum(backend, backend.rescale(backend.mul(probe, template)), s)
 
 
-def cosine(backend: CkksBackend, probe: Any, template: Any, layout: TemplateLayout) -> Any:
-    """<probe, template> of two normalised templates in slot 0, every other slot zero (2 levels, 8 rotations)."""
-    s = check_layout(layout, backend.slots)
-    prod = backend.rescale(backend.mul(probe, template))
-    return _masked(backend, rotate_sum(backend, prod, s), np.array([0]))
-
-
-def pack_gallery(backend: CkksBackend, templates: Sequence[Any], gallery: GalleryLayout) -> Any:
+def pack_gallery(backend: CkksBackend, templates: Sequence[Any], gallery: GalleryLayout | None = None) -> Any:
     """One ciphertext holding up to ``gallery.capacity`` normalised templates (no level, len-1 rotations)."""
+    gallery = gallery or gallery_layout(backend.slots)
     if not templates:
         raise ValueError("no templates to pack")
     if len(templates) > gallery.capacity:
@@ -170,20 +307,32 @@ def pack_gallery(backend: CkksBackend, templates: Sequence[Any], gallery: Galler
     return row[0]
 
 
-def replicate_probe(backend: CkksBackend, probe: Any, gallery: GalleryLayout) -> Any:
+def replicate_probe(backend: CkksBackend, probe: Any, gallery: GalleryLayout | None = None) -> Any:
     """The normalised probe copied into every template position of the gallery (log2(capacity) rotations)."""
+    gallery = gallery or gallery_layout(backend.slots)
     for step in gallery.pack_steps():
         probe = backend.add(probe, backend.rotate(probe, -step))
     return probe
 
 
-def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gallery: GalleryLayout, count: int) -> Any:
-    """Cosine of the probe with each of the first ``count`` packed templates at ``gallery.score_slot(n)``.
+def _masked(backend: CkksBackend, ct: Any, slots: np.ndarray) -> Any:
+    mask = np.zeros(backend.slots)
+    mask[slots] = 1.0
+    return backend.rescale(backend.mul_plain(ct, backend.encode(mask, backend.level(ct))))
 
-    2 levels, 8 rotations per gallery ciphertext; every slot that is not a score is zero.
+
+def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gallery: GalleryLayout, count: int) -> Any:
+    """Cosine of the probe with each of the first ``count`` packed templates.
+
+    Ring-filling gallery (the default, :func:`gallery_layout`): 1 level, 8 rotations, the score of template n
+    in every slot ``= n (mod capacity)`` (``gallery.score_slot(n)`` = n among them) and zeros for empty
+    positions. A gallery that does not fill the ring needs a mask (one more level) to hide partial sums.
     """
     prod = backend.rescale(backend.mul(probe_replicated, packed))
-    return _masked(backend, rotate_sum(backend, prod, gallery.stride), gallery.score_slots(count))
+    summed = rotate_sum(backend, prod, gallery.stride)
+    if gallery.block * gallery.blocks == backend.slots and gallery.blocks == 1:
+        return summed
+    return _masked(backend, summed, gallery.score_slots(count))
 
 
 def decision(backend: CkksBackend, scores: Any, tau: float, stages: tuple[str, ...] = SIGN_STAGES) -> Any:

@@ -1,14 +1,17 @@
 """Slot layouts of encrypted templates and of packed galleries.
 
-Template (engine contract): one ciphertext, element j of the 256-d embedding at slot ``j * stride``, zeros
-elsewhere, ``stride`` a power of two in 1..128. :class:`TemplateLayout` is taken from the engine when it
-exports one (``cryptoface.engine.layout.TemplateLayout``) and defined here otherwise, with the same fields.
+Raw template (engine contract): :class:`cryptoface.engine.layout.TemplateLayout` -- element j at slots
+``j * stride + b * 256 * stride`` for ``b < replicas``, holding ``scale * e`` (the engine's default is
+``TemplateLayout(1, slots // 256)`` with ``scale = TEMPLATE_SCALE``; a client may send a single copy,
+``TemplateLayout(stride)``, with the same scale).
 
-Gallery (1:N): ``capacity = slots // 256`` normalised templates per ciphertext (128 at N = 2^16, for every
-stride). Template number ``n = block * stride + offset`` (``offset < stride``) has element j at slot
-``block * 256 * stride + j * stride + offset``: templates interleave inside a block of ``256 * stride``
-slots, and ``slots / (256 * stride)`` blocks fill the ciphertext. Its score lands in slot
-``block * 256 * stride + offset`` (:meth:`GalleryLayout.score_slot`).
+Normalised template (:func:`normalised_layout`): element j at slot ``S * j`` with ``S = slots // 256`` (128 at
+N = 2^16), unit scale, zeros elsewhere: a 256-element template that fills the ring cyclically.
+
+Gallery (1:N, :func:`gallery_layout`): ``capacity = S`` normalised templates per ciphertext (128 at N = 2^16);
+template n has element j at slot ``S * j + n`` and its score is in every slot ``= n (mod S)``, slot n among
+them (:meth:`GalleryLayout.score_slot`). The general :class:`GalleryLayout` (stride s, blocks of ``256 * s``
+slots) is kept for smaller strides, which need a mask level.
 """
 
 from __future__ import annotations
@@ -17,50 +20,47 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from cryptoface.engine.layout import TemplateLayout
 from cryptoface.errors import ParameterError
 
 EMBEDDING_DIM = 256
 
-try:  # the engine's definition wins once it exists
-    from cryptoface.engine.layout import TemplateLayout  # type: ignore[attr-defined]
-except ImportError:  # pragma: no cover - depends on the engine's progress
-
-    @dataclass(frozen=True)
-    class TemplateLayout:  # type: ignore[no-redef]
-        """Element j of the 256-d template at slot ``j * stride``; zeros elsewhere."""
-
-        stride: int = 1
-
 
 def check_layout(layout: TemplateLayout, slots: int) -> int:
-    """The stride, after checking it is a power of two in 1..128 whose template fits ``slots``."""
+    """The stride, after checking it is a power of two in 1..128 whose template (all replicas) fits ``slots``."""
     s = int(layout.stride)
     if s < 1 or s > 128 or s & (s - 1):
         raise ParameterError(f"template stride must be a power of two in 1..128, got {s}")
-    if EMBEDDING_DIM * s > slots:
-        raise ParameterError(f"a template with stride {s} needs {EMBEDDING_DIM * s} slots, the ring has {slots}")
+    if layout.span > slots:
+        raise ParameterError(f"a template with stride {s} x {layout.replicas} replicas needs {layout.span} slots, "
+                             f"the ring has {slots}")
     return s
 
 
+def normalised_layout(slots: int) -> TemplateLayout:
+    """Layout of a normalised template: element j at slot ``(slots // 256) * j``, unit scale."""
+    if slots < EMBEDDING_DIM or slots & (slots - 1):
+        raise ParameterError(f"{slots} slots cannot hold a 256-d template")
+    return TemplateLayout(slots // EMBEDDING_DIM, 1, 1.0)
+
+
 def template_slots(layout: TemplateLayout) -> np.ndarray:
-    """Slot index of each of the 256 template elements."""
-    return np.arange(EMBEDDING_DIM) * int(layout.stride)
+    """Slot index of each of the 256 template elements (replica 0)."""
+    return layout.slots_of(EMBEDDING_DIM)
 
 
 def place(values: np.ndarray, layout: TemplateLayout, slots: int) -> np.ndarray:
-    """A length-``slots`` vector with ``values`` (256) in the layout and zeros elsewhere."""
+    """A length-``slots`` vector with ``layout.scale * values`` (256) at every replica, zeros elsewhere."""
     check_layout(layout, slots)
     v = np.asarray(values, dtype=np.float64).ravel()
     if v.size != EMBEDDING_DIM:
         raise ValueError(f"expected {EMBEDDING_DIM} values, got {v.size}")
-    out = np.zeros(slots)
-    out[template_slots(layout)] = v
-    return out
+    return layout.pack(v, slots)
 
 
 def extract(slot_values: np.ndarray, layout: TemplateLayout) -> np.ndarray:
-    """The 256 template values from decrypted slots."""
-    return np.asarray(slot_values)[template_slots(layout)]
+    """The 256 template values (scale removed) from decrypted slots."""
+    return layout.unpack(slot_values, EMBEDDING_DIM)
 
 
 @dataclass(frozen=True)
@@ -105,3 +105,8 @@ class GalleryLayout:
             steps.append(self.shift(bit))
             bit *= 2
         return steps
+
+
+def gallery_layout(slots: int) -> GalleryLayout:
+    """The ring-filling gallery of normalised templates (capacity ``slots // 256``, scores need no mask)."""
+    return GalleryLayout(normalised_layout(slots).stride, slots)

@@ -68,11 +68,12 @@ import numpy as np
 from numpy.polynomial import chebyshev as cheb
 from numpy.polynomial import polynomial as poly
 
-# Paper CryptoFaceNet4, LFW, v2 pipeline: ||e||^2 statistics of raw (un-normalised) embeddings.
-NORM_SQ_Q001 = 114.2
-NORM_SQ_MAX = 576.8
-INV_SQRT_LOW = NORM_SQ_Q001 / 2.0
-INV_SQRT_HIGH = 1.5 * NORM_SQ_MAX
+from cryptoface.engine.template import NORM_SQ_HIGH, NORM_SQ_LOW, NORM_SQ_MAX, NORM_SQ_Q001  # noqa: F401
+
+# Paper CryptoFaceNet4, LFW, v2 pipeline: ||e||^2 statistics of raw (un-normalised) embeddings; the range is the
+# engine's (it scales its output so that ||t||^2 maps onto [-1, 1] with a constant add).
+INV_SQRT_LOW = NORM_SQ_LOW
+INV_SQRT_HIGH = NORM_SQ_HIGH
 INV_SQRT_DEGREE = 15
 
 # Odd degree-7 stages from Cheon, Kim, Kim & Lee (Asiacrypt 2020), coefficients of x^0..x^7:

@@ -18,7 +18,7 @@ from cryptoface.backends import backend_class
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
 from cryptoface.match import homomorphic as hm
-from cryptoface.match.layout import GalleryLayout, TemplateLayout
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout
 from cryptoface.match.levels import DECISION_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
 from cryptoface.store.base import (
@@ -185,7 +185,7 @@ class MatchService:
 
     def _normalised(self, state: _KeySetState, probe: dict[str, Any], extra_levels: int) -> tuple[Any, int]:
         ct, layout = self._template_from_probe(state, probe)
-        need = NORMALISE_LEVELS + extra_levels
+        need = hm.normalise_levels(layout) + extra_levels
         level = state.backend.level(ct)
         if level < need:
             raise CiphertextError(f"the template is at level {level}; normalising and scoring it needs {need} levels")
@@ -256,7 +256,7 @@ class MatchService:
             if not records:
                 raise ServiceInputError(f"no enrolled template has stride {stride} and model {self.model_id!r}")
             self._check_mode(mode, min(r.level for r in records))
-            gallery = GalleryLayout(stride, be.slots)
+            gallery = gallery_layout(be.slots)  # normalised templates of any input stride pack the same way
             chunks = self._galleries(key_id, state, gallery, records)
             rep = hm.replicate_probe(be, p, gallery)
             names = {r.id: r.subject for r in records}
