@@ -139,18 +139,16 @@ def test_no_face_in_blank_or_noise():
         align_face(rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), aligned=False)
 
 
-@pytest.mark.xfail(
-    reason="YuNet (2023mar, OpenCV 5.0) scores the cup in coffee.png 0.35 at 600x400 and 0.53 in the 400 px "
-    "copy: a known detector false positive at the documented thresholds (0.5, retry 0.2)",
-    raises=AssertionError,
-    strict=False,
-)
 def test_coffee_has_no_face(faces_dir):
-    try:
+    with pytest.raises(NoFaceError):
         align_face(faces_dir / "coffee.jpg")
-    except NoFaceError:
-        return
-    raise AssertionError("a face was reported in coffee.jpg")
+
+
+def test_lenient_research_search_still_finds_the_cup(faces_dir):
+    # The LFW protocol's 0.5-then-0.2 search is kept for reproducing research numbers only; it is why the
+    # product path demands a confident face (PRODUCT_MIN_SCORE).
+    crop = align_face(faces_dir / "coffee.jpg", min_score=None)
+    assert crop.shape == (112, 112, 3)
 
 
 def test_tiny_face_too_small(faces_dir):

@@ -179,7 +179,7 @@ def aligned_crops(
             if not path.is_file():
                 raise DataError(f"LFW image {path} (named in pairs.txt) is missing")
             try:
-                entries[rel] = (align_face(path, aligned=False, select=select), False)
+                entries[rel] = (align_face(path, aligned=False, select=select, min_score=None), False)
             except (NoFaceError, FaceTooSmallError):
                 entries[rel] = (_centre_crop(path), True)
             except ImageError as exc:

@@ -23,6 +23,10 @@ from cryptoface.face.assets import yunet_path
 
 SCORE_THRESHOLD = 0.5
 RETRY_SCORE_THRESHOLD = 0.2
+# What enrolment and verification accept: real faces in the bundled samples score >= 0.72, while a
+# coffee cup (skimage's coffee.png) reaches 0.35-0.53, so the lenient 0.5-then-0.2 search of the LFW
+# research protocol would enrol a cup. A product must rather say "no face".
+PRODUCT_MIN_SCORE = 0.6
 NMS_THRESHOLD = 0.3
 TOP_K = 5000
 # Photos whose long side exceeds this are downscaled for detection only; landmarks are mapped back.
@@ -85,8 +89,9 @@ def _as_bgr(image_rgb: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_RGBA2BGR if img.shape[2] == 4 else cv2.COLOR_RGB2BGR)
 
 
-def detect_faces(image_rgb: np.ndarray) -> list[Face]:
-    """All faces YuNet finds at score >= 0.5, or (when there are none) at score >= 0.2.
+def detect_faces(image_rgb: np.ndarray, min_score: float | None = None) -> list[Face]:
+    """All faces YuNet finds at score >= ``min_score``; with ``min_score=None`` (the LFW research
+    protocol) at score >= 0.5, or, when there are none, at score >= 0.2.
 
     Greedy NMS never lets a lower-scoring box suppress a higher one, so one pass at the retry
     threshold followed by filtering gives exactly the faces of two passes at 0.5 and 0.2.
@@ -107,8 +112,11 @@ def detect_faces(image_rgb: np.ndarray) -> list[Face]:
     if rows is None or len(rows) == 0:
         return []
     rows = np.asarray(rows, dtype=np.float64).reshape(-1, 15)
-    strong = rows[rows[:, 14] >= SCORE_THRESHOLD]
-    rows = strong if len(strong) else rows[rows[:, 14] >= RETRY_SCORE_THRESHOLD]
+    if min_score is not None:
+        rows = rows[rows[:, 14] >= min_score]
+    else:
+        strong = rows[rows[:, 14] >= SCORE_THRESHOLD]
+        rows = strong if len(strong) else rows[rows[:, 14] >= RETRY_SCORE_THRESHOLD]
     # Map back to the input photo: a pixel centre u in the resized image sits at (u + 0.5) / s - 0.5.
     faces = []
     for r in rows:
@@ -121,16 +129,22 @@ def detect_faces(image_rgb: np.ndarray) -> list[Face]:
     return faces
 
 
-def detect_face(image_rgb: np.ndarray, min_eye_distance: float = MIN_EYE_DISTANCE, select: str = "largest") -> Face:
+def detect_face(
+    image_rgb: np.ndarray,
+    min_eye_distance: float = MIN_EYE_DISTANCE,
+    select: str = "largest",
+    min_score: float | None = PRODUCT_MIN_SCORE,
+) -> Face:
     """The main face of an RGB uint8 photo: the largest box (``select="largest"``) or the box whose centre
     is nearest the image centre (``select="center"``).
 
-    Raises :class:`NoFaceError` when YuNet finds none and :class:`FaceTooSmallError` when the kept
+    ``min_score`` is the detector score a face needs (see :func:`detect_faces`; ``None`` = the lenient LFW
+    research search). Raises :class:`NoFaceError` when YuNet finds none and :class:`FaceTooSmallError` when the kept
     face's eyes are closer than ``min_eye_distance`` pixels.
     """
     if select not in SELECTIONS:
         raise ValueError(f"select must be one of {SELECTIONS}, got {select!r}")
-    faces = detect_faces(image_rgb)
+    faces = detect_faces(image_rgb, min_score)
     if not faces:
         raise NoFaceError("no face found in the image; use a photo with one clearly visible, roughly frontal face")
     if select == "largest":

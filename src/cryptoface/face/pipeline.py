@@ -6,7 +6,7 @@ import numpy as np
 
 from cryptoface.errors import ImageError
 from cryptoface.face.align import CROP_SIZE, warp_face
-from cryptoface.face.detect import detect_face
+from cryptoface.face.detect import PRODUCT_MIN_SCORE, detect_face
 from cryptoface.face.image import ImageSource, load_image_file
 from cryptoface.face.resize import to_model_input
 
@@ -33,11 +33,17 @@ def _is_aligned_crop(img: np.ndarray) -> bool:
     return img.shape[:2] == (CROP_SIZE, CROP_SIZE)
 
 
-def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None, select: str = "largest") -> np.ndarray:
+def align_face(
+    image: ImageSource | np.ndarray,
+    aligned: bool | None = None,
+    select: str = "largest",
+    min_score: float | None = PRODUCT_MIN_SCORE,
+) -> np.ndarray:
     """112x112x3 RGB uint8 crop of the main face in a photo (path, bytes or RGB uint8 array).
 
     The main face is the largest one; ``select="center"`` keeps the one nearest the image centre instead
-    (see :func:`cryptoface.face.detect.detect_face`).
+    (see :func:`cryptoface.face.detect.detect_face`). ``min_score`` is the detector score a face needs
+    (default 0.6, what enrolment and verification accept; ``None`` = the lenient LFW research search).
 
     ``aligned=None`` treats a 112x112 input as an already aligned crop (as in the training shards) and
     returns it unchanged; pass ``aligned=False`` to run detection on such an image anyway. Raises
@@ -48,7 +54,7 @@ def align_face(image: ImageSource | np.ndarray, aligned: bool | None = None, sel
         if not _is_aligned_crop(img):
             raise ImageError(f"an aligned crop must be {CROP_SIZE}x{CROP_SIZE}, got {img.shape[1]}x{img.shape[0]}")
         return img
-    face = detect_face(img, select=select)
+    face = detect_face(img, select=select, min_score=min_score)
     return warp_face(img, face.landmarks)
 
 
