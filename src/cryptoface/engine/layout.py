@@ -18,6 +18,13 @@ Layout families (the pixel order and the channel multiplexing per stage, see :fu
 * ``polyphase`` — the client encrypts the input in a two-level polyphase (space-to-depth) order so that
   both stride-2 convs read uniformly offset sources and write dense outputs; stride-1 convs in a
   polyphase order have up to 49 spatial offsets instead of 9.
+* ``phased`` — the client encrypts the input in a one-level polyphase order with the phase outside the
+  patches (:func:`phase_outer`); stage 1 pays ~2x on its stride-1 convs (phases mix), the first stride-2
+  conv writes a dense raster stage 2 (optimal stride-1 convs), the second writes stage 3 on the 16 x 16
+  grid with 4 channels multiplexed in the gaps.
+* ``interleaved`` — stage 1 dense raster; the first stride-2 conv moves the patches into the gaps of the
+  32 x 32 grid (``patch_sub``: a conv never mixes patches, so stage 2's stride-1 convs are optimal), the
+  second keeps them there and multiplexes 4 channels in the remaining gaps (gap 4).
 
 Counts for each family are produced by :func:`cryptoface.engine.plan.compare_families`.
 """
@@ -31,7 +38,7 @@ import numpy as np
 from cryptoface.engine.template import TEMPLATE_SCALE
 from cryptoface.model import spec
 
-FAMILIES = ("raster", "multiplexed", "polyphase")
+FAMILIES = ("raster", "multiplexed", "polyphase", "phased", "interleaved")
 
 
 @dataclass(frozen=True)
@@ -200,8 +207,13 @@ def planar(
     group: int = 1,
     sub: np.ndarray | None = None,
     replicate: bool = True,
+    patch_sub: np.ndarray | None = None,
 ) -> PlanarLayout:
     """Channel-outer/patch-inner layout: plane (g, c) at ``(c // group) * pitch + g * block + sub[c % group]``.
+
+    With ``patch_sub`` (m entries) every m patches of a ciphertext share a block, local patch ``g`` at offset
+    ``(g // m) * block + patch_sub[g % m]`` (interleaved in the gaps of the pixel order like multiplexed
+    channels, but a conv never mixes patches).
 
     ``G`` patches share a ciphertext (as many as fit, balanced over the ciphertexts). When the number of
     channel groups is a power of two the pitch is ``slots / (groups * k)``, so a channel rotation is cyclic
@@ -216,11 +228,12 @@ def planar(
     per_patch = groups * block
     if per_patch > slots:
         raise ValueError(f"{name}: one patch needs {per_patch} slots > {slots}")
-    g_max = min(n, slots // per_patch)
+    m = 1 if patch_sub is None else len(patch_sub)
+    g_max = min(n, m * (slots // per_patch))
     n_cts = -(-n // g_max)
     # balance patches over the ciphertexts
     sizes = [n // n_cts + (1 if j < n % n_cts else 0) for j in range(n_cts)]
-    copies_max = max(slots // (per_patch * s) if replicate else 1 for s in sizes)
+    copies_max = max(slots // (per_patch * -(-s // m)) if replicate else 1 for s in sizes)
     copies_max = 1 << (copies_max.bit_length() - 1)
     ct = -np.ones((copies_max, n, c), np.int64)
     base = np.zeros((copies_max, n, c), np.int64)
@@ -228,21 +241,60 @@ def planar(
     chans = np.arange(c)
     cyclic = groups & (groups - 1) == 0
     for j, size in enumerate(sizes):
-        chunk = size * block  # one channel group of the ciphertext's patches
+        chunk = -(-size // m) * block  # one channel group of the ciphertext's patches
         pitch = slots // groups if cyclic else chunk
         copies = pitch // chunk if replicate and cyclic else (slots // (chunk * groups) if replicate else 1)
         copies = 1 << (copies.bit_length() - 1)
         for gl in range(size):
+            poff = gl * block if patch_sub is None else (gl // m) * block + int(patch_sub[gl % m])
             for r in range(copies):
                 ct[r, p + gl] = j
                 if cyclic:  # copies r * slots / copies: a shift group, so copies of rotations line up
-                    base[r, p + gl] = ((chans // group) * (pitch // copies) + gl * block + r * (slots // copies)
+                    base[r, p + gl] = ((chans // group) * (pitch // copies) + poff + r * (slots // copies)
                                        + sub[chans % group])
                 else:
-                    base[r, p + gl] = r * chunk * groups + ((chans // group) * size + gl) * block + sub[chans % group]
+                    base[r, p + gl] = r * chunk * groups + (chans // group) * chunk + poff + sub[chans % group]
         p += size
     lay = PlanarLayout(name, shape, slots, n_cts, ct, base, pos)
     return lay
+
+
+def patch_groups(n: int, slots: int, per_patch: int) -> list[int]:
+    """Patches per ciphertext of :func:`planar` for ``per_patch`` slots per patch (balanced)."""
+    g_max = min(n, slots // per_patch)
+    n_cts = -(-n // g_max)
+    return [n // n_cts + (1 if j < n % n_cts else 0) for j in range(n_cts)]
+
+
+def phase_outer(name: str, shape: tuple[int, int, int, int], slots: int, sizes: list[int]) -> PlanarLayout:
+    """One-level polyphase order with the phase *outside* the patches: pixel (y, x) of plane (g, c) at
+    ``(c % k) * 4P + phase(y % 2, x % 2) * P + g_local * HW/4 + raster(y // 2, x // 2)``.
+
+    ``P`` is the phase pitch (the patches of one ciphertext, ``sizes`` = the next stage's raster patches per
+    ciphertext, rounded up to a power of two) and ``k`` channels share a ciphertext. The even-even pixels are
+    then exactly the next stage's raster :func:`planar` layout (channel pitch 4P there) up to a per-channel
+    shift, so a stride-2 conv reads one uniformly shifted source per tap and channel pair for every patch;
+    a stride-1 conv crosses phases: per tap up to four offsets, merged across neighbouring channels.
+    """
+    n, c, h, w = shape
+    block = (h // 2) * (w // 2)
+    phase_pitch = 1 << (max(sizes) * block - 1).bit_length()
+    k = min(slots // (4 * phase_pitch), 1 << (c - 1).bit_length())
+    if k < 1:
+        raise ValueError(f"{name}: {max(sizes)} patches of {block} pixels do not fit a quarter of {slots} slots")
+    chunks = -(-c // k)
+    ct = np.zeros((1, n, c), np.int64)
+    base = np.zeros((1, n, c), np.int64)
+    chans = np.arange(c)
+    p = 0
+    for j, size in enumerate(sizes):
+        for gl in range(size):
+            ct[0, p + gl] = j * chunks + chans // k
+            base[0, p + gl] = (chans % k) * 4 * phase_pitch + gl * block
+        p += size
+    y, x = np.mgrid[0:h, 0:w]
+    pos = ((y % 2) * 2 + (x % 2)) * phase_pitch + (y // 2) * (w // 2) + x // 2
+    return PlanarLayout(name, shape, slots, len(sizes) * chunks, ct, base, pos.astype(np.int64))
 
 
 def _shape(n: int, c: int, h: int) -> tuple[int, int, int, int]:
@@ -279,6 +331,24 @@ def stage_layouts(n_patches: int, slots: int, family: str = "multiplexed") -> di
             "s1": planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024),
             "s2": planar("s2", _shape(n, 32, 16), slots, gap_order(16, 16, 2), 1024, group=4, sub=sub2),
             "s3": planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=16, sub=sub3),
+        }
+    elif family == "phased":
+        sizes = patch_groups(n, slots, 32 * 256)  # the s2 raster layout's patches per ciphertext
+        sub3 = np.array([(i // 2) * 16 + i % 2 for i in range(4)], np.int64)
+        lays = {
+            "input": phase_outer("input", _shape(n, 3, p), slots, sizes),
+            "s1": phase_outer("s1", _shape(n, 16, p), slots, sizes),
+            "s2": planar("s2", _shape(n, 32, 16), slots, raster_order(16, 16), 256),
+            "s3": planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 2), 256, group=4, sub=sub3),
+        }
+    elif family == "interleaved":
+        psub = np.array([(i // 2) * 32 + i % 2 for i in range(4)], np.int64)  # patches in the 2x2 gaps
+        sub3 = np.array([(i // 2) * 64 + 2 * (i % 2) for i in range(4)], np.int64)
+        lays = {
+            "input": planar("input", _shape(n, 3, p), slots, raster_order(32, 32), 1024),
+            "s1": planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024),
+            "s2": planar("s2", _shape(n, 32, 16), slots, gap_order(16, 16, 2), 1024, patch_sub=psub),
+            "s3": planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=4, sub=sub3, patch_sub=psub),
         }
     else:
         raise ValueError(f"unknown layout family {family!r}; choose one of {FAMILIES}")
