@@ -208,12 +208,15 @@ def planar(
     sub: np.ndarray | None = None,
     replicate: bool = True,
     patch_sub: np.ndarray | None = None,
+    sizes: list[int] | None = None,
+    patch_group: int | None = None,
 ) -> PlanarLayout:
     """Channel-outer/patch-inner layout: plane (g, c) at ``(c // group) * pitch + g * block + sub[c % group]``.
 
-    With ``patch_sub`` (m entries) every m patches of a ciphertext share a block, local patch ``g`` at offset
-    ``(g // m) * block + patch_sub[g % m]`` (interleaved in the gaps of the pixel order like multiplexed
-    channels, but a conv never mixes patches).
+    With ``patch_sub`` (m entries) every ``q = patch_group or m`` patches of a ciphertext share a block, local
+    patch ``g`` at offset ``(g // q) * block + patch_sub[g % q]`` (interleaved in the gaps of the pixel order
+    like multiplexed channels, but a conv never mixes patches). ``sizes`` (patches per ciphertext) overrides
+    the balanced split, e.g. to keep the previous stage's patch groups together.
 
     ``G`` patches share a ciphertext (as many as fit, balanced over the ciphertexts). When the number of
     channel groups is a power of two the pitch is ``slots / (groups * k)``, so a channel rotation is cyclic
@@ -228,11 +231,17 @@ def planar(
     per_patch = groups * block
     if per_patch > slots:
         raise ValueError(f"{name}: one patch needs {per_patch} slots > {slots}")
-    m = 1 if patch_sub is None else len(patch_sub)
-    g_max = min(n, m * (slots // per_patch))
-    n_cts = -(-n // g_max)
-    # balance patches over the ciphertexts
-    sizes = [n // n_cts + (1 if j < n % n_cts else 0) for j in range(n_cts)]
+    m = 1 if patch_sub is None else (patch_group or len(patch_sub))
+    if patch_sub is not None and m > len(patch_sub):
+        raise ValueError(f"{name}: patch_group {m} > {len(patch_sub)} patch offsets")
+    if sizes is None:
+        g_max = min(n, m * (slots // per_patch))
+        n_cts = -(-n // g_max)
+        # balance patches over the ciphertexts
+        sizes = [n // n_cts + (1 if j < n % n_cts else 0) for j in range(n_cts)]
+    n_cts = len(sizes)
+    if sum(sizes) != n or max(-(-s // m) for s in sizes) * per_patch > slots:
+        raise ValueError(f"{name}: patches per ciphertext {sizes} do not fit")
     copies_max = max(slots // (per_patch * -(-s // m)) if replicate else 1 for s in sizes)
     copies_max = 1 << (copies_max.bit_length() - 1)
     ct = -np.ones((copies_max, n, c), np.int64)
@@ -343,12 +352,21 @@ def stage_layouts(n_patches: int, slots: int, family: str = "multiplexed") -> di
         }
     elif family == "interleaved":
         psub = np.array([(i // 2) * 32 + i % 2 for i in range(4)], np.int64)  # patches in the 2x2 gaps
-        sub3 = np.array([(i // 2) * 64 + 2 * (i % 2) for i in range(4)], np.int64)
+        s2 = planar("s2", _shape(n, 32, 16), slots, gap_order(16, 16, 2), 1024, patch_sub=psub)
+        sizes2 = [int(v) for v in np.bincount(s2.ct[0, :, 0])]
+        if len(sizes2) == 1:  # one patch group: 2 channels in the y gaps fill one ciphertext (no copies)
+            s3 = planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=2,
+                        sub=np.array([0, 64], np.int64), patch_sub=psub, sizes=sizes2)
+        else:  # 4 channels in the gaps, two of stage 2's patch groups per ciphertext
+            sizes3 = [sum(sizes2[i:i + 2]) for i in range(0, len(sizes2), 2)]
+            s3 = planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=4,
+                        sub=np.array([0, 2, 64, 66], np.int64), patch_sub=psub, sizes=sizes3,
+                        patch_group=max(sizes2))
         lays = {
             "input": planar("input", _shape(n, 3, p), slots, raster_order(32, 32), 1024),
             "s1": planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024),
-            "s2": planar("s2", _shape(n, 32, 16), slots, gap_order(16, 16, 2), 1024, patch_sub=psub),
-            "s3": planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=4, sub=sub3, patch_sub=psub),
+            "s2": s2,
+            "s3": s3,
         }
     else:
         raise ValueError(f"unknown layout family {family!r}; choose one of {FAMILIES}")
