@@ -24,13 +24,16 @@ import numpy as np
 
 from cryptoface.engine import layout as lay
 from cryptoface.engine.linear import (
+    ConvStructure,
     Diagonals,
     PoolHeadTerm,
     compose_tree,
     conv_diagonals,
+    conv_structure,
     naf,
     pool_head_diagonals,
     pool_head_replicated_diagonals,
+    term_weights,
 )
 from cryptoface.engine.plan import NETWORK_LEVELS, Plan, PlanLayer, build_plan, layer_diagonals
 from cryptoface.errors import ParameterError
@@ -102,6 +105,7 @@ class EncryptedModel:
             raise ParameterError(f"the plan starts at level {plan.start_level} > {backend.params.levels}")
         self.plan = plan
         self.workers = max(1, int(workers))
+        self._structure_cache: dict[tuple[int, str], list[ConvStructure]] = {}
         self.records: list[LayerRecord] = []
 
     # -- client side --------------------------------------------------------------------------------------
@@ -253,7 +257,8 @@ class EncryptedModel:
                     c = be.add(c, self._rotate(c, s))
                 pre.append(c)
             ins = pre
-        structure = layer_diagonals(layer, slots, with_weights=False)
+        conv = not isinstance(layer.out_layout, lay.TemplateLayout)
+        structure = self._conv_structures(layer) if conv else layer_diagonals(layer, slots, with_weights=False)
         split = layer.split
         need: dict[int, set[int]] = {}
         for d in structure:
@@ -266,7 +271,12 @@ class EncryptedModel:
         wlayer = replace(layer, terms=weighted_terms(self.model, layer))
         n_out = len(structure)
         outs = []
-        for j in range(n_out):
+        if conv:  # cached structure, per inference only the weight gather and scatter
+            wflat = term_weights(wlayer.terms)
+            for st in structure:
+                outs.append(self._giants(st, babies, split, level,
+                                         lambda ks, gg, st=st: st.rows(ks, wflat, slots, gg)))
+        for j in range(n_out if not conv else 0):
             diag = self._diagonals(wlayer, j)
             outs.append(self._giants(diag, babies, layer.split, level))
             del diag
@@ -283,9 +293,24 @@ class EncryptedModel:
             return pool_head_diagonals(term, layer.in_layouts[0], 0, layer.out_layout, slots)
         return conv_diagonals(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
 
-    def _giants(self, diag: Diagonals, babies: dict[int, dict[int, Any]], split: Any, level: int) -> Any:
+    def _conv_structures(self, layer: PlanLayer) -> list[ConvStructure]:
+        """The layer's per-output-ciphertext :class:`ConvStructure` (built once per model, then cached)."""
+        key = (id(layer), layer.name)
+        if key not in self._structure_cache:
+            self._structure_cache[key] = [
+                conv_structure(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
+                for j in range(layer.out_layout.n_cts)
+            ]
+        return self._structure_cache[key]
+
+    def _giants(self, diag: Diagonals | ConvStructure, babies: dict[int, dict[int, Any]], split: Any, level: int,
+                rows: Callable[[list[int], int], Any] | None = None) -> Any:
+        """One output ciphertext; ``rows(ks, g)`` gives diagonals ``ks`` rolled by ``g`` (dense vectors)."""
         be = self.backend
         slots = be.slots
+        if rows is None:
+            def rows(ks: list[int], gg: int) -> list[np.ndarray]:
+                return [np.roll(diag.vector(k, slots), gg) for k in ks]
         b, g = split.split(diag.offset, slots)
         order = np.argsort(g, kind="stable")
         groups: dict[int, list[int]] = {}
@@ -295,7 +320,9 @@ class EncryptedModel:
         def one(gg: int) -> Any:
             ks = groups[gg]
             cts = [babies[int(diag.in_ct[k])][int(b[k])] for k in ks]
-            pts = [be.encode(np.roll(diag.vector(k, slots), gg), level) for k in ks]
+            pts = []
+            for lo in range(0, len(ks), 64):  # bounded float64 temporaries (64 x 256 KB)
+                pts.extend(be.encode(v, level) for v in rows(ks[lo:lo + 64], gg))
             inner = be.multiply_accumulate(cts, pts)
             del pts
             return self._rotate(inner, gg)

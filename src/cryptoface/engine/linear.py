@@ -191,6 +191,99 @@ def conv_diagonals(
     return diag
 
 
+@dataclass(eq=False)
+class ConvStructure:
+    """Weight-free diagonals of one output ciphertext of a conv layer, cached per plan.
+
+    The diagonals are the same as :func:`conv_diagonals` (same ``in_ct``/``offset`` order). Each *item* is one
+    (output plane copy, input channel, spatial pattern) triple: it writes weight ``w[widx]`` (an index into the
+    layer's raveled term weights concatenated) at slots ``b_out + opos[pattern]`` of diagonal ``diag``. Items
+    are sorted by diagonal; ``bounds[k]:bounds[k+1]`` are diagonal k's items. A few MB per layer, where the
+    expanded (slot, value) entries are ~10^7 per layer.
+    """
+
+    in_ct: np.ndarray
+    offset: np.ndarray
+    diag: np.ndarray  # (I,) int64 per item
+    b_out: np.ndarray  # (I,) int64
+    widx: np.ndarray  # (I,) int64
+    pat: np.ndarray  # (I,) int64
+    opos_flat: np.ndarray  # all patterns' output positions concatenated
+    opos_start: np.ndarray  # (P,)
+    opos_len: np.ndarray  # (P,)
+    bounds: np.ndarray  # (D + 1,)
+
+    def __len__(self) -> int:
+        return int(self.in_ct.size)
+
+    def rows(self, ks: Sequence[int], weights: np.ndarray, slots: int, shift: int = 0) -> np.ndarray:
+        """(len(ks), slots) dense weight vectors of diagonals ``ks``, each rolled right by ``shift``."""
+        ks = np.asarray(ks, np.int64)
+        lo, hi = self.bounds[ks], self.bounds[ks + 1]
+        n_items = hi - lo
+        items = np.repeat(lo - np.cumsum(n_items) + n_items, n_items) + np.arange(int(n_items.sum()))
+        local = np.repeat(np.arange(ks.size), n_items)
+        p = self.pat[items]
+        reps = self.opos_len[p]
+        total = int(reps.sum())
+        within = np.arange(total) - np.repeat(np.cumsum(reps) - reps, reps)
+        pos = self.opos_flat[np.repeat(self.opos_start[p], reps) + within]
+        slot = (np.repeat(self.b_out[items] + shift, reps) + pos) % slots
+        idx = np.repeat(local * slots, reps) + slot
+        vals = np.repeat(weights[self.widx[items]], reps)
+        return np.bincount(idx, weights=vals, minlength=ks.size * slots).reshape(ks.size, slots)
+
+
+def term_weights(terms: Sequence[ConvTerm]) -> np.ndarray:
+    """The raveled weights of ``terms`` concatenated (the vector :meth:`ConvStructure.rows` indexes)."""
+    return np.concatenate([np.asarray(t.weights, dtype=np.float64).ravel() for t in terms])
+
+
+def conv_structure(
+    terms: Sequence[ConvTerm],
+    inputs: Sequence[PlanarLayout],
+    in_ct_offsets: Sequence[int],
+    lout: PlanarLayout,
+    out_ct: int,
+) -> ConvStructure:
+    """The :class:`ConvStructure` of output ciphertext ``out_ct`` (weights not needed: terms may be bare)."""
+    slots = lout.slots
+    n = lout.n_patches
+    parts = []  # (keys, b_out, widx, pattern id)
+    opos_all: list[np.ndarray] = []
+    w_off = 0
+    for term in terms:
+        lin = inputs[term.source]
+        b_out, ct_in, b_in, g, co, ci = _plane_pairs(term, lin, lout, out_ct)
+        glob = ct_in + in_ct_offsets[term.source]
+        k = term.kernel
+        for tap, delta, opos in spatial_patterns(lin.pos, lout.pos, k, term.stride, term.pad):
+            key = glob * slots + (b_in - b_out + delta) % slots
+            widx = w_off + (((g * term.c_out + co) * term.c_in + ci) * k * k + tap)
+            parts.append((key, b_out, widx, np.full(key.size, len(opos_all), np.int64)))
+            opos_all.append(opos.astype(np.int64))
+        w_off += n * term.c_out * term.c_in * k * k
+    if not parts:
+        z = np.zeros(0, np.int64)
+        return ConvStructure(z, z, z, z, z, z, z, z, z, np.zeros(1, np.int64))
+    keys_all = np.concatenate([p[0] for p in parts])
+    keys, diag = np.unique(keys_all, return_inverse=True)
+    order = np.argsort(diag, kind="stable")
+    lens = np.array([len(o) for o in opos_all], np.int64)
+    return ConvStructure(
+        in_ct=keys // slots,
+        offset=keys % slots,
+        diag=diag[order],
+        b_out=np.concatenate([p[1] for p in parts])[order],
+        widx=np.concatenate([p[2] for p in parts])[order],
+        pat=np.concatenate([p[3] for p in parts])[order],
+        opos_flat=np.concatenate(opos_all),
+        opos_start=np.cumsum(lens) - lens,
+        opos_len=lens,
+        bounds=np.searchsorted(diag[order], np.arange(keys.size + 1)),
+    )
+
+
 def pool_anchor_steps(lin: PlanarLayout, window: int) -> tuple[int, ...] | None:
     """Rotate-and-add steps that sum each window into its top-left pixel's slot, or None if irregular."""
     pos = lin.pos
