@@ -19,7 +19,9 @@ SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
 def _default_backend() -> str:
     from cryptoface.backends import available_backends
 
-    return "desilofhe" if "desilofhe" in available_backends() else "simulator"
+    # OpenFHE is the faster backend for the engine's plaintext multiply-accumulates (see README).
+    have = available_backends()
+    return next((b for b in ("openfhe", "desilofhe") if b in have), "simulator")
 
 
 def _label(backend: str) -> str:
@@ -74,8 +76,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("demo", help="everything in one process on the bundled sample faces")
     p.add_argument("--backend", default=None, help="default: desilofhe if installed, else simulator")
-    p.add_argument("--quick", action="store_true", help="small ring (2^13 slots) for a fast smoke run")
-    p.add_argument("--model", type=Path, default=None, help="fused model file for the clear stand-in embedding")
+    p.add_argument("--model", type=Path, default=None, help="fused model file (default: the bundled CryptoFaceNet4)")
     p.add_argument("--mode", choices=("score", "decision"), default="score")
     p.set_defaults(func=cmd_demo)
 
@@ -172,24 +173,32 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0 if r.subject else 1
 
 
+# Measured seconds per encrypted Net4 inference on 2 CPUs (README, "Measured figures"); a rough guide only.
+DEMO_SECONDS_PER_INFERENCE = {"openfhe": 420, "desilofhe": 1200, "simulator": 30}
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
+    """Enrol two people, verify a genuine and an impostor probe, identify: four encrypted inferences."""
     from tqdm import tqdm
 
     from cryptoface.client import ClientKeys
     from cryptoface.client.http import IdentifyResult, VerifyResult
-    from cryptoface.client.photos import STANDIN_LABEL, standin_template
+    from cryptoface.client.photos import encrypt_photo
+    from cryptoface.engine.params import default_parameters
     from cryptoface.match.poly import inverse_sqrt_series
     from cryptoface.match.threshold import threshold_from_metadata
     from cryptoface.service.core import MatchService, params_to_json
     from cryptoface.store import SQLiteStore
 
     backend = args.backend or _default_backend()
-    params = CkksParameters(log_ring=13 if args.quick else 16, levels=24)
-    if backend == "desilofhe":
-        params = CkksParameters(log_ring=16, levels=24)
-    slow = backend != "simulator"
-    print(f"CryptoFace demo - backend {backend}: {_label(backend)}, N = 2^{params.log_ring}")
-    print("expected time: " + ("about 3-6 minutes on 2 CPUs (key generation ~1 min)" if slow else "under a minute"))
+    model = _load_model(args.model)
+    params = default_parameters(model.resolution)
+    per = DEMO_SECONDS_PER_INFERENCE.get(backend, 600)
+    print(f"CryptoFace demo - backend {backend}: {_label(backend)}")
+    print(f"CKKS N = 2^{params.log_ring}, {params.levels} levels, log2 QP ~ {params.log_qp} <= 1772 (128-bit), "
+          f"model {model.architecture} {model.resolution}x{model.resolution}")
+    print(f"expected time: about {4 * per / 60 + 2:.0f} minutes (4 encrypted inferences of ~{per / 60:.0f} min each "
+          "on 2 CPUs, plus key generation)")
     photos = {"obama": ["obama3.jpg", "obama4.jpg"], "chirac": ["chirac1.jpg", "chirac3.jpg"]}
     missing = [f for fs in photos.values() for f in fs if not (SAMPLES / f).is_file()]
     if missing:
@@ -201,46 +210,43 @@ def cmd_demo(args: argparse.Namespace) -> int:
         t = time.perf_counter()
         yield
         timings.append((name, time.perf_counter() - t))
-        print(f"  {name}: {timings[-1][1]:.2f} s")
+        print(f"  {name}: {timings[-1][1]:.1f} s")
 
-    model = _load_model(args.model)
-    print(STANDIN_LABEL + " - the encrypted engine is not wired into the demo yet")
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "demo.db")
-        service = MatchService(store, threshold=threshold_from_metadata(model.metadata))
-        with step("client keygen"):
-            keys = ClientKeys.generate(backend, params, stride=1, **({"noise": 1e-7} if not slow else {}))
-        with step("server registers public keys"):
+        service = MatchService(store, model=model, threshold=threshold_from_metadata(model.metadata))
+        with step("client: key generation (secret key stays here)"):
+            keys = ClientKeys.generate(backend, params, resolution=model.resolution)
+        with step("server: registers the public and evaluation keys"):
             key_id = service.register_keys(backend, params_to_json(params), keys.evaluation_keys)
         be = keys.backend
+        inverse_sqrt_series()  # fitted once per process
 
-        def probe(ct: Any) -> dict[str, Any]:
-            return {"ciphertext": be.serialize(ct), "stride": keys.stride}
-
-        inverse_sqrt_series()  # fitted once per process (~3 s)
-        gallery = [(name, f) for name, fs in photos.items() for f in fs[:1]]
-        with step("client: preprocess + stand-in embeddings + encrypt (4 photos)"):
-            cts = {f: standin_template(keys, model, SAMPLES / f) for fs in photos.values() for f in fs}
-        for name, f in tqdm(gallery, desc="enrol", unit="person"):
-            with step(f"server: enrol {name} ({f}) - normalise under encryption, store"):
-                service.enroll(key_id, name, [probe(cts[f])])
-        genuine = cts[photos["obama"][1]]
-        impostor = cts[photos["chirac"][1]]
-        for label, ct in tqdm([("genuine", genuine), ("impostor", impostor)], desc="verify", unit="probe"):
-            with step(f"verify obama with {label} probe"):
-                out = service.verify(key_id, "obama", probe(ct), mode=args.mode)
+        templates: dict[str, dict[str, Any]] = {}
+        for f in tqdm([f for fs in photos.values() for f in fs], desc="photos", unit="photo"):
+            with step(f"client: align + encrypt {f}"):
+                images = [be.serialize(ct) for ct in encrypt_photo(keys, SAMPLES / f, model.resolution)]
+            with step(f"server: encrypted inference on {f}"):
+                templates[f] = service.infer(key_id, {"images": images, "resolution": model.resolution})
+        for name, fs in photos.items():
+            with step(f"server: enrol {name} ({fs[0]}): normalise under encryption, store"):
+                service.enroll(key_id, name, [templates[fs[0]]])
+        genuine, impostor = templates[photos["obama"][1]], templates[photos["chirac"][1]]
+        for label, probe in (("genuine", genuine), ("impostor", impostor)):
+            with step(f"server: verify 'obama' with the {label} probe"):
+                out = service.verify(key_id, "obama", probe, mode=args.mode)
             values = [float(be.decrypt(be.deserialize(o))[0]) for o in out]
             cut = service.threshold if args.mode == "score" else 0.0
             r = VerifyResult("obama", max(values) > cut, args.mode, values, service.threshold)
             shown = f"score {r.score:.4f}" if r.mode == "score" else f"sign value {values[0]:+.3f}"
             print(f"    {label}: {'ACCEPT' if r.accepted else 'REJECT'} ({shown}, threshold {service.threshold})")
-        with step("identify (reusing the genuine probe's ciphertext)"):
-            chunks = service.identify(key_id, probe(genuine), mode="score")
+        with step("server: identify, reusing the genuine probe's encrypted template (no new inference)"):
+            chunks = service.identify(key_id, genuine, mode="score")
         best: dict[str, float] = {}
         for ct, slots, names in chunks:
             v = be.decrypt(be.deserialize(ct))
-            for s, n in zip(slots, names, strict=True):
-                best[n] = max(best.get(n, -1.0), float(v[s]))
+            for slot, n in zip(slots, names, strict=True):
+                best[n] = max(best.get(n, -1.0), float(v[slot]))
         name, score = max(best.items(), key=lambda kv: kv[1])
         ident = IdentifyResult(name if score > service.threshold else None, score, "score", best)
         print(

@@ -22,6 +22,7 @@ from typing import Any
 
 from cryptoface.backends import backend_class, create_backend
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
+from cryptoface.engine import rotation_steps_for
 from cryptoface.errors import CryptoFaceError, MissingKeyError
 from cryptoface.match.homomorphic import rotation_steps as matching_rotation_steps
 from cryptoface.match.layout import TemplateLayout
@@ -73,15 +74,11 @@ _SECRET_IO: dict[str, tuple[Callable[[Any], bytes], Callable[[Any, bytes], None]
 }
 
 
-def engine_rotation_steps(resolution: int | None, slots: int) -> frozenset[int]:
-    """Rotation steps of the engine's plan (lazy import); empty when the engine or resolution is unavailable."""
+def engine_rotation_steps(resolution: int | None, slots: int, levels: int) -> frozenset[int]:
+    """Rotation steps of the engine's plan; empty when no resolution is given (template-only clients)."""
     if resolution is None:
         return frozenset()
-    try:
-        from cryptoface.engine import rotation_steps_for  # type: ignore[attr-defined]
-    except ImportError:
-        return frozenset()
-    return frozenset(int(k) % slots for k in rotation_steps_for(resolution, slots))
+    return frozenset(int(k) % slots for k in rotation_steps_for(resolution, slots, levels))
 
 
 @dataclass
@@ -125,7 +122,7 @@ class ClientKeys:
         """Fresh keys with the rotations matching needs (and the engine plan's, when available)."""
         backend = create_backend(backend_name, params, **options)
         steps = set(matching_rotation_steps(TemplateLayout(stride), backend.slots))
-        steps |= engine_rotation_steps(resolution, backend.slots)
+        steps |= engine_rotation_steps(resolution, backend.slots, backend.params.levels)
         steps |= {int(k) % backend.slots for k in extra_rotations}
         backend.generate_keys(sorted(steps))
         return cls(backend, stride)

@@ -2,36 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from cryptoface.client.keys import ClientKeys
-from cryptoface.errors import CryptoFaceError
+from cryptoface.engine import encrypt_image
 from cryptoface.match.clear import encrypt_embedding_for_tests
 
 STANDIN_LABEL = "STAND-IN: embedding computed IN THE CLEAR on the client, then encrypted (not the CryptoFace protocol)"
 STANDIN_NORM_SQ = 289.6  # mean ||e||^2 of the paper model on LFW; stand-in embeddings are rescaled to it
 
 
-class EngineUnavailableError(CryptoFaceError):
-    """Encrypted inference is not available in this build yet."""
-
-
 def encrypt_photo(keys: ClientKeys, photo: str | Path, resolution: int) -> list[Any]:
-    """The encrypted model input of a photo (preprocessed on the client), via ``cryptoface.engine.encrypt_image``."""
+    """The encrypted model input of a photo, aligned and preprocessed on the client."""
     from cryptoface.face import preprocess
 
-    try:
-        encrypt_image = importlib.import_module("cryptoface.engine").encrypt_image
-    except (ImportError, AttributeError) as exc:
-        raise EngineUnavailableError(
-            "encrypted inference is not available in this build (cryptoface.engine.encrypt_image is missing); "
-            "use --standin to encrypt a clear embedding instead (testing only)"
-        ) from exc
-    return list(encrypt_image(keys.backend, resolution, preprocess(photo, resolution)))
+    return encrypt_image(keys.backend, resolution, preprocess(photo, resolution))
 
 
 def standin_template(keys: ClientKeys, model: Any, photo: str | Path, level: int | None = None) -> Any:

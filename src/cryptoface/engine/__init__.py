@@ -1,0 +1,74 @@
+"""Encrypted CryptoFaceNet inference: the engine's entry points for the client and the server.
+
+The plan (layouts, diagonals, rotation keys) depends only on the resolution and the CKKS parameters, so
+the client derives the same rotation-key set and input packing as the server without seeing the weights.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from cryptoface.engine.layout import TemplateLayout
+from cryptoface.engine.plan import NETWORK_LEVELS, Plan, build_plan
+from cryptoface.errors import ParameterError
+from cryptoface.model.fused import FusedModel
+
+DEFAULT_FAMILY = "multiplexed"
+DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~2.7 GB at N = 2^16) instead of ~300 exact-step keys
+
+
+@lru_cache(maxsize=8)
+def plan_for(resolution: int, slots: int, levels: int) -> Plan:
+    """The default plan for ``resolution`` on parameters with ``slots`` slots and ``levels`` levels."""
+    reserve = levels - NETWORK_LEVELS
+    if reserve < 0:
+        raise ParameterError(f"the network needs {NETWORK_LEVELS} levels, the parameters give {levels}")
+    try:
+        return build_plan(resolution, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE, reserve=reserve)
+    except ValueError as exc:  # the layouts do not fit this ring
+        raise ParameterError(f"encrypted inference at {resolution}x{resolution} needs a larger ring: {exc}") from exc
+
+
+def _plan(backend: Any, resolution: int) -> Plan:
+    return plan_for(int(resolution), int(backend.slots), int(backend.params.levels))
+
+
+def rotation_steps_for(resolution: int, slots: int, levels: int | None = None) -> frozenset[int]:
+    """Rotation steps the engine needs (the client generates exactly these keys)."""
+    if levels is None:
+        from cryptoface.engine.params import default_parameters
+
+        levels = default_parameters(resolution).levels
+    return plan_for(int(resolution), int(slots), int(levels)).rotation_keys
+
+
+def encrypt_image(backend: Any, resolution: int, x: np.ndarray) -> list[Any]:
+    """Client side: pack a preprocessed face (3, S, S) by the plan's input layout and encrypt it."""
+    plan = _plan(backend, resolution)
+    from cryptoface.engine.evaluator import pack_input
+
+    return [backend.encrypt(v, plan.start_level) for v in pack_input(plan, x)]
+
+
+def infer_template(
+    backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int = 1
+) -> tuple[Any, TemplateLayout]:
+    """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs."""
+    from cryptoface.engine.evaluator import EncryptedModel
+
+    engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers)
+    return engine.infer(cts, progress=progress)
+
+
+__all__ = [
+    "NETWORK_LEVELS",
+    "TemplateLayout",
+    "encrypt_image",
+    "infer_template",
+    "plan_for",
+    "rotation_steps_for",
+]

@@ -14,7 +14,9 @@ plaintexts encoded at the level where they are used and dropped right after.
 
 from __future__ import annotations
 
+import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -37,6 +39,7 @@ from cryptoface.engine.linear import (
 )
 from cryptoface.engine.plan import NETWORK_LEVELS, Plan, PlanLayer, build_plan, layer_diagonals
 from cryptoface.errors import ParameterError
+from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel
 from cryptoface.model.reference import split_patches
 
@@ -58,6 +61,10 @@ class LayerRecord:
 
 def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([np.asarray(a, dtype=np.float64) for a in arrays])
+
+
+_STRUCTURES: weakref.WeakKeyDictionary[PlanLayer, list[ConvStructure]] = weakref.WeakKeyDictionary()
+_STRUCTURE_LOCK = threading.Lock()
 
 
 def weighted_terms(model: FusedModel, layer: PlanLayer) -> tuple:
@@ -86,6 +93,17 @@ def weighted_terms(model: FusedModel, layer: PlanLayer) -> tuple:
     return tuple(out)
 
 
+def pack_input(plan: Plan, x: np.ndarray) -> list[np.ndarray]:
+    """Slot vectors of a preprocessed face (3, S, S) in the plan's input layout (client side, no weights)."""
+    x = np.asarray(x, dtype=np.float64)
+    s = plan.resolution
+    if x.shape != (3, s, s):
+        raise ValueError(f"input must be (3, {s}, {s}), got {x.shape}")
+    grid = s // spec.PATCH_SIZE
+    patches = np.stack(split_patches(x[None], grid))[:, 0]  # (n, 3, 32, 32)
+    return plan.input_layout.pack(patches)
+
+
 class EncryptedModel:
     """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
 
@@ -105,17 +123,11 @@ class EncryptedModel:
             raise ParameterError(f"the plan starts at level {plan.start_level} > {backend.params.levels}")
         self.plan = plan
         self.workers = max(1, int(workers))
-        self._structure_cache: dict[tuple[int, str], list[ConvStructure]] = {}
         self.records: list[LayerRecord] = []
 
     # -- client side --------------------------------------------------------------------------------------
     def pack_input(self, x: np.ndarray) -> list[np.ndarray]:
-        x = np.asarray(x, dtype=np.float64)
-        s = self.model.resolution
-        if x.shape != (3, s, s):
-            raise ValueError(f"input must be (3, {s}, {s}), got {x.shape}")
-        patches = np.stack(split_patches(x[None], self.model.grid))[:, 0]  # (n, 3, 32, 32)
-        return self.plan.input_layout.pack(patches)
+        return pack_input(self.plan, x)
 
     def encrypt_input(self, x: np.ndarray) -> list[Any]:
         """Client side: pack ``x`` (3, S, S) by the plan's input layout and encrypt at its start level."""
@@ -294,14 +306,16 @@ class EncryptedModel:
         return conv_diagonals(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
 
     def _conv_structures(self, layer: PlanLayer) -> list[ConvStructure]:
-        """The layer's per-output-ciphertext :class:`ConvStructure` (built once per model, then cached)."""
-        key = (id(layer), layer.name)
-        if key not in self._structure_cache:
-            self._structure_cache[key] = [
-                conv_structure(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
-                for j in range(layer.out_layout.n_cts)
-            ]
-        return self._structure_cache[key]
+        """The layer's per-output-ciphertext :class:`ConvStructure`: weight-free, so cached per plan layer
+        (shared by every model and engine using the plan, dropped with the plan)."""
+        with _STRUCTURE_LOCK:
+            cached = _STRUCTURES.get(layer)
+        if cached is None:
+            cached = [conv_structure(layer.terms, layer.in_layouts, layer.in_ct_offsets, layer.out_layout, j)
+                      for j in range(layer.out_layout.n_cts)]
+            with _STRUCTURE_LOCK:
+                _STRUCTURES[layer] = cached
+        return cached
 
     def _giants(self, diag: Diagonals | ConvStructure, babies: dict[int, dict[int, Any]], split: Any, level: int,
                 rows: Callable[[list[int], int], Any] | None = None) -> Any:

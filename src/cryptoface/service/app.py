@@ -64,6 +64,7 @@ class Probe(_Strict):
 
     ciphertext: str | None = Field(None, description="base64 ciphertext of a raw 256-d template (tests, tools)")
     stride: int = Field(1, ge=1, le=128, description="template layout stride (power of two)")
+    replicas: int = Field(1, ge=1, le=128, description="template copies, one every 256*stride slots (power of two)")
     images: list[str] | None = Field(None, description="base64 ciphertexts of the encrypted, preprocessed face")
     resolution: int | None = Field(None, description="model input resolution the client preprocessed for")
 
@@ -123,11 +124,12 @@ def _b64(data: str, what: str) -> bytes:
 def _probe_dict(p: Probe) -> dict[str, Any]:
     if (p.ciphertext is None) == (p.images is None):
         raise ServiceInputError("a probe carries either 'ciphertext' (a template) or 'images', not both or neither")
-    if p.stride & (p.stride - 1):
-        raise ServiceInputError(f"stride {p.stride} is not a power of two")
+    for name, value in (("stride", p.stride), ("replicas", p.replicas)):
+        if value & (value - 1):
+            raise ServiceInputError(f"{name} {value} is not a power of two")
     if p.images is not None:
         return {"images": [_b64(x, "image ciphertext") for x in p.images], "resolution": p.resolution}
-    return {"ciphertext": _b64(p.ciphertext or "", "template ciphertext"), "stride": p.stride}
+    return {"ciphertext": _b64(p.ciphertext or "", "template ciphertext"), "stride": p.stride, "replicas": p.replicas}
 
 
 class _BodyLimit:

@@ -7,7 +7,6 @@ There is deliberately no code path here that creates, loads or accepts a secret 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import threading
 from collections import OrderedDict
@@ -16,9 +15,10 @@ from typing import Any
 
 from cryptoface.backends import backend_class
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
+from cryptoface.engine import infer_template
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
 from cryptoface.match import homomorphic as hm
-from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
 from cryptoface.match.levels import DECISION_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
 from cryptoface.store.base import (
@@ -162,26 +162,27 @@ class MatchService:
             cts = [be.deserialize(b) for b in probe["images"]]
             return self._infer(be, cts)
         ct = be.deserialize(probe["ciphertext"])
-        return ct, TemplateLayout(int(probe.get("stride", 1)))
+        try:
+            layout = TemplateLayout(int(probe.get("stride", 1)), int(probe.get("replicas", 1)))
+            check_layout(layout, be.slots)
+        except (ValueError, ParameterError) as exc:
+            raise ServiceInputError(str(exc)) from exc
+        return ct, layout
 
     def _infer(self, backend: CkksBackend, cts: list[Any]) -> tuple[Any, TemplateLayout]:
-        try:
-            engine = importlib.import_module("cryptoface.engine")
-            infer = getattr(engine, "infer_template", None)
-            if infer is None:  # until the engine exports infer_template: its EncryptedModel does the same
-                evaluator = importlib.import_module("cryptoface.engine.evaluator")
+        return infer_template(backend, self.model, cts)
 
-                def infer(be: CkksBackend, model: Any, cts: list[Any]) -> Any:
-                    return evaluator.EncryptedModel(model, be).infer(cts, progress=False)
-        except (ImportError, AttributeError) as exc:
-            raise EngineUnavailableError(
-                "encrypted inference is not available in this build (cryptoface.engine.infer_template is missing); "
-                "send an encrypted template instead"
-            ) from exc
-        out = infer(backend, self.model, cts)
-        if isinstance(out, tuple):
-            return out[0], out[1]
-        return out.ciphertext, out.layout
+    def infer(self, key_id: str, probe: dict[str, Any]) -> dict[str, Any]:
+        """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
+
+        Lets a client reuse one inference for several requests (e.g. verify, then identify)."""
+        if probe.get("images") is None:
+            raise ServiceInputError("infer takes an image probe")
+        state = self._state(key_id)
+        with state.lock:
+            ct, layout = self._template_from_probe(state, probe)
+            data = state.backend.serialize(ct)
+        return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas}
 
     def _normalised(self, state: _KeySetState, probe: dict[str, Any], extra_levels: int) -> tuple[Any, int]:
         ct, layout = self._template_from_probe(state, probe)
