@@ -217,21 +217,28 @@ class ConvStructure:
         return int(self.in_ct.size)
 
     def rows(self, ks: Sequence[int], weights: np.ndarray, slots: int, shift: int = 0) -> np.ndarray:
-        """(len(ks), slots) dense weight vectors of diagonals ``ks``, each rolled right by ``shift``."""
+        """(len(ks), slots) dense weight vectors of diagonals ``ks``, each rolled right by ``shift``.
+
+        No two items of a diagonal write the same slot (one output slot and one offset fix the input element,
+        hence the channel pair and the tap), so a plain scatter suffices.
+        """
         ks = np.asarray(ks, np.int64)
         lo, hi = self.bounds[ks], self.bounds[ks + 1]
         n_items = hi - lo
         items = np.repeat(lo - np.cumsum(n_items) + n_items, n_items) + np.arange(int(n_items.sum()))
-        local = np.repeat(np.arange(ks.size), n_items)
-        p = self.pat[items]
-        reps = self.opos_len[p]
-        total = int(reps.sum())
-        within = np.arange(total) - np.repeat(np.cumsum(reps) - reps, reps)
-        pos = self.opos_flat[np.repeat(self.opos_start[p], reps) + within]
-        slot = (np.repeat(self.b_out[items] + shift, reps) + pos) % slots
-        idx = np.repeat(local * slots, reps) + slot
-        vals = np.repeat(weights[self.widx[items]], reps)
-        return np.bincount(idx, weights=vals, minlength=ks.size * slots).reshape(ks.size, slots)
+        start = (self.b_out[items] + shift) % slots
+        row_off = np.repeat(np.arange(ks.size) * slots, n_items)
+        w = weights[self.widx[items]]
+        pat = self.pat[items]
+        out = np.zeros(ks.size * slots)
+        for p in np.unique(pat).tolist():
+            sel = np.flatnonzero(pat == p)
+            opos = self.opos_flat[self.opos_start[p]:self.opos_start[p] + self.opos_len[p]]
+            idx = start[sel][:, None] + opos[None, :]
+            np.remainder(idx, slots, out=idx)
+            idx += row_off[sel][:, None]
+            out[idx] = w[sel][:, None]
+        return out.reshape(ks.size, slots)
 
 
 def term_weights(terms: Sequence[ConvTerm]) -> np.ndarray:
