@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from cryptoface.engine.layout import DEFAULT_FAMILY, FAMILIES
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark encrypted inference (keygen, encryption, per-layer time, error)")
@@ -22,7 +24,7 @@ def register(sub: Any) -> None:
                    help="fused model file (default: the packaged model if present, else a random model)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--family", choices=("multiplexed", "polyphase", "raster"), default="multiplexed")
+    p.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY)
     p.add_argument("--key-mode", choices=("exact", "pow2"), default="pow2")
     p.add_argument("--cost-model", choices=("desilofhe", "openfhe"), default=None,
                    help="op costs for the plan (default: the backend's, desilofhe for the simulator)")

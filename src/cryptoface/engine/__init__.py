@@ -12,12 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from cryptoface.engine import layout
 from cryptoface.engine.layout import TemplateLayout
 from cryptoface.engine.plan import NETWORK_LEVELS, Plan, build_plan
 from cryptoface.errors import ParameterError
 from cryptoface.model.fused import FusedModel
 
-DEFAULT_FAMILY = "multiplexed"
+DEFAULT_FAMILY = layout.DEFAULT_FAMILY
 DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~2.7 GB at N = 2^16) instead of ~300 exact-step keys
 
 

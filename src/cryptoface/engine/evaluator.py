@@ -108,7 +108,7 @@ class EncryptedModel:
     """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
 
     def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int = 1,
-                 family: str = "multiplexed", key_mode: str = "pow2") -> None:
+                 family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2") -> None:
         self.model = model
         self.backend = backend
         if plan is None:

@@ -39,6 +39,7 @@ from cryptoface.engine.template import TEMPLATE_SCALE
 from cryptoface.model import spec
 
 FAMILIES = ("raster", "multiplexed", "polyphase", "phased", "interleaved")
+DEFAULT_FAMILY = "interleaved"  # fewest diagonals and least modelled time at 64/96/128 (plan.compare_families)
 
 
 @dataclass(frozen=True)
@@ -310,7 +311,7 @@ def _shape(n: int, c: int, h: int) -> tuple[int, int, int, int]:
     return (n, c, h, h)
 
 
-def stage_layouts(n_patches: int, slots: int, family: str = "multiplexed") -> dict[str, PlanarLayout]:
+def stage_layouts(n_patches: int, slots: int, family: str = DEFAULT_FAMILY) -> dict[str, PlanarLayout]:
     """Layouts of the four tensor stages: ``input`` (3x32x32), ``s1`` (16x32x32), ``s2`` (32x16x16), ``s3``.
 
     ``s3`` is 64x8x8. The client packs the input in the ``input`` layout at encryption time.

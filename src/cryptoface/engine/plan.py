@@ -186,7 +186,7 @@ def build_plan(
     resolution: int,
     slots: int,
     *,
-    family: str = "multiplexed",
+    family: str = lay.DEFAULT_FAMILY,
     key_mode: str = "exact",
     reserve: int = 0,
     cost_model: CostModel | None = None,
