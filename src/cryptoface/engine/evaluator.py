@@ -239,23 +239,43 @@ class EncryptedModel:
         if not nz:
             return out
         if self.plan.key_mode == "exact":
-            for s, r in zip(nz, be.rotate_many(ct, nz), strict=True):
+            for s, r in zip(nz, self._rotate_many(ct, nz), strict=True):
                 out[s] = r
             return out
         tree = compose_tree(nz, slots)
-        first = sorted(node for node, (parent, _) in tree.items() if parent == 0)
-        firsts = be.rotate_many(ct, [tree[n][1] for n in first])
-        nodes = {0: ct, **dict(zip(first, firsts, strict=True))}
+        depth: dict[int, int] = {0: 0}
 
-        def get(node: int) -> Any:
-            if node not in nodes:
-                parent, digit = tree[node]
-                nodes[node] = be.rotate(get(parent), digit)
-            return nodes[node]
+        def dep(node: int) -> int:
+            chain = []
+            while node not in depth:
+                chain.append(node)
+                node = tree[node][0]
+            for n in reversed(chain):
+                depth[n] = depth[tree[n][0]] + 1
+            return depth[chain[0]] if chain else depth[node]
 
+        levels: dict[int, list[int]] = {}
+        for node in sorted(tree):
+            levels.setdefault(dep(node), []).append(node)
+        first = levels.pop(1)
+        nodes = {0: ct, **dict(zip(first, self._rotate_many(ct, [tree[n][1] for n in first]), strict=True))}
+        for d in sorted(levels):  # nodes of one depth are independent: one thread each (workers > 1)
+            level = levels[d]
+            rotated = self._map(lambda n: be.rotate(nodes[tree[n][0]], tree[n][1]), level)
+            nodes.update(zip(level, rotated, strict=True))
         for s in nz:
-            out[s] = get(s)
+            out[s] = nodes[s]
         return out
+
+    def _rotate_many(self, ct: Any, steps: list[int]) -> list[Any]:
+        """Hoisted rotations, split into ``workers`` hoisted batches run in parallel when workers > 1."""
+        if self.workers == 1 or len(steps) < 2:
+            return self.backend.rotate_many(ct, steps)
+        k = min(self.workers, len(steps))
+        chunks = [steps[i::k] for i in range(k)]
+        parts = self._map(lambda c: self.backend.rotate_many(ct, c), chunks)
+        got = {s: r for c, rs in zip(chunks, parts, strict=True) for s, r in zip(c, rs, strict=True)}
+        return [got[s] for s in steps]
 
     def _linear(self, layer: PlanLayer, ins: list[Any]) -> list[Any]:
         be = self.backend
