@@ -29,7 +29,7 @@ def test_default_family_net4_counts() -> None:
     assert lay.DEFAULT_FAMILY == "interleaved"
     got = _conv_counts(64, "interleaved")
     mux = _conv_counts(64, "multiplexed")
-    assert got == {"stem": 180, "block0.conv1": 288, "block0.conv2": 290, "block1.conv1": 768, "block1.conv2": 416,
+    assert got == {"stem": 72, "block0.conv1": 288, "block0.conv2": 290, "block1.conv1": 768, "block1.conv2": 416,
                    "block2.conv1": 288, "block2.conv2": 289, "block3.conv1": 384, "block3.conv2": 736,
                    "block4.conv1": 672, "block4.conv2": 673}
     assert sum(got.values()) < 0.8 * sum(mux.values())

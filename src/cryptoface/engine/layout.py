@@ -269,6 +269,26 @@ def planar(
     return lay
 
 
+def channel_cycled(name: str, like: PlanarLayout, channels: int) -> PlanarLayout:
+    """A ``channels``-channel tensor on the planes of ``like`` (same patches, ciphertexts and pixel order):
+    plane slot ``q`` of ``like`` holds channel ``q % channels`` (copy 0 of ``like`` only).
+
+    Used for the input: a conv from it into ``like`` needs only ``channels + 1`` channel shifts (the next
+    copy of every input channel is at most ``channels`` planes further, one more across the wrap) instead of
+    one per (input, output) channel pair, at the price of one input ciphertext per ``like`` ciphertext.
+    """
+    n, c_like = like.shape[:2]
+    if channels > c_like:
+        raise ValueError(f"{name}: {channels} channels do not cycle over {c_like} planes")
+    copies = -(-c_like // channels)
+    ct = -np.ones((copies, n, channels), np.int64)
+    base = np.zeros((copies, n, channels), np.int64)
+    for q in range(c_like):
+        ct[q // channels, :, q % channels] = like.ct[0, :, q]
+        base[q // channels, :, q % channels] = like.base[0, :, q]
+    return PlanarLayout(name, (n, channels, *like.shape[2:]), like.slots, like.n_cts, ct, base, like.pos)
+
+
 def patch_groups(n: int, slots: int, per_patch: int) -> list[int]:
     """Patches per ciphertext of :func:`planar` for ``per_patch`` slots per patch (balanced)."""
     g_max = min(n, slots // per_patch)
@@ -363,12 +383,8 @@ def stage_layouts(n_patches: int, slots: int, family: str = DEFAULT_FAMILY) -> d
             s3 = planar("s3", _shape(n, 64, 8), slots, gap_order(8, 8, 4), 1024, group=4,
                         sub=np.array([0, 2, 64, 66], np.int64), patch_sub=psub, sizes=sizes3,
                         patch_group=max(sizes2))
-        lays = {
-            "input": planar("input", _shape(n, 3, p), slots, raster_order(32, 32), 1024),
-            "s1": planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024),
-            "s2": s2,
-            "s3": s3,
-        }
+        s1 = planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024)
+        lays = {"input": channel_cycled("input", s1, 3), "s1": s1, "s2": s2, "s3": s3}
     else:
         raise ValueError(f"unknown layout family {family!r}; choose one of {FAMILIES}")
     for lay in lays.values():
