@@ -204,10 +204,10 @@ class ConvStructure:
 
     in_ct: np.ndarray
     offset: np.ndarray
-    diag: np.ndarray  # (I,) int64 per item
-    b_out: np.ndarray  # (I,) int64
-    widx: np.ndarray  # (I,) int64
-    pat: np.ndarray  # (I,) int64
+    diag: np.ndarray  # (I,) int32 per item
+    b_out: np.ndarray  # (I,) int32
+    widx: np.ndarray  # (I,) int32
+    pat: np.ndarray  # (I,) int32
     opos_flat: np.ndarray  # all patterns' output positions concatenated
     opos_start: np.ndarray  # (P,)
     opos_len: np.ndarray  # (P,)
@@ -226,7 +226,7 @@ class ConvStructure:
         lo, hi = self.bounds[ks], self.bounds[ks + 1]
         n_items = hi - lo
         items = np.repeat(lo - np.cumsum(n_items) + n_items, n_items) + np.arange(int(n_items.sum()))
-        start = (self.b_out[items] + shift) % slots
+        start = (self.b_out[items].astype(np.int64) + shift) % slots
         row_off = np.repeat(np.arange(ks.size) * slots, n_items)
         w = weights[self.widx[items]]
         pat = self.pat[items]
@@ -280,10 +280,10 @@ def conv_structure(
     return ConvStructure(
         in_ct=keys // slots,
         offset=keys % slots,
-        diag=diag[order],
-        b_out=np.concatenate([p[1] for p in parts])[order],
-        widx=np.concatenate([p[2] for p in parts])[order],
-        pat=np.concatenate([p[3] for p in parts])[order],
+        diag=diag[order].astype(np.int32),  # int32 items: half the cache (all values < 2^31)
+        b_out=np.concatenate([p[1] for p in parts])[order].astype(np.int32),
+        widx=np.concatenate([p[2] for p in parts])[order].astype(np.int32),
+        pat=np.concatenate([p[3] for p in parts])[order].astype(np.int32),
         opos_flat=np.concatenate(opos_all),
         opos_start=np.cumsum(lens) - lens,
         opos_len=lens,
