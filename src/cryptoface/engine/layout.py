@@ -22,9 +22,11 @@ Layout families (the pixel order and the channel multiplexing per stage, see :fu
   patches (:func:`phase_outer`); stage 1 pays ~2x on its stride-1 convs (phases mix), the first stride-2
   conv writes a dense raster stage 2 (optimal stride-1 convs), the second writes stage 3 on the 16 x 16
   grid with 4 channels multiplexed in the gaps.
-* ``interleaved`` — stage 1 dense raster; the first stride-2 conv moves the patches into the gaps of the
-  32 x 32 grid (``patch_sub``: a conv never mixes patches, so stage 2's stride-1 convs are optimal), the
-  second keeps them there and multiplexes 4 channels in the remaining gaps (gap 4).
+* ``interleaved`` (default) — stage 1 dense raster; the first stride-2 conv moves the patches into the gaps
+  of the 32 x 32 grid (``patch_sub``: a conv never mixes patches, so stage 2's stride-1 convs are optimal),
+  the second keeps them there and multiplexes 2 (one patch group) or 4 channels in the remaining gaps
+  (gap 4). The client packs the input with its 3 channels cycled over stage 1's 16 planes
+  (:func:`channel_cycled`: one input ciphertext per stage-1 ciphertext, stem 72 instead of 180 diagonals).
 
 Counts for each family are produced by :func:`cryptoface.engine.plan.compare_families`.
 """
