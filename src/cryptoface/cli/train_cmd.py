@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--lfw-dir", type=Path, default=None, help="LFW folder (pairs.txt photos, aligned via the cache)")
     r.add_argument("--train-dir", type=Path, default=None, help="faces-train folder (tar shards + index.csv)")
     r.add_argument("--limit", type=int, default=None, help="use at most N images from each source")
+    r.add_argument("--train-limit", type=int, default=None, help="at most N training crops (overrides --limit)")
     r.add_argument("--bound", type=float, default=None, help="exit with status 1 when any |HerPN input| exceeds it")
     r.add_argument("--json", type=Path, default=None, help="write the per-layer table as JSON")
     r.add_argument("--cache-dir", type=Path, default=None, help="cache folder (default ~/.cache/cryptoface)")
@@ -101,7 +102,8 @@ def run_ranges(args: argparse.Namespace) -> int:
 
         index = read_index(args.train_dir)
         arr = load_crops(index, args.cache_dir, not args.quiet)
-        n = len(arr) if args.limit is None else min(args.limit, len(arr))
+        limit = args.train_limit if args.train_limit is not None else args.limit
+        n = len(arr) if limit is None else min(limit, len(arr))
         # evenly spaced over the index so every source (celeba, utkface, aaf) is represented
         rows = np.unique(np.linspace(0, len(arr) - 1, n).round().astype(int))
         sources.append((f"training crops ({len(rows)})", arr[rows]))

@@ -240,7 +240,7 @@ def training_pairs_threshold(emb: np.ndarray, identities: list[str], seed: int =
         "accuracy": float(acc),
         "genuine_pairs": len(genuine),
         "impostor_pairs": len(imp),
-        "identities": len(groups),
+        "identities": sum(len(g) >= 2 for g in groups),
     }
 
 
