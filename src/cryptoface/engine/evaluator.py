@@ -138,8 +138,16 @@ class EncryptedModel:
         return self.plan.template.unpack(self.backend.decrypt(ct))
 
     # -- server side --------------------------------------------------------------------------------------
-    def infer(self, cts: Sequence[Any], progress: bool = True) -> tuple[Any, lay.TemplateLayout]:
-        """Evaluate the network; returns the template ciphertext and its layout."""
+    def infer(
+        self,
+        cts: Sequence[Any],
+        progress: bool = True,
+        on_layer: Callable[[PlanLayer, list[Any]], None] | None = None,
+    ) -> tuple[Any, lay.TemplateLayout]:
+        """Evaluate the network; returns the template ciphertext and its layout.
+
+        ``on_layer(layer, outputs)`` is called after every plan step (diagnostics: a client-side tool can
+        decrypt intermediate ciphertexts to locate precision loss)."""
         if len(cts) != self.plan.input_layout.n_cts:
             raise ValueError(f"expected {self.plan.input_layout.n_cts} input ciphertexts, got {len(cts)}")
         self.records = []
@@ -173,6 +181,8 @@ class EncryptedModel:
                 self.records.append(LayerRecord(layer.name, layer.kind, layer.level_in, layer.level_out, dt,
                                                 len(x), c.diagonals if c else layer.out_cts,
                                                 c.rotations if c else 0, layer.cost))
+                if on_layer is not None:
+                    on_layer(layer, x)
                 if bar is not None:
                     bar.update(1)
         finally:
