@@ -10,6 +10,7 @@ import pytest
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CKPT = SHARED / "models" / "cryptofacenet4-64x64-paper.ckpt"
 ASSET = Path(__file__).resolve().parents[1] / "src" / "cryptoface" / "assets" / "cryptofacenet4.npz"
+PAPER_SHA256 = "e5b54e31c392959f79715aefe056aa8428a637f7196512fb3fded10d369dbe9c"
 
 pytestmark = [
     pytest.mark.shared,
@@ -52,16 +53,28 @@ def test_numpy_forward_matches_float64_torch(paper):
 def test_metadata(paper):
     _, fused = paper
     meta = fused.metadata
-    assert meta["source"]["sha256"] == "e5b54e31c392959f79715aefe056aa8428a637f7196512fb3fded10d369dbe9c"
+    assert meta["source"]["sha256"] == PAPER_SHA256
     assert "Ao & Boddeti" in meta["source"]["description"] and "WebFace4M" in meta["source"]["description"]
     assert meta["parameters"] == 944_192
     assert meta["fusion"]["floored_channels"] == 0
     assert 1e-6 < meta["fusion"]["min_abs_a2"] < 2e-6
 
 
-@pytest.mark.skipif(not ASSET.is_file(), reason="packaged cryptofacenet4.npz not exported yet")
-def test_packaged_asset_matches_fresh_import(paper):
+def test_import_paper_command_writes_the_same_model(paper, tmp_path):
+    from cryptoface.cli import main
+
     _, fused = paper
-    asset = load_model(ASSET)
+    out = tmp_path / "paper.npz"
+    assert main(["model", "import-paper", str(CKPT), "--out", str(out)]) == 0
     x = deterministic_inputs(64, 1)
-    assert np.array_equal(reference.forward(asset, x), reference.forward(fused, x))
+    assert np.array_equal(reference.forward(load_model(out), x), reference.forward(fused, x))
+
+
+def test_packaged_model_credits_the_paper_weights():
+    # The bundled default starts from the paper weights (imported as-is or fine-tuned from them), so it
+    # must say so and carry the authors' credit and the WebFace4M terms.
+    source = load_model(ASSET).metadata["source"]
+    from_paper = source.get("sha256") == PAPER_SHA256 or source.get("init") == "paper"
+    assert from_paper, source
+    text = " ".join(str(v) for v in source.values())
+    assert "Ao & Boddeti" in text and "WebFace4M" in text
