@@ -31,6 +31,10 @@ def register(sub: Any) -> None:
     p.add_argument("--plan-only", action="store_true", help="print the plan's per-layer counts and exit")
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--photo", type=Path, default=None,
+                   help="face photo to encrypt (default: the bundled obama3.jpg; trained models are only "
+                        "meaningful, and their activations only bounded, on faces)")
+    p.add_argument("--random-input", action="store_true", help="encrypt uniform noise in [-1, 1] instead of a face")
     p.set_defaults(func=run)
 
 
@@ -112,8 +116,16 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         result["evaluation_key_bytes"] = {"error": str(exc)}
     em = EncryptedModel(model, backend, plan, workers=args.workers)
-    rng = np.random.default_rng(args.seed + 1)
-    x = rng.uniform(-1.0, 1.0, (3, args.resolution, args.resolution))
+    if args.random_input:
+        x = np.random.default_rng(args.seed + 1).uniform(-1.0, 1.0, (3, args.resolution, args.resolution))
+        result["input"] = "uniform noise"
+    else:
+        from cryptoface.assets import SAMPLES_DIR
+        from cryptoface.face import preprocess
+
+        photo = args.photo or SAMPLES_DIR / "obama3.jpg"
+        x = preprocess(photo, args.resolution)
+        result["input"] = str(photo)
     ref = forward(model, x)
     runs = []
     for i in range(max(1, args.runs)):
