@@ -174,7 +174,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 # Measured seconds per encrypted Net4 inference on 2 CPUs (README, "Measured figures"); a rough guide only.
-DEMO_SECONDS_PER_INFERENCE = {"openfhe": 420, "desilofhe": 1200, "simulator": 30}
+DEMO_SECONDS_PER_INFERENCE = {"openfhe": 520, "desilofhe": 1300, "simulator": 15}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
