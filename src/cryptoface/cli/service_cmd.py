@@ -214,7 +214,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "demo.db")
-        service = MatchService(store, model=model, threshold=threshold_from_metadata(model.metadata))
+        service = MatchService(store, model=model, threshold=threshold_from_metadata(model.metadata), progress=True)
         with step("client: key generation (secret key stays here)"):
             keys = ClientKeys.generate(backend, params, resolution=model.resolution)
         with step("server: registers the public and evaluation keys"):

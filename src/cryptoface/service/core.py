@@ -83,9 +83,11 @@ class MatchService:
         model_id: str = "none",
         threshold: float = DEFAULT_THRESHOLD,
         cache_size: int = 4,
+        progress: bool = False,
     ) -> None:
         self.store = store
         self.model = model
+        self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
         self.threshold = float(threshold)
         self._cache: OrderedDict[str, _KeySetState] = OrderedDict()
@@ -170,7 +172,7 @@ class MatchService:
         return ct, layout
 
     def _infer(self, backend: CkksBackend, cts: list[Any]) -> tuple[Any, TemplateLayout]:
-        return infer_template(backend, self.model, cts)
+        return infer_template(backend, self.model, cts, progress=self.progress)
 
     def infer(self, key_id: str, probe: dict[str, Any]) -> dict[str, Any]:
         """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
