@@ -239,7 +239,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cut = service.threshold if args.mode == "score" else 0.0
             r = VerifyResult("obama", max(values) > cut, args.mode, values, service.threshold)
             shown = f"score {r.score:.4f}" if r.mode == "score" else f"sign value {values[0]:+.3f}"
-            print(f"    {label}: {'ACCEPT' if r.accepted else 'REJECT'} ({shown}, threshold {service.threshold})")
+            print(f"    {label}: {'ACCEPT' if r.accepted else 'REJECT'} ({shown}, threshold {service.threshold:.4f})")
         with step("server: identify, reusing the genuine probe's encrypted template (no new inference)"):
             chunks = service.identify(key_id, genuine, mode="score")
         best: dict[str, float] = {}
