@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from cryptoface.backends.protocol import CkksParameters
 from cryptoface.errors import CryptoFaceError
 
 SAMPLES = Path(__file__).resolve().parents[1] / "assets" / "samples"
@@ -48,9 +47,12 @@ def _load_model(path: Path | None, resolution: int = 64) -> Any:
 def register(sub: Any) -> None:
     p = sub.add_parser("keygen", help="client: make a key set (secret key stays in --home, mode 0600)")
     p.add_argument("--home", type=Path, default=None, help="key folder (default $CRYPTOFACE_HOME or ~/.cryptoface)")
-    p.add_argument("--backend", default=None, help="simulator | desilofhe | openfhe (default: desilofhe if installed)")
+    p.add_argument("--backend", default=None,
+                   help="simulator | desilofhe | openfhe (default: the fastest installed; keys are saved for "
+                        "simulator and desilofhe only so far)")
     p.add_argument("--log-ring", type=int, default=16)
-    p.add_argument("--levels", type=int, default=24)
+    p.add_argument("--levels", type=int, default=None,
+                   help="CKKS levels (default: the engine's network levels + matching levels for --resolution)")
     p.add_argument("--stride", type=int, default=1, help="template layout stride of the engine")
     p.add_argument("--resolution", type=int, default=64, help="model input resolution (engine rotation keys)")
     p.set_defaults(func=cmd_keygen)
@@ -96,9 +98,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     backend = args.backend or _default_backend()
     print(f"generating a {backend} key set: {_label(backend)}")
     t = time.perf_counter()
+    from dataclasses import replace
+
+    from cryptoface.engine.params import default_parameters
+
+    params = default_parameters(args.resolution)
+    if args.levels is not None or args.log_ring != params.log_ring:
+        params = replace(params, log_ring=args.log_ring, levels=args.levels or params.levels)
     keys = ClientKeys.generate(
         backend,
-        CkksParameters(log_ring=args.log_ring, levels=args.levels),
+        params,
         stride=args.stride,
         resolution=args.resolution,
     )
