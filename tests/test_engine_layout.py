@@ -65,7 +65,7 @@ def test_default_parameters_secure(resolution: int) -> None:
     p.check_security()
     assert p.log_qp <= 1772
     assert p.levels == NETWORK_LEVELS + MATCHING_RESERVE_LEVELS
-    assert p.ring_degree == 1 << 16 and p.scale_bits == 40
+    assert p.ring_degree == 1 << 16 and p.scale_bits == 42
 
 
 def test_default_parameters_levels_and_modes() -> None:
@@ -73,12 +73,12 @@ def test_default_parameters_levels_and_modes() -> None:
     from cryptoface.errors import ParameterError
 
     p = default_parameters(64)
-    assert (p.levels, p.key_switch_digits, p.log_qp) == (30, 3, 1680)
+    assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (30, 42, 4, 1680)
     d = default_parameters(64, mode="decision")
     assert d.levels == 30 + SIGN_LEVELS and d.log_qp <= 1772
     d.check_security()
     assert default_parameters(64, mode="decision", sign_levels=6).levels == 36
     with pytest.raises(ParameterError):
-        secure_parameters(43)  # 60 + 43 * 40 = 1780 bits of Q alone exceed 1772
+        secure_parameters(43)  # 60 + 43 * 42 = 1866 bits of Q alone exceed 1772
     with pytest.raises(ValueError):
         default_parameters(64, mode="maybe")

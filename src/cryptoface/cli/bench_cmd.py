@@ -23,7 +23,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="fused model file (default: the packaged model if present, else a random model)")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--workers", type=int, default=1, help="engine threads (parallel giant steps and rotations)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="the backend's own threads (OpenFHE OpenMP threads, desilofhe thread_count)")
     p.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY)
     p.add_argument("--key-mode", choices=("exact", "pow2"), default="pow2")
     p.add_argument("--cost-model", choices=("desilofhe", "openfhe"), default=None,
@@ -101,7 +103,11 @@ def run(args: argparse.Namespace) -> int:
 
     model, model_name = _load_model(args)
     result["model"] = model_name
-    backend = create_backend(args.backend, params)
+    options = {"threads": args.threads} if args.backend == "openfhe" else (
+        {"thread_count": args.threads} if args.backend == "desilofhe" else {})
+    backend = create_backend(args.backend, params, **options)
+    result["threads"] = args.threads
+    result["workers"] = args.workers
     t0 = time.perf_counter()
     backend.generate_keys(plan.rotation_keys)
     result["keygen_s"] = time.perf_counter() - t0

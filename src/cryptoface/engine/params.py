@@ -12,16 +12,21 @@ template for score-mode matching (:mod:`cryptoface.match.levels` must not need m
 The decision-only mode (a composite sign of ``score - tau``, ``SIGN_LEVELS`` = 9 for g3 f3 f3) needs its levels
 on top: ``default_parameters(resolution, mode="decision")``.
 
-Scale: 40 bits. The largest values the engine meets are the monic quadratics' inputs/outputs of the
-early blocks (|x| up to ~2.3e3, q(x) up to ~3.1e6 on the released Net4, research/paper-net4-lfw.md):
-a pending product is x^2 * 2^80 < 2^103, well below the 60 + 40 * level bits available at every level
-the network uses (level >= 7, i.e. >= 340 bits), so 40 bits is enough; the first prime (60 bits) leaves
-20 bits of integer headroom at level 0 for the score.
+Scale: 42 bits in score mode, chosen for precision. CKKS noise is a fixed number of units of the scale, so
+each extra bit halves the relative error: on OpenFHE at N = 2^16 a rotation's error std is 2.3e-7 at 40 bits
+and 6.6e-8 at 42 (``scripts/bench_backends.py``-style probe, recorded in the README), and encrypted Net4 at
+40 bits missed the 1e-3 relative-error target (1.39e-3). Headroom: the largest values the engine meets are
+the monic quadratics' inputs/outputs of the early blocks (|x| up to ~2.3e3, q(x) up to ~3.1e6 on the
+released Net4, research/paper-net4-lfw.md): a pending product is x^2 * 2^84 < 2^107, far below the
+60 + 42 * level bits at every level the network uses (level >= 7: >= 354 bits); the first prime (60 bits)
+leaves 18 bits of integer headroom at level 0 for the score.
 
 Key-switching digits: the smallest dnum whose log2(QP) passes the 128-bit HE-standard bound at N = 2^16
-(1772 bits). Score mode: 30 levels x 40 + 60 = 1260 bits of Q; dnum 3 needs 7 special primes -> 1680 bits.
-Decision mode (39 levels, 1620 bits of Q): only 152 bits are left for P, so dnum 14 (2 special primes,
-1740 bits) -- evaluation keys about 5x larger than at dnum 3.
+(1772 bits). Score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3 would need 8 special primes
+(1800 bits, too many), dnum 4 needs 6 -> 1680 bits (OpenFHE's own HEStd_128_classic check agrees; it also
+rejects 41 bits at dnum 3). dnum 4 keys are ~26 % larger than dnum 3 keys at 40 bits; rotations cost the
+same (measured). Decision mode (39 levels) has no room for 42 bits: at 40 bits Q is 1620 bits, only 152
+are left for P, so dnum 14 (2 special primes, 1740 bits) -- evaluation keys about 5x larger.
 """
 
 from __future__ import annotations
@@ -35,7 +40,8 @@ NORMALISATION_LEVELS = 6
 SCORE_LEVELS = 1
 SIGN_LEVELS = 9  # g3 f3 f3 (three degree-7 stages); a 2-stage g3 f3 takes 6
 MATCHING_RESERVE_LEVELS = NORMALISATION_LEVELS + SCORE_LEVELS  # = 7
-SCALE_BITS = 40
+SCALE_BITS = 42  # score mode
+DECISION_SCALE_BITS = 40  # 39 levels of 42 bits do not fit 128-bit security at N = 2^16
 LOG_RING = 16
 MODES = ("score", "decision")
 
@@ -58,7 +64,8 @@ def secure_parameters(levels: int, log_ring: int = LOG_RING, scale_bits: int = S
 
 def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode: str = "score",
                        sign_levels: int = SIGN_LEVELS) -> CkksParameters:
-    """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, 40-bit scale, the smallest secure dnum.
+    """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, 42-bit scale (40 in decision mode), the
+    smallest secure dnum.
 
     Levels: 23 + ``reserve`` (default ``MATCHING_RESERVE_LEVELS``), plus ``sign_levels`` in ``mode="decision"``.
     Raises ParameterError when no digit count makes the level count secure at N = 2^16.
@@ -68,5 +75,5 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     levels = NETWORK_LEVELS + (MATCHING_RESERVE_LEVELS if reserve is None else reserve)
     if mode == "decision":
-        levels += sign_levels
+        return secure_parameters(levels + sign_levels, scale_bits=DECISION_SCALE_BITS)
     return secure_parameters(levels)

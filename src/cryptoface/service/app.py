@@ -44,7 +44,7 @@ class CkksParams(_Strict):
     scale_bits: int = Field(40, ge=20, le=60)
     first_mod_bits: int = Field(60, ge=20, le=61)
     special_mod_bits: int = Field(60, ge=20, le=61)
-    key_switch_digits: int = Field(3, ge=1, le=10)
+    key_switch_digits: int = Field(3, ge=1, le=32)  # decision mode needs dnum 14
 
 
 class KeySetIn(_Strict):
