@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cryptoface.model import spec
@@ -9,6 +11,8 @@ from cryptoface.model.fused import FusedModel, FusedPatchNet, Quadratic
 
 # A trace maps "patch{p}/{layer}" to the largest |HerPN input| seen; callers pass a dict to fill.
 Trace = dict[str, float]
+# An observer sees every HerPN as it runs: its trace name, its input and its output (range statistics).
+Observer = Callable[[str, np.ndarray, np.ndarray], None]
 
 
 def conv2d(x: np.ndarray, w: np.ndarray, stride: int = 1, padding: int = 1) -> np.ndarray:
@@ -28,20 +32,23 @@ def quadratic(x: np.ndarray, q: Quadratic) -> np.ndarray:
     return x * x + b * x + c
 
 
-def _record(trace: Trace | None, key: str, x: np.ndarray) -> None:
+def _herpn(x: np.ndarray, q: Quadratic, key: str, trace: Trace | None, observe: Observer | None) -> np.ndarray:
+    out = quadratic(x, q)
     if trace is not None:
         trace[key] = max(trace.get(key, 0.0), float(np.max(np.abs(x))))
+    if observe is not None:
+        observe(key, x, out)
+    return out
 
 
-def patch_forward(net: FusedPatchNet, x: np.ndarray, trace: Trace | None = None, prefix: str = "") -> np.ndarray:
+def patch_forward(net: FusedPatchNet, x: np.ndarray, trace: Trace | None = None, prefix: str = "",
+                  observe: Observer | None = None) -> np.ndarray:
     """One patch network on (B, 3, 32, 32); returns its (B, 256) head contribution (no bias)."""
     x = conv2d(x, net.stem, 1, 1)
     for i, blk in enumerate(net.blocks):
-        _record(trace, f"{prefix}block{i}.q1", x)
-        h = quadratic(x, blk.q1)
+        h = _herpn(x, blk.q1, f"{prefix}block{i}.q1", trace, observe)
         y = conv2d(h, blk.conv1, blk.stride, 1)
-        _record(trace, f"{prefix}block{i}.q2", y)
-        y = conv2d(quadratic(y, blk.q2), blk.conv2, 1, 1)
+        y = conv2d(_herpn(y, blk.q2, f"{prefix}block{i}.q2", trace, observe), blk.conv2, 1, 1)
         if blk.shortcut_scale is not None:
             sc = h * blk.shortcut_scale[None, :, None, None]
         else:
@@ -49,8 +56,7 @@ def patch_forward(net: FusedPatchNet, x: np.ndarray, trace: Trace | None = None,
             sc = np.einsum("bchw,oc->bohw", hs, blk.shortcut_conv, optimize=True)
             sc = sc + blk.shortcut_bias[None, :, None, None]
         x = y + sc
-    _record(trace, f"{prefix}pool.q", x)
-    z = quadratic(x, net.pool_q)
+    z = _herpn(x, net.pool_q, f"{prefix}pool.q", trace, observe)
     bsz, ch, hh, ww = z.shape
     g = spec.POOL_GRID
     pooled = z.reshape(bsz, ch, g, hh // g, g, ww // g).mean(axis=(3, 5))  # (B, C, 2, 2)
@@ -63,8 +69,12 @@ def split_patches(x: np.ndarray, grid: int) -> list[np.ndarray]:
     return [x[:, :, r * p : (r + 1) * p, c * p : (c + 1) * p] for r in range(grid) for c in range(grid)]
 
 
-def forward(model: FusedModel, x: np.ndarray, trace: Trace | None = None) -> np.ndarray:
-    """Embedding(s) of normalised, resized input(s): (3, S, S) -> (256,), (B, 3, S, S) -> (B, 256)."""
+def forward(
+    model: FusedModel, x: np.ndarray, trace: Trace | None = None, observe: Observer | None = None
+) -> np.ndarray:
+    """Embedding(s) of normalised, resized input(s): (3, S, S) -> (256,), (B, 3, S, S) -> (B, 256).
+
+    ``trace`` collects the largest |HerPN input| per layer; ``observe`` is called at every HerPN."""
     x = np.asarray(x, dtype=np.float64)
     single = x.ndim == 3
     if single:
@@ -74,5 +84,5 @@ def forward(model: FusedModel, x: np.ndarray, trace: Trace | None = None) -> np.
         raise ValueError(f"input must be (B, 3, {s}, {s}) for {model.architecture}, got {x.shape}")
     out = np.broadcast_to(model.bias, (x.shape[0], spec.EMBEDDING_DIM)).copy()
     for p, (net, patch) in enumerate(zip(model.patches, split_patches(x, model.grid), strict=True)):
-        out += patch_forward(net, patch, trace, prefix=f"patch{p}/")
+        out += patch_forward(net, patch, trace, prefix=f"patch{p}/", observe=observe)
     return out[0] if single else out

@@ -32,7 +32,7 @@ import numpy as np
 
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel
-from cryptoface.model.reference import conv2d, quadratic, split_patches
+from cryptoface.model.reference import forward
 
 # Log-spaced histogram of |x| for percentiles: 10^-8 .. 10^8, 0.1 % relative bin width.
 _LOG_LO, _LOG_HI = -8.0, 8.0
@@ -90,39 +90,16 @@ class RangeStats:
 
 
 def fused_forward_ranges(model: FusedModel, x: np.ndarray, stats: RangeStats) -> np.ndarray:
-    """Embeddings (B, 256) of model inputs (B, 3, S, S), recording every HerPN input into ``stats``.
+    """Embeddings (B, 256) of model inputs (B, 3, S, S) by the reference forward, recording every HerPN input
+    and counting non-finite HerPN outputs and embeddings into ``stats``."""
 
-    Same operators and order as :func:`cryptoface.model.reference.forward` (whose trace keeps only maxima).
-    """
-    x = np.asarray(x, dtype=np.float64)
-    out = np.broadcast_to(model.bias, (x.shape[0], spec.EMBEDDING_DIM)).copy()
-    g = spec.POOL_GRID
-    for p, (net, patch) in enumerate(zip(model.patches, split_patches(x, model.grid), strict=True)):
-        pre = f"patch{p}/"
-        z = conv2d(patch, net.stem, 1, 1)
-        for i, blk in enumerate(net.blocks):
-            stats.add(f"{pre}block{i}.q1", z)
-            h = quadratic(z, blk.q1)
-            y = conv2d(h, blk.conv1, blk.stride, 1)
-            stats.add(f"{pre}block{i}.q2", y)
-            qy = quadratic(y, blk.q2)
-            stats.nonfinite_herpn += int(np.size(h) - np.isfinite(h).sum() + np.size(qy) - np.isfinite(qy).sum())
-            y = conv2d(qy, blk.conv2, 1, 1)
-            if blk.shortcut_scale is not None:
-                sc = h * blk.shortcut_scale[None, :, None, None]
-            else:
-                hs = h[:, :, :: blk.stride, :: blk.stride]
-                sc = np.einsum("bchw,oc->bohw", hs, blk.shortcut_conv, optimize=True)
-                sc = sc + blk.shortcut_bias[None, :, None, None]
-            z = y + sc
-        stats.add(f"{pre}pool.q", z)
-        q = quadratic(z, net.pool_q)
-        stats.nonfinite_herpn += int(np.size(q) - np.isfinite(q).sum())
-        b, c, hh, ww = q.shape
-        pooled = q.reshape(b, c, g, hh // g, g, ww // g).mean(axis=(3, 5))
-        out += pooled.reshape(b, c * g * g) @ net.head.T
+    def observe(key: str, x_in: np.ndarray, out: np.ndarray) -> None:
+        stats.add(key, x_in)
+        stats.nonfinite_herpn += int(out.size - np.isfinite(out).sum())
+
+    out = forward(model, np.asarray(x, dtype=np.float64), observe=observe)
     stats.nonfinite_embedding += int(np.size(out) - np.isfinite(out).sum())
-    stats.n_images += x.shape[0]
+    stats.n_images += out.shape[0]
     return out
 
 
