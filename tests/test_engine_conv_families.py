@@ -29,7 +29,7 @@ def test_default_family_net4_counts() -> None:
     assert lay.DEFAULT_FAMILY == "interleaved"
     got = _conv_counts(64, "interleaved")
     mux = _conv_counts(64, "multiplexed")
-    assert got == {"stem": 72, "block0.conv1": 288, "block0.conv2": 290, "block1.conv1": 768, "block1.conv2": 416,
+    assert got == {"stem": 180, "block0.conv1": 288, "block0.conv2": 290, "block1.conv1": 768, "block1.conv2": 416,
                    "block2.conv1": 288, "block2.conv2": 289, "block3.conv1": 384, "block3.conv2": 736,
                    "block4.conv1": 672, "block4.conv2": 673}
     assert sum(got.values()) < 0.8 * sum(mux.values())
@@ -68,3 +68,9 @@ def _forward_error(resolution: int, family: str) -> float:
 )
 def test_family_forward_matches_reference(resolution: int, family: str) -> None:
     assert _forward_error(resolution, family) <= 1e-9
+
+
+@pytest.mark.parametrize(("resolution", "n_cts"), [(64, 1), (96, 1), (128, 2)])
+def test_input_is_as_few_ciphertexts_as_its_values_need(resolution: int, n_cts: int) -> None:
+    """The upload: a dense raster input (3 x 32 x 32 per patch) in ceil(patches * 3072 / slots) ciphertexts."""
+    assert build_plan(resolution, SLOTS).input_layout.n_cts == n_cts

@@ -25,8 +25,11 @@ Layout families (the pixel order and the channel multiplexing per stage, see :fu
 * ``interleaved`` (default) — stage 1 dense raster; the first stride-2 conv moves the patches into the gaps
   of the 32 x 32 grid (``patch_sub``: a conv never mixes patches, so stage 2's stride-1 convs are optimal),
   the second keeps them there and multiplexes 2 (one patch group) or 4 channels in the remaining gaps
-  (gap 4). The client packs the input with its 3 channels cycled over stage 1's 16 planes
-  (:func:`channel_cycled`: one input ciphertext per stage-1 ciphertext, stem 72 instead of 180 diagonals).
+  (gap 4). The input is a dense raster (3 planes per patch), so a face is as few ciphertexts as its
+  values need: Net4 and Net9 one (32.5 MB at 30 levels), Net16 two. Cycling the 3 input channels over
+  stage 1's 16 planes (one input ciphertext per stage-1 ciphertext) would cut the stem from 180 to 72
+  diagonals on Net4, but doubles Net4's upload and makes Net9's five times larger for ~2-6 % of the
+  modelled time (``plan.compare_families`` style counts: Net4 310 vs 317 s, Net9 856 vs 910 s).
 
 Counts for each family are produced by :func:`cryptoface.engine.plan.compare_families`.
 """
@@ -271,26 +274,6 @@ def planar(
     return lay
 
 
-def channel_cycled(name: str, like: PlanarLayout, channels: int) -> PlanarLayout:
-    """A ``channels``-channel tensor on the planes of ``like`` (same patches, ciphertexts and pixel order):
-    plane slot ``q`` of ``like`` holds channel ``q % channels`` (copy 0 of ``like`` only).
-
-    Used for the input: a conv from it into ``like`` needs only ``channels + 1`` channel shifts (the next
-    copy of every input channel is at most ``channels`` planes further, one more across the wrap) instead of
-    one per (input, output) channel pair, at the price of one input ciphertext per ``like`` ciphertext.
-    """
-    n, c_like = like.shape[:2]
-    if channels > c_like:
-        raise ValueError(f"{name}: {channels} channels do not cycle over {c_like} planes")
-    copies = -(-c_like // channels)
-    ct = -np.ones((copies, n, channels), np.int64)
-    base = np.zeros((copies, n, channels), np.int64)
-    for q in range(c_like):
-        ct[q // channels, :, q % channels] = like.ct[0, :, q]
-        base[q // channels, :, q % channels] = like.base[0, :, q]
-    return PlanarLayout(name, (n, channels, *like.shape[2:]), like.slots, like.n_cts, ct, base, like.pos)
-
-
 def patch_groups(n: int, slots: int, per_patch: int) -> list[int]:
     """Patches per ciphertext of :func:`planar` for ``per_patch`` slots per patch (balanced)."""
     g_max = min(n, slots // per_patch)
@@ -386,7 +369,8 @@ def stage_layouts(n_patches: int, slots: int, family: str = DEFAULT_FAMILY) -> d
                         sub=np.array([0, 2, 64, 66], np.int64), patch_sub=psub, sizes=sizes3,
                         patch_group=max(sizes2))
         s1 = planar("s1", _shape(n, 16, p), slots, raster_order(32, 32), 1024)
-        lays = {"input": channel_cycled("input", s1, 3), "s1": s1, "s2": s2, "s3": s3}
+        lays = {"input": planar("input", _shape(n, 3, p), slots, raster_order(32, 32), 1024), "s1": s1, "s2": s2,
+                "s3": s3}
     else:
         raise ValueError(f"unknown layout family {family!r}; choose one of {FAMILIES}")
     for lay in lays.values():
