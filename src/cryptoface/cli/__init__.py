@@ -14,6 +14,7 @@ COMMAND_MODULES = [
     "model_cmd",
     "service_cmd",
     "bench_cmd",
+    "bench_match_cmd",
     "train_cmd",
 ]
 

@@ -1,0 +1,107 @@
+"""`cryptoface bench-match` on the simulator (small ring): encrypted matching equals its clear reference.
+
+The simulator adds no noise, so the decrypted scores must equal the clear cosine of the *polynomially*
+normalised templates to float64 rounding: any slip in the template layout, level, gallery packing, score
+slots or the client/server exchange shows up as a large error here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import FACES, shared_dir
+from cryptoface.cli import main
+from cryptoface.cli.bench_match_cmd import TEMPLATES_NOTE, FileKeys, select_pairs, write_keys
+
+
+def _run(tmp_path, *extra: str) -> dict:
+    out = tmp_path / "match.json"
+    argv = ["bench-match", "--backend", "simulator", "--log-ring", "13", "--runs", "1", "--quiet",
+            "--json", str(out), *extra]
+    assert main(argv) == 0
+    return json.loads(out.read_text())
+
+
+def _check(result: dict, pairs: int, galleries: list[int]) -> None:
+    assert result["templates"] == TEMPLATES_NOTE
+    assert result["template_level"] == 7  # the engine's output level (MATCHING_RESERVE_LEVELS)
+    s = result["scores"]
+    assert s["pairs"] == pairs
+    assert s["genuine"] == pairs - pairs // 2 and s["impostor"] == pairs // 2
+    assert s["max_abs_error_vs_clear_polynomial"] < 1e-9
+    assert s["max_abs_error"] < 1e-3  # the 1/sqrt polynomial's own error only
+    assert s["decision_flips"] == 0
+    t = result["timing_1to1"]
+    assert t["server_verify_s_median"] > 0 and t["client_decrypt_s_median"] > 0
+    assert t["stored_template_level"] == 1
+    for size in galleries:
+        g = result["identify"][str(size)]
+        assert g["ciphertexts"] == -(-size // 16)  # 4096 slots: 16 templates per gallery ciphertext
+        assert g["argmax"] == g["argmax_clear"]
+        assert g["max_abs_error"] < 1e-9
+        assert g["server_score_s_median"] > 0
+    st = result["storage"]
+    assert st["subjects"] == pairs
+    assert st["enrolled_gallery_max_abs_error"] < 1e-9 and st["enrolled_gallery_argmax_agrees"]
+    assert result["bytes_per_subject"]["total"] == pytest.approx(
+        st["template_bytes"] + result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16)
+    assert result["server"]["peak_rss_bytes"] > 0 and result["server"]["has_secret_key"] is False
+    assert result["inv_sqrt"]["max_rel_error_clear"] < 1e-4
+    assert len(result["per_pair"]) == pairs
+
+
+def test_bench_match_synthetic(tmp_path):
+    result = _run(tmp_path, "--pairs", "5", "--gallery", "20,40")
+    _check(result, 5, [20, 40])
+    assert "synthetic" in result["pairs_source"]
+
+
+def test_bench_match_lfw_layout_from_bundled_faces(tmp_path):
+    """A tiny LFW-style folder built from the bundled faces: alignment, model forward, embedding cache, pairs."""
+    lfw = tmp_path / "lfw"
+    people = {"Obama": ["obama3.jpg", "obama4.jpg"], "Chirac": ["chirac1.jpg", "chirac3.jpg"],
+              "Rudd": ["paul_rudd_1.jpg", "paul_rudd_2.jpg"]}
+    for name, files in people.items():
+        (lfw / name).mkdir(parents=True)
+        for i, f in enumerate(files, 1):
+            shutil.copy(FACES / f, lfw / name / f"{name}_{i:04d}.jpg")
+    (lfw / "pairs.txt").write_text(
+        "1 2\nObama 1 2\nChirac 1 2\nObama 1 Chirac 2\nRudd 1 Obama 2\n")
+    cache = tmp_path / "cache"
+    result = _run(tmp_path, "--lfw-dir", str(lfw), "--cache-dir", str(cache), "--pairs", "4", "--gallery", "10")
+    _check(result, 4, [10])
+    assert "LFW pairs.txt" in result["pairs_source"]
+    assert list(cache.glob("lfw-emb-*.npz"))  # embeddings cached like `eval lfw`
+
+
+@pytest.mark.skipif(not (shared_dir() / "data" / "lfw" / "pairs.txt").is_file(), reason="../shared/data/lfw absent")
+def test_bench_match_real_lfw_pairs(tmp_path):
+    result = _run(tmp_path, "--lfw-dir", str(shared_dir() / "data" / "lfw"), "--pairs", "4", "--gallery", "16")
+    _check(result, 4, [16])
+    folds = [p for p in result["pairs_source"].split("folds ")[1].split("]")[0].strip("[").split(", ")]
+    assert len(folds) == 2  # 2 genuine + 2 impostor pairs spread round-robin over folds 0 and 1
+
+
+def test_select_pairs_balanced_over_folds():
+    same = np.array(([True] * 3 + [False] * 3) * 4)
+    fold = np.repeat(np.arange(4), 6)
+    idx = select_pairs(same, fold, 10)
+    assert len(idx) == 10 and len(set(idx)) == 10
+    assert same[idx].sum() == 5
+    assert set(fold[idx][same[idx]]) == {0, 1, 2, 3}  # round-robin: every fold before any second pick
+    assert set(fold[idx][~same[idx]]) == {0, 1, 2, 3}
+    assert len(select_pairs(same, fold, 100)) == 24  # capped by what exists
+
+
+def test_file_keys_round_trip(tmp_path):
+    keys = {"public": b"p" * 10, "relin": b"r", "rotation:4": b"x" * 3}
+    sizes = write_keys(keys, tmp_path / "k")
+    assert sizes == {k: len(v) for k, v in keys.items()}
+    fk = FileKeys(tmp_path / "k")
+    assert dict(fk) == keys and "relin" in fk and "secret" not in fk
+    with pytest.raises(KeyError):
+        fk["secret"]
