@@ -8,8 +8,8 @@ How the protocol maps onto OpenFHE:
 * ``CCParamsCKKSRNS`` with MultiplicativeDepth = ``levels``, ScalingModSize = ``scale_bits``,
   FirstModSize = ``first_mod_bits``, RingDim = 2^``log_ring``, BatchSize = ``slots``, ``FIXEDMANUAL``
   scaling (nothing is rescaled implicitly, so a sum of products is rescaled once) and ``HYBRID`` key
-  switching with ``SetNumLargeDigits(key_switch_digits)`` (dnum, default 3: 104 MB per rotation key at
-  N = 2^16 and 25 levels; depth 30 is the most OpenFHE accepts at 128 bits with dnum 3).
+  switching with ``SetNumLargeDigits(key_switch_digits)`` (dnum; the engine's default parameters use 4 with
+  42-bit primes: 155 MB per rotation key at N = 2^16 and 30 levels; with 40-bit primes dnum 3 gives 123 MB).
 * Security: ``HEStd_128_classic`` whenever log_ring >= 16, so OpenFHE checks the HE-standard table itself
   and a rejected set raises ParameterError. Smaller rings (tests only) use ``HEStd_NotSet`` and our own
   :meth:`CkksParameters.check_security` instead.

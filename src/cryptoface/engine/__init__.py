@@ -19,7 +19,7 @@ from cryptoface.errors import ParameterError
 from cryptoface.model.fused import FusedModel
 
 DEFAULT_FAMILY = layout.DEFAULT_FAMILY
-DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~2.7 GB at N = 2^16) instead of ~300 exact-step keys
+DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~4.2 GB at N = 2^16, OpenFHE) instead of ~300 exact-step keys
 
 
 @lru_cache(maxsize=8)

@@ -42,7 +42,7 @@ from cryptoface.engine.linear import (
 from cryptoface.model import spec
 
 NETWORK_LEVELS = 1 + 4 * len(spec.BLOCKS) + 2  # = 23
-KEY_BYTES = 104 * 10**6  # one rotation key at N = 2^16 (OpenFHE dnum 3: 103.8 MB; desilofhe 131 MB)
+KEY_BYTES = 155 * 10**6  # one OpenFHE rotation key, N = 2^16, 30 levels, dnum 4 (serialised; dnum 3: 123 MB)
 KEY_MODES = ("exact", "pow2")
 TEMPLATE_STRIDES = (1, 2, 4, 8, 16, 32, 64, 128)
 
