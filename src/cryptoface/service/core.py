@@ -276,7 +276,11 @@ class MatchService:
         self, key_id: str, state: _KeySetState, gallery: GalleryLayout, records: list[TemplateRecord]
     ) -> list[tuple[bytes, list[int]]]:
         ids = {r.id for r in records}
-        stored = self.store.galleries(key_id, gallery.stride, self.model_id)
+        # the store keys galleries by the enrolled templates' stride (identify keeps one stride): it checks the packed
+        # ids against the templates of that stride, so the gallery layout's stride would never match and no packed
+        # gallery would ever be kept
+        stride = records[0].stride
+        stored = self.store.galleries(key_id, stride, self.model_id)
         if stored and {i for g in stored for i in g.template_ids} == ids:
             return [(g.ciphertext, list(g.template_ids)) for g in stored]
         be = state.backend
@@ -286,7 +290,7 @@ class MatchService:
             packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
             chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
         with contextlib.suppress(ConflictError):  # enrolled meanwhile: serve from this packing, the next one repacks
-            self.store.replace_galleries(key_id, gallery.stride, self.model_id, chunks)
+            self.store.replace_galleries(key_id, stride, self.model_id, chunks)
         return [(c, ids_) for c, ids_, _ in chunks]
 
     def info(self) -> dict[str, Any]:
