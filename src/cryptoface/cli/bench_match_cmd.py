@@ -205,6 +205,17 @@ def _drop_client_rotation_keys(backend: Any) -> None:
         clear = getattr(backend.cc, "ClearEvalAutomorphismKeys", None)
         if clear is not None:
             clear()
+    _trim_heap()
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise: the exported key bytes stay resident)."""
+    if sys.platform.startswith("linux"):
+        import contextlib
+        import ctypes
+
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _median(values: list[float]) -> float | None:
