@@ -37,6 +37,17 @@ def register(sub: Any) -> None:
                    help="face photo to encrypt (default: the bundled obama3.jpg; trained models are only "
                         "meaningful, and their activations only bounded, on faces)")
     p.add_argument("--random-input", action="store_true", help="encrypt uniform noise in [-1, 1] instead of a face")
+    p.add_argument("--executor", choices=("local", "ray"), default=None,
+                   help="patch-parallel units (Net4-plan groups of <= 4 patches) run by this executor; --workers is "
+                        "then the number of Ray actors (local: one in-process worker). Default: the monolithic plan")
+    p.add_argument("--ray-address", default=None,
+                   help="join this Ray cluster ('auto' or an address; default: start a local one, num_cpus=--workers)")
+    p.add_argument("--gallery", type=int, default=0,
+                   help="with --executor: also score a probe against this many encrypted templates, sharded over "
+                        "the workers (1:N; chunks of slots/256 templates)")
+    p.add_argument("--gallery-only", action="store_true", help="with --executor: only the 1:N benchmark")
+    p.add_argument("--transfer-sizes", default="262144,4194304,33554432",
+                   help="with --executor ray: payload bytes of the object-store round-trip probe (comma-separated)")
     p.set_defaults(func=run)
 
 
@@ -101,6 +112,9 @@ def run(args: argparse.Namespace) -> int:
             args.json.write_text(json.dumps(result, indent=2))
         return 0
 
+    if args.executor is not None:
+        return run_scaleout(args, params, result)
+
     model, model_name = _load_model(args)
     result["model"] = model_name
     options = {"threads": args.threads} if args.backend == "openfhe" else (
@@ -163,3 +177,174 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps(result, indent=2, default=str))
     return 0
+
+
+# -- patch-parallel units and sharded 1:N through an executor ------------------------------------------------
+def _backend_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.backend == "openfhe":
+        return {"threads": args.threads}
+    if args.backend == "desilofhe":
+        return {"thread_count": args.threads}
+    return {}
+
+
+def _packed_gallery_vector(embs: np.ndarray, slots: int) -> np.ndarray:
+    """The slot vector :func:`cryptoface.match.homomorphic.pack_gallery` makes of normalised templates ``embs``."""
+    from cryptoface.match.layout import gallery_layout, normalised_layout
+
+    norm, gal = normalised_layout(slots), gallery_layout(slots)
+    out = np.zeros(slots)
+    for n, e in enumerate(embs):
+        out += np.roll(norm.pack(e, slots), gal.shift(n))
+    return out
+
+
+def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) -> int:
+    """``bench --executor local|ray``: units (per-unit seconds, Ray overhead per request) and optional 1:N."""
+    from cryptoface.backends import create_backend
+    from cryptoface.engine.executor import create_executor
+    from cryptoface.engine.layout import TemplateLayout as EngineTemplateLayout
+    from cryptoface.engine.linear import COST_MODELS
+    from cryptoface.engine.parallel import PatchParallelEngine, sharded_scores
+    from cryptoface.engine.plan import NETWORK_LEVELS
+    from cryptoface.engine.units import encrypt_units, unit_costs, unit_plan, unit_rotation_steps
+    from cryptoface.match import homomorphic as hm
+    from cryptoface.match.layout import gallery_layout, normalised_layout
+    from cryptoface.match.levels import NORMALISE_LEVELS
+    from cryptoface.model.reference import forward
+
+    result.pop("plan", None)
+    cost_name = args.cost_model or (args.backend if args.backend in COST_MODELS else "desilofhe")
+    result["unit_costs"] = unit_costs(args.resolution, params.slots, params.levels, COST_MODELS[cost_name])
+    result["unit_costs"]["cost_model"] = cost_name
+    result.update(executor=args.executor, workers=args.workers if args.executor == "ray" else 1,
+                  ray_address=args.ray_address, threads=args.threads)
+    backend = create_backend(args.backend, params, **_backend_options(args))
+    steps: set[int] = set()
+    if not args.gallery_only:
+        steps |= set(unit_rotation_steps(params.slots, params.levels))
+    if args.gallery:
+        steps |= set(hm.rotation_steps(EngineTemplateLayout(1, params.slots // 256), params.slots))
+    t0 = time.perf_counter()
+    backend.generate_keys(steps)
+    result["keygen_s"] = time.perf_counter() - t0
+    result["rotation_keys"] = len(steps)
+    init = {"num_cpus": max(1, args.workers)} if args.ray_address is None else {}
+    executor = create_executor(args.executor, args.workers, args.ray_address, init_kwargs=init) \
+        if args.executor == "ray" else create_executor("local")
+    try:
+        t0 = time.perf_counter()
+        keys = executor.keys("bench", args.backend, params, backend=backend)
+        result["key_put_s"] = time.perf_counter() - t0
+        if not args.gallery_only:
+            _bench_units(args, backend, executor, keys, result, encrypt_units, unit_plan, PatchParallelEngine, forward)
+        if args.gallery:
+            level = params.levels - NETWORK_LEVELS - NORMALISE_LEVELS  # a normalised template's level
+            gal = gallery_layout(params.slots)
+            rng = np.random.default_rng(args.seed + 7)
+            chunks, counts = [], []
+            t0 = time.perf_counter()
+            for start in range(0, args.gallery, gal.capacity):
+                n = min(gal.capacity, args.gallery - start)
+                e = rng.standard_normal((n, 256))
+                e /= np.linalg.norm(e, axis=1, keepdims=True)
+                chunks.append(backend.serialize(backend.encrypt(_packed_gallery_vector(e, params.slots), level)))
+                counts.append(n)
+            enc_s = time.perf_counter() - t0
+            probe = rng.standard_normal(256)
+            probe /= np.linalg.norm(probe)
+            rep = hm.replicate_probe(backend, backend.encrypt(normalised_layout(params.slots).pack(probe, params.slots),
+                                                              level), gal)
+            runs = []
+            for i in range(max(1, args.runs)):
+                t0 = time.perf_counter()
+                scores = sharded_scores(executor, backend, keys, rep, chunks, counts)
+                wall = time.perf_counter() - t0
+                runs.append({"run": i, "wall_s": wall, **executor.last_report})
+                print(f"1:N run {i}: {args.gallery} templates in {len(chunks)} chunks, {wall:.2f} s", file=sys.stderr)
+            got = np.concatenate([backend.decrypt(backend.deserialize(s))[gal.score_slots(n)]
+                                  for s, n in zip(scores, counts, strict=True)])
+            result["gallery"] = {
+                "templates": args.gallery, "chunks": len(chunks), "capacity": gal.capacity, "level": level,
+                "chunk_bytes": len(chunks[0]), "score_bytes": len(scores[0]), "encrypt_s": enc_s, "runs": runs,
+                "wall_s_median": statistics.median(r["wall_s"] for r in runs),
+                "seconds_per_chunk": statistics.median(r.get("critical_path_s", r["wall_s"]) for r in runs)
+                * min(result["workers"], len(chunks)) / len(chunks),
+                "score_max_abs_error": float(np.max(np.abs(got - _clear_scores(rng, args, gal, probe)))),
+            }
+        if args.executor == "ray":
+            sizes = [int(v) for v in args.transfer_sizes.split(",") if v]
+            result["ray_transfer"] = [executor.transfer_seconds(n) for n in sizes]
+            result["worker_stats"] = executor.stats()
+            result["key_puts"] = executor.key_puts
+            result["resubmissions"] = executor.resubmissions
+    finally:
+        executor.close()
+    result["peak_rss_bytes"] = _peak_rss_bytes()
+    summary = {k: result.get(k) for k in ("executor", "workers", "keygen_s", "infer_s_median", "unit_compute_s_median",
+                                          "ray_overhead_s_median", "rel_error")}
+    if "gallery" in result:
+        summary["gallery_wall_s_median"] = result["gallery"]["wall_s_median"]
+        summary["gallery_seconds_per_chunk"] = result["gallery"]["seconds_per_chunk"]
+    print(json.dumps(summary, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _clear_scores(rng: Any, args: argparse.Namespace, gal: Any, probe: np.ndarray) -> np.ndarray:
+    """The clear cosines of the bench gallery (re-drawn from the same seed)."""
+    rng = np.random.default_rng(args.seed + 7)
+    out = []
+    for start in range(0, args.gallery, gal.capacity):
+        n = min(gal.capacity, args.gallery - start)
+        e = rng.standard_normal((n, 256))
+        e /= np.linalg.norm(e, axis=1, keepdims=True)
+        out.append(e @ probe)
+    return np.concatenate(out)
+
+
+def _bench_units(args, backend, executor, keys, result, encrypt_units, unit_plan, engine_cls, forward) -> None:
+    model, model_name = _load_model(args)
+    result["model"] = model_name
+    engine = engine_cls(executor, model)
+    if args.random_input:
+        x = np.random.default_rng(args.seed + 1).uniform(-1.0, 1.0, (3, args.resolution, args.resolution))
+        result["input"] = "uniform noise"
+    else:
+        from cryptoface.assets import SAMPLES_DIR
+        from cryptoface.face import preprocess
+
+        photo = args.photo or SAMPLES_DIR / "obama3.jpg"
+        x = preprocess(photo, args.resolution)
+        result["input"] = str(photo)
+    ref = forward(model, x)
+    layout = unit_plan(backend.slots, backend.params.levels).template
+    runs = []
+    for i in range(max(1, args.runs)):
+        t0 = time.perf_counter()
+        cts = encrypt_units(backend, x)
+        enc_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        out, _ = engine.infer(backend, keys, cts)
+        infer_s = time.perf_counter() - t0
+        got = layout.unpack(backend.decrypt(out))
+        err = float(np.max(np.abs(got - ref)))
+        runs.append({"run": i, "encrypt_s": enc_s, "infer_s": infer_s, "max_abs_error": err,
+                     "rel_error": err / float(np.max(np.abs(ref))), "output_level": backend.level(out),
+                     **engine.last_report})
+        print(f"run {i}: inference {infer_s:.1f} s over {len(cts)} units, max abs error {err:.3g}", file=sys.stderr)
+    result["runs"] = runs
+    warm = runs[1:] or runs  # the first request also fills the workers' caches (plan structures, keys, weights)
+    result["units"] = len(runs[0]["units"])
+    result["infer_s_median"] = statistics.median(r["infer_s"] for r in warm)
+    result["unit_compute_s_median"] = statistics.median(u["compute_s"] for r in warm for u in r["units"])
+    result["unit_compute_s"] = [[u["compute_s"] for u in r["units"]] for r in runs]
+    if args.executor == "ray":
+        result["ray_overhead_s_median"] = statistics.median(r["ray_overhead_s"] for r in warm)
+    result["request_overhead"] = {k: statistics.median(r[k] for r in warm) for k in
+                                  ("serialize_inputs_s", "deserialize_partials_s", "combine_s")}
+    result["upload_bytes"] = runs[0]["input_bytes"]
+    result["partial_bytes"] = runs[0]["partial_bytes"]
+    result["max_abs_error"] = max(r["max_abs_error"] for r in runs)
+    result["rel_error"] = max(r["rel_error"] for r in runs)

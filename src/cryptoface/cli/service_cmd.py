@@ -63,6 +63,10 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--model", type=Path, default=None, help="fused model file (enables enrolment from images)")
     p.add_argument("--threshold", type=float, default=None, help="cosine threshold (default: model's, else 0.23)")
+    p.add_argument("--ray", default=None, metavar="auto|ADDRESS|local",
+                   help="run inference as patch-parallel units and shard 1:N over Ray actors: 'auto' joins the running "
+                        "cluster, an address joins that one, 'local' starts one here (pip install 'cryptoface[ray]')")
+    p.add_argument("--ray-workers", type=int, default=2, help="Ray actors (one CPU each) with --ray")
     p.set_defaults(func=cmd_serve)
 
     for name, helptext in (("enroll", "enrol NAME from photos"), ("verify", "verify a photo against NAME")):
@@ -88,6 +92,8 @@ def _client_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--home", type=Path, default=None)
     p.add_argument("--mode", choices=("score", "decision"), default="score")
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--packing", choices=("monolithic", "units"), default="monolithic",
+                   help="image packing: the model's plan, or Net4-plan units for a patch-parallel (--ray) server")
     p.add_argument("--standin", action="store_true", help="TESTING ONLY: encrypt a clear embedding (no engine)")
     p.add_argument("--model", type=Path, default=None, help="model for --standin (default: random)")
 
@@ -134,9 +140,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         model = load_model(args.model)
         model_id = args.model.name
     tau = args.threshold if args.threshold is not None else threshold_from_model_file(args.model)
-    app = create_app(SQLiteStore(args.db), model=model, model_id=model_id, threshold=tau)
+    executor = None
+    if args.ray is not None:
+        from cryptoface.engine.executor import RayExecutor
+
+        address = None if args.ray == "local" else args.ray
+        init = {"num_cpus": args.ray_workers} if address is None else {}
+        executor = RayExecutor(args.ray_workers, address=address, init_kwargs=init)
+        print(f"Ray executor: {args.ray_workers} actors ({args.ray}); the SQLite store stays the source of truth")
+    app = create_app(SQLiteStore(args.db), model=model, model_id=model_id, threshold=tau, executor=executor)
     print(f"serving {args.db} on http://{args.host}:{args.port} (threshold {tau}); OpenAPI at /docs")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if executor is not None:
+            executor.close()
     return 0
 
 
@@ -147,7 +165,9 @@ def _probes(args: argparse.Namespace, client: Any) -> list[dict[str, Any]]:
         print(STANDIN_LABEL)
         model = _load_model(args.model, args.resolution)
         return [client.template_probe(standin_template(client.keys, model, p)) for p in args.photos]
-    return [client.image_probe(encrypt_photo(client.keys, p, args.resolution), args.resolution) for p in args.photos]
+    packing = getattr(args, "packing", "monolithic")
+    return [client.image_probe(encrypt_photo(client.keys, p, args.resolution, packing), args.resolution, packing)
+            for p in args.photos]
 
 
 @contextlib.contextmanager

@@ -111,8 +111,11 @@ class CryptoFaceClient:
     def template_probe(self, ct: Any) -> dict[str, Any]:
         return {"ciphertext": _b64(self.keys.backend.serialize(ct)), "stride": self.keys.stride}
 
-    def image_probe(self, cts: list[Any], resolution: int) -> dict[str, Any]:
-        return {"images": [_b64(self.keys.backend.serialize(c)) for c in cts], "resolution": resolution}
+    def image_probe(self, cts: list[Any], resolution: int, packing: str = "monolithic") -> dict[str, Any]:
+        probe = {"images": [_b64(self.keys.backend.serialize(c)) for c in cts], "resolution": resolution}
+        if packing != "monolithic":
+            probe["packing"] = packing
+        return probe
 
     def enroll(self, subject: str, probes: list[dict[str, Any]]) -> list[int]:
         return self._call("POST", f"{self._base}/subjects/{subject}/templates", json={"probes": probes})["template_ids"]

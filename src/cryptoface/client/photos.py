@@ -15,11 +15,19 @@ STANDIN_LABEL = "STAND-IN: embedding computed IN THE CLEAR on the client, then e
 STANDIN_NORM_SQ = 289.6  # mean ||e||^2 of the paper model on LFW; stand-in embeddings are rescaled to it
 
 
-def encrypt_photo(keys: ClientKeys, photo: str | Path, resolution: int) -> list[Any]:
-    """The encrypted model input of a photo, aligned and preprocessed on the client."""
+def encrypt_photo(keys: ClientKeys, photo: str | Path, resolution: int, packing: str = "monolithic") -> list[Any]:
+    """The encrypted model input of a photo, aligned and preprocessed on the client.
+
+    ``packing="units"``: each group of <= 4 patches packed by the Net4 plan, concatenated in unit order (for a
+    patch-parallel server; the unit plan's rotation keys are a subset of every resolution's keys)."""
     from cryptoface.face import preprocess
 
-    return encrypt_image(keys.backend, resolution, preprocess(photo, resolution))
+    x = preprocess(photo, resolution)
+    if packing == "units":
+        from cryptoface.engine.units import encrypt_units
+
+        return [ct for unit in encrypt_units(keys.backend, x) for ct in unit]
+    return encrypt_image(keys.backend, resolution, x)
 
 
 def standin_template(keys: ClientKeys, model: Any, photo: str | Path, level: int | None = None) -> Any:

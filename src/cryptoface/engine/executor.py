@@ -248,7 +248,11 @@ class LocalExecutor:
 
     def score(self, keys: Handle, probe: bytes, chunks: Sequence[Handle], counts: Sequence[int],
               tau: float | None = None) -> list[bytes]:
-        return self.worker.score_chunks(keys, probe, chunks, counts, tau)["scores"]
+        t0 = time.perf_counter()
+        r = self.worker.score_chunks(keys, probe, chunks, counts, tau)
+        self.last_report = {"executor": "local", "workers": 1, "shards": 1, "wall_s": time.perf_counter() - t0,
+                            "critical_path_s": r["load_s"] + r["compute_s"]}
+        return r["scores"]
 
     def forget(self, key_id: str) -> None:
         self.worker.forget(key_id)
@@ -268,7 +272,7 @@ class RayExecutor:
 
     kind = "ray"
 
-    def __init__(self, workers: int = 2, *, address: str | None = None, retries: int = 3,
+    def __init__(self, workers: int = 2, *, address: str | None = None, retries: int = 5,
                  num_cpus_per_worker: float = 1.0, init_kwargs: dict[str, Any] | None = None) -> None:
         try:
             import ray
@@ -295,6 +299,7 @@ class RayExecutor:
         self.model_puts = 0
         self.chunk_puts = 0
         self.resubmissions = 0
+        self._next = 0
         self.last_report: dict[str, Any] = {}
         self._dead_errors: tuple[type[BaseException], ...] = tuple(
             e for e in (getattr(ray.exceptions, "RayActorError", None),
@@ -345,7 +350,8 @@ class RayExecutor:
     def forget(self, key_id: str) -> None:
         """Drop a key set (its keys changed): actors reload it under the new handle on their next call."""
         self._keys.pop(key_id, None)
-        self._gather([(i, "forget", (key_id,)) for i in range(self.workers)])
+        for i in range(self.workers):
+            self._same_actor(i, "forget", key_id)
 
     # -- calls --------------------------------------------------------------------------------------------
     def _gather(self, calls: list[tuple[int, str, tuple]]) -> list[Any]:
@@ -364,17 +370,31 @@ class RayExecutor:
                     if attempt > self.retries:
                         raise
                     self.resubmissions += 1
+                    time.sleep(min(2.0, 0.2 * attempt))  # a restarting actor refuses calls for a moment
                     ref = getattr(self.actors[(i + attempt) % self.workers], m).remote(*a)
         return out
 
+    def _same_actor(self, i: int, method: str, *args: Any, timeout_s: float = 120.0) -> Any:
+        """A call that must reach actor ``i`` itself (waits while Ray restarts it)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._ray.get(getattr(self.actors[i], method).remote(*args))
+            except self._dead_errors:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
     def run_units(self, keys: Handle, models: Sequence[Handle], inputs: Sequence[Sequence[bytes]]) -> list[dict]:
-        """Unit ``u`` on actor ``u mod workers``; inputs put into the object store by the caller's process."""
+        """Unit ``u`` on actor ``(first + u) mod workers``; inputs put into the object store by the caller's process."""
         ray = self._ray
         t0 = time.perf_counter()
         refs = [ray.put(list(c)) for c in inputs]
         put_s = time.perf_counter() - t0
         resub = self.resubmissions
-        out = self._gather([(u % self.workers, "run_unit", (keys, m, r)) for u, (m, r) in enumerate(
+        first = self._next  # consecutive requests start on different actors (Net4: one unit per request)
+        self._next = (self._next + len(models)) % self.workers
+        out = self._gather([((first + u) % self.workers, "run_unit", (keys, m, r)) for u, (m, r) in enumerate(
             zip(models, refs, strict=True))])
         wall = time.perf_counter() - t0
         per_worker: dict[int, float] = {}
@@ -426,7 +446,8 @@ class RayExecutor:
         return {"payload_bytes": int(nbytes), "round_trip_s": float(np.median(times)), "empty_call_s": empty}
 
     def stats(self) -> list[dict[str, Any]]:
-        return self._gather([(i, "stats", ()) for i in range(self.workers)])
+        """Each actor's counters (an actor being restarted is waited for; its counters start again at 0)."""
+        return [self._same_actor(i, "stats") for i in range(self.workers)]
 
     def close(self) -> None:
         for a in self.actors:

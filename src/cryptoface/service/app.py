@@ -67,6 +67,8 @@ class Probe(_Strict):
     replicas: int = Field(1, ge=1, le=128, description="template copies, one every 256*stride slots (power of two)")
     images: list[str] | None = Field(None, description="base64 ciphertexts of the encrypted, preprocessed face")
     resolution: int | None = Field(None, description="model input resolution the client preprocessed for")
+    packing: str | None = Field(None, description="image packing: 'monolithic' (default, the model's plan) or "
+                                "'units' (Net4-plan groups of <= 4 patches, for patch-parallel servers)")
 
 
 class EnrollIn(_Strict):
@@ -128,7 +130,8 @@ def _probe_dict(p: Probe) -> dict[str, Any]:
         if value & (value - 1):
             raise ServiceInputError(f"{name} {value} is not a power of two")
     if p.images is not None:
-        return {"images": [_b64(x, "image ciphertext") for x in p.images], "resolution": p.resolution}
+        return {"images": [_b64(x, "image ciphertext") for x in p.images], "resolution": p.resolution,
+                "packing": p.packing}
     return {"ciphertext": _b64(p.ciphertext or "", "template ciphertext"), "stride": p.stride, "replicas": p.replicas}
 
 
@@ -203,9 +206,11 @@ def create_app(
     threshold: float = DEFAULT_THRESHOLD,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_key_bytes: int = DEFAULT_MAX_KEY_BODY,
+    executor: Any = None,
 ) -> FastAPI:
-    """The HTTP app over ``store``. ``model`` (a FusedModel) enables enrolment from encrypted images."""
-    service = MatchService(store, model=model, model_id=model_id, threshold=threshold)
+    """The HTTP app over ``store``. ``model`` (a FusedModel) enables enrolment from encrypted images;
+    ``executor`` (e.g. a RayExecutor) runs inference as patch-parallel units and shards 1:N over its workers."""
+    service = MatchService(store, model=model, model_id=model_id, threshold=threshold, executor=executor)
     app = FastAPI(
         title="CryptoFace matching server",
         version=API_VERSION,

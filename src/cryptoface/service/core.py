@@ -70,6 +70,8 @@ class _KeySetState:
     params: CkksParameters
     params_id: str
     lock: threading.Lock
+    backend_name: str = ""
+    handle: Any = None  # the executor's handle of this key set (put into Ray's object store once)
 
 
 class MatchService:
@@ -84,8 +86,15 @@ class MatchService:
         threshold: float = DEFAULT_THRESHOLD,
         cache_size: int = 4,
         progress: bool = False,
+        executor: Any = None,
     ) -> None:
+        """``executor`` (:mod:`cryptoface.engine.executor`, e.g. a RayExecutor): encrypted inference runs as
+        patch-parallel units on it and 1:N scoring is sharded over its workers; the store stays the single
+        source of truth (workers only cache keys, weights and gallery chunks by content id)."""
         self.store = store
+        self.executor = executor
+        self._engine: Any = None
+        self._key_versions: dict[str, int] = {}
         self.model = model
         self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
@@ -124,6 +133,7 @@ class MatchService:
     def _forget(self, key_id: str) -> None:
         with self._cache_lock:
             self._cache.pop(key_id, None)
+            self._key_versions[key_id] = self._key_versions.get(key_id, 0) + 1  # workers' handle id changes too
 
     def _state(self, key_id: str) -> _KeySetState:
         with self._cache_lock:
@@ -136,7 +146,7 @@ class MatchService:
         backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(key_id))
         if backend.has_secret_key:  # pragma: no cover
             raise ServiceInputError("refused: stored keys give the server a secret key")
-        state = _KeySetState(backend, params, record.params_id, threading.Lock())
+        state = _KeySetState(backend, params, record.params_id, threading.Lock(), record.backend)
         with self._cache_lock:
             self._cache[key_id] = state
             while len(self._cache) > self._cache_size:
@@ -162,7 +172,7 @@ class MatchService:
                     f"{self.model.resolution} inputs"
                 )
             cts = [be.deserialize(b) for b in probe["images"]]
-            return self._infer(be, cts)
+            return self._infer(be, cts, state=state, packing=probe.get("packing") or "monolithic")
         ct = be.deserialize(probe["ciphertext"])
         try:
             layout = TemplateLayout(int(probe.get("stride", 1)), int(probe.get("replicas", 1)))
@@ -171,8 +181,56 @@ class MatchService:
             raise ServiceInputError(str(exc)) from exc
         return ct, layout
 
-    def _infer(self, backend: CkksBackend, cts: list[Any]) -> tuple[Any, TemplateLayout]:
-        return infer_template(backend, self.model, cts, progress=self.progress)
+    def _infer(self, backend: CkksBackend, cts: list[Any], state: _KeySetState | None = None,
+               packing: str = "monolithic") -> tuple[Any, TemplateLayout]:
+        """The template: monolithic plan in process, or patch-parallel units on the executor.
+
+        ``packing="units"``: the client packed each unit's patches by the Net4 plan (engine.units.encrypt_units,
+        concatenated in unit order). A Net4 model is one unit whose packing is the monolithic one, so with an
+        executor it always runs there. Without an executor, unit-packed probes run on an in-process executor."""
+        from cryptoface.engine.units import unit_patches, unit_plan
+
+        if packing not in ("monolithic", "units"):
+            raise ServiceInputError(f"unknown input packing {packing!r}; expected 'monolithic' or 'units'")
+        n_units = len(unit_patches(self.model.n_patches))
+        use_units = packing == "units" or (self.executor is not None and n_units == 1)
+        if not use_units or state is None:
+            return infer_template(backend, self.model, cts, progress=self.progress)
+        per = unit_plan(backend.slots, backend.params.levels).input_layout.n_cts
+        if len(cts) != per * n_units:
+            raise ServiceInputError(f"unit packing: expected {n_units} x {per} image ciphertexts, got {len(cts)}")
+        engine, handle = self._engine_for(state)
+        ct, layout = engine.infer(backend, handle, [cts[u * per:(u + 1) * per] for u in range(n_units)])
+        return ct, layout
+
+    def _executor(self) -> Any:
+        if self.executor is None:
+            from cryptoface.engine.executor import LocalExecutor
+
+            self.executor = LocalExecutor()
+        return self.executor
+
+    def _engine_for(self, state: _KeySetState) -> tuple[Any, Any]:
+        """The patch-parallel engine (one per service) and the executor's handle of this key set."""
+        from cryptoface.engine.parallel import PatchParallelEngine
+
+        ex = self._executor()
+        if self._engine is None:
+            self._engine = PatchParallelEngine(ex, self.model, f"{self.model_id}:{self.model.architecture}")
+        return self._engine, self._handle(ex, state)
+
+    def _handle(self, ex: Any, state: _KeySetState) -> Any:
+        if state.handle is None:
+            with self._cache_lock:
+                key_id = next((k for k, v in self._cache.items() if v is state), None)
+            if key_id is None:  # pragma: no cover - states come from the cache
+                raise ServiceInputError("unknown key set")
+            hid = f"{key_id}#{self._key_versions.get(key_id, 0)}"
+            if getattr(ex, "kind", "local") == "local":
+                state.handle = ex.keys(hid, state.backend_name, state.params, backend=state.backend)
+            else:  # the store's keys, put into the object store once for this key set version
+                state.handle = ex.keys(hid, state.backend_name, state.params, keys=self.store.key_set_keys(key_id))
+        return state.handle
 
     def infer(self, key_id: str, probe: dict[str, Any]) -> dict[str, Any]:
         """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
@@ -264,6 +322,16 @@ class MatchService:
             rep = hm.replicate_probe(be, p, gallery)
             names = {r.id: r.subject for r in records}
             out = []
+            if self.executor is not None:  # gallery chunks sharded over the executor's workers
+                from cryptoface.engine.parallel import sharded_scores
+
+                scores = sharded_scores(self.executor, be, self._handle(self.executor, state), rep,
+                                        [c for c, _ in chunks], [len(ids) for _, ids in chunks],
+                                        self.threshold if mode == "decision" else None)
+                for s_bytes, (_, ids) in zip(scores, chunks, strict=True):
+                    slots = [int(x) for x in gallery.score_slots(len(ids))]
+                    out.append((s_bytes, slots, [names[i] for i in ids]))
+                return out
             for ct_bytes, ids in chunks:
                 s = hm.gallery_scores(be, rep, be.deserialize(ct_bytes), gallery, len(ids))
                 if mode == "decision":
