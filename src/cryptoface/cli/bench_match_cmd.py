@@ -10,7 +10,7 @@ What it measures, and how:
 * **Client / server split.** This process is the client (key generation with *only* the rotation keys matching
   needs, :func:`cryptoface.match.rotation_steps`; encryption; decryption). The server side runs in a child
   process (``spawn``) that receives the public and evaluation keys and ciphertexts as bytes through files and
-  never holds a secret key; its peak RSS (``getrusage(RUSAGE_SELF)`` in the child) is the server's memory.
+  never holds a secret key; its peak RSS (``VmHWM`` of the child) is the server's memory.
 * **1:1.** Per pair: enrol the left template (server: normalise, store it in a SQLite store), verify the right
   one (server: normalise, cosine against the stored template); the client decrypts the score and compares it
   with the clear cosine of the same templates (:func:`cryptoface.match.clear.cosine_clear`).
@@ -184,6 +184,17 @@ def write_keys(keys: Mapping[str, bytes], folder: Path) -> dict[str, int]:
 
 
 def _peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    On Linux the high-water mark of the process's own address space (``VmHWM``): ``getrusage``'s ``ru_maxrss``
+    survives ``fork`` + ``exec``, so a spawned child would report its parent's peak (here the client's keys).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
 
@@ -518,7 +529,8 @@ def _client_loop(args, backend, job, result, pairs, same, clear, clear_poly, tau
     result["server"] = {"method": (
         "the server side (key loading from bytes, normalisation, scoring, store writes, gallery packing) runs in a "
         "spawned child process holding only the public and evaluation keys, read one key file at a time; its "
-        "peak RSS is getrusage(RUSAGE_SELF).ru_maxrss in that child")}
+        "peak RSS is VmHWM of that child (/proc/self/status; getrusage's ru_maxrss would include the parent's peak, "
+        "which survives fork + exec)")}
     per_pair: list[dict[str, Any]] = []
     result["per_pair"] = per_pair
     identify: dict[str, Any] = {}
