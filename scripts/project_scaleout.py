@@ -13,7 +13,8 @@ Inputs (nothing is hard-coded; every number comes from a bench JSON or an explic
 * 1:N: ``--gallery-bench G.json`` (``bench --executor ... --gallery N``: seconds per packed chunk of
   ``capacity`` templates, score ciphertext bytes) or ``--chunk-seconds S`` with ``--score-bytes``.
 
-Model: latency(W) = ceil(units / W) * (unit_s + xfer(in) + xfer(partial)) + request_overhead + combine, with
+Model: latency(W) = units * xfer(in) + ceil(units / W) * unit_s + units * xfer(partial) + request_overhead (the
+coordinator sends the inputs and receives the partials one after the other), with
 units = 1 / 3 / 4 (Net4 / Net9 / Net16, :func:`cryptoface.engine.units.unit_patches`). 1:N time(N, W) =
 ceil(ceil(N / capacity) / W) * chunk_s + xfer(probe) + request_overhead; chunks are cached on the workers (put once),
 so only the probe goes out and one score ciphertext per chunk comes back (``result_bytes``, for the client).
@@ -75,12 +76,12 @@ def project(args: argparse.Namespace) -> dict:
     def xfer(nbytes: float) -> float:
         return a + b * float(nbytes)
 
-    per_unit = unit_s + xfer(in_bytes) + xfer(part_bytes)
     rows = []
     for w in range(1, args.max_workers + 1):
         row = {"workers": w}
         for name, u in UNITS.items():
-            row[name] = math.ceil(u / w) * per_unit + overhead
+            # the coordinator puts every unit's inputs and gets every partial one after the other (conservative)
+            row[name] = u * xfer(in_bytes) + math.ceil(u / w) * unit_s + u * xfer(part_bytes) + overhead
         row["Net16/Net4"] = row["Net16"] / row["Net4"]
         rows.append(row)
 

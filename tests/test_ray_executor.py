@@ -376,3 +376,41 @@ def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_p
     v = be.decrypt(be.deserialize(s_bytes))
     scores = dict(zip(names, v[slots], strict=True))
     assert scores["bob"] > 0.99 and scores["bob"] > scores["ann"]
+
+
+# -- bench and projection ----------------------------------------------------------------------------------
+@needs_ray
+def test_bench_ray_json_and_projection(tmp_path, ray_cluster):
+    """``bench --executor ray`` writes per-unit times, the per-request Ray overhead and object-store transfer
+    probes; the projection script reads them (and nothing else) and projects latency and 1:N."""
+    import importlib.util
+    import json
+
+    from conftest import REPO
+    from cryptoface.cli import main
+
+    out = tmp_path / "ray.json"
+    assert main(["bench", "--backend", "simulator", "--resolution", "64", "--runs", "2",
+                 "--executor", "ray", "--workers", "2", "--gallery", "300", "--transfer-sizes", "1000,1000000",
+                 "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    assert r["units"] == 1 and len(r["runs"]) == 2 and r["rel_error"] < 1e-9
+    for run in r["runs"]:
+        (unit,) = run["units"]
+        assert unit["compute_s"] > 0 and run["ray_overhead_s"] >= 0 and run["put_s"] >= 0
+    assert [t["payload_bytes"] for t in r["ray_transfer"]] == [1000, 1000000]
+    assert r["gallery"]["chunks"] == 3 and r["gallery"]["score_max_abs_error"] < 1e-9
+    assert r["key_puts"] == 1 and [s["key_loads"] for s in r["worker_stats"]] == [1, 1]
+
+    spec_ = importlib.util.spec_from_file_location("project_scaleout", REPO / "scripts" / "project_scaleout.py")
+    mod = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(mod)
+    proj = tmp_path / "proj.json"
+    assert mod.main(["--unit-bench", str(out), "--ray-bench", str(out), "--gallery-bench", str(out),
+                     "--json", str(proj)]) == 0
+    p = json.loads(proj.read_text())
+    assert p["inputs"]["unit_s"] == r["unit_compute_s_median"]
+    rows = {row["workers"]: row for row in p["latency"]}
+    assert rows[1]["Net16"] > 3.5 * rows[1]["Net4"]  # 4 units on one worker
+    assert all(rows[w]["Net16/Net4"] <= 1.2 for w in range(4, 17))
+    assert {g["templates"] for g in p["gallery"]["rows"]} == {10**4, 10**5, 10**6, 10**7}
