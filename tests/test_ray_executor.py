@@ -401,6 +401,7 @@ def test_bench_ray_json_and_projection(tmp_path, ray_cluster):
     assert [t["payload_bytes"] for t in r["ray_transfer"]] == [1000, 1000000]
     assert r["gallery"]["chunks"] == 3 and r["gallery"]["score_max_abs_error"] < 1e-9
     assert r["key_puts"] == 1 and [s["key_loads"] for s in r["worker_stats"]] == [1, 1]
+    assert [k["worker"] for k in r["key_load"]] == ["worker0", "worker1"]  # preloaded, one actor after the other
 
     spec_ = importlib.util.spec_from_file_location("project_scaleout", REPO / "scripts" / "project_scaleout.py")
     mod = importlib.util.module_from_spec(spec_)

@@ -37,6 +37,9 @@ def register(sub: Any) -> None:
                    help="face photo to encrypt (default: the bundled obama3.jpg; trained models are only "
                         "meaningful, and their activations only bounded, on faces)")
     p.add_argument("--random-input", action="store_true", help="encrypt uniform noise in [-1, 1] instead of a face")
+    p.add_argument("--profile", action="store_true",
+                   help="run the first inference under cProfile and report where its time goes (backend calls by "
+                        "name); that run's time then includes the profiler's overhead")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="patch-parallel units (Net4-plan groups of <= 4 patches) run by this executor; --workers is "
                         "then the number of Ray actors (local: one in-process worker). Default: the monolithic plan")
@@ -67,6 +70,27 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, str]:
 def _peak_rss_bytes() -> int:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(r if sys.platform == "darwin" else r * 1024)
+
+
+def _start_profile() -> Any:
+    import cProfile
+
+    profiler = cProfile.Profile()
+    profiler.enable()
+    return profiler
+
+
+def _profile_report(profiler: Any, total_s: float, top: int = 25) -> dict[str, Any]:
+    """The functions (backend library calls included) that took the most of a profiled inference, self time."""
+    import pstats
+
+    profiler.disable()
+    stats = pstats.Stats(profiler).stats  # {(file, line, name): (prim calls, calls, self s, cumulative s, callers)}
+    rows = sorted(((v[2], v[1], k) for k, v in stats.items()), reverse=True)[:top]
+    return {"inference_s": total_s, "note": "cProfile self time; builtin rows are the backend library's own calls",
+            "top": [{"function": name if file == "~" else f"{Path(file).name}:{line} {name}", "calls": calls,
+                     "self_s": round(self_s, 3), "share": round(self_s / total_s, 4)}
+                    for self_s, calls, (file, line, name) in rows]}
 
 
 def _plan(args: argparse.Namespace, slots: int, reserve: int) -> Any:
@@ -153,9 +177,12 @@ def run(args: argparse.Namespace) -> int:
         cts = em.encrypt_input(x)
         enc_s = time.perf_counter() - t0
         upload = sum(len(backend.serialize(c)) for c in cts)
+        profiler = _start_profile() if args.profile and i == 0 else None
         t0 = time.perf_counter()
         out, _ = em.infer(cts, progress=True)
         infer_s = time.perf_counter() - t0
+        if profiler is not None:
+            result["profile"] = _profile_report(profiler, infer_s)
         got = em.decrypt_template(out)
         err = float(np.max(np.abs(got - ref)))
         runs.append({"run": i, "encrypt_s": enc_s, "upload_bytes": upload, "infer_s": infer_s,
@@ -202,6 +229,7 @@ def _packed_gallery_vector(embs: np.ndarray, slots: int) -> np.ndarray:
 def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) -> int:
     """``bench --executor local|ray``: units (per-unit seconds, Ray overhead per request) and optional 1:N."""
     from cryptoface.backends import create_backend
+    from cryptoface.cli.memory import drop_client_rotation_keys
     from cryptoface.engine.executor import create_executor
     from cryptoface.engine.layout import TemplateLayout as EngineTemplateLayout
     from cryptoface.engine.linear import COST_MODELS
@@ -236,6 +264,11 @@ def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) 
         t0 = time.perf_counter()
         keys = executor.keys("bench", args.backend, params, backend=backend)
         result["key_put_s"] = time.perf_counter() - t0
+        if args.executor == "ray" and not args.gallery:
+            # the driver only encrypts and decrypts from here on (with --gallery it also replicates the probe);
+            # full-size OpenFHE keys in the driver, the object store and two actors would not fit 24 GB
+            drop_client_rotation_keys(backend)
+        result["key_load"] = executor.preload(keys)
         if not args.gallery_only:
             _bench_units(args, backend, executor, keys, result, encrypt_units, unit_plan, PatchParallelEngine, forward)
         if args.gallery:

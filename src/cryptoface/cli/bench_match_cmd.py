@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from cryptoface.cli.memory import drop_client_rotation_keys
+
 TEMPLATES_NOTE = "clear network output, encrypted at the template level in the engine's template layout"
 EMBEDDING_DIM = 256
 
@@ -201,32 +203,6 @@ def _peak_rss_bytes() -> int:
 
 def _backend_options(name: str, threads: int) -> dict[str, Any]:
     return {"threads": threads} if name == "openfhe" else ({"thread_count": threads} if name == "desilofhe" else {})
-
-
-def _drop_client_rotation_keys(backend: Any) -> None:
-    """The client needs no rotation keys once they are exported: free them (OpenFHE keeps them in a global cache).
-
-    Only so that this benchmark's client and server processes fit the machine's memory together; it changes
-    nothing on the server side that is measured.
-    """
-    if getattr(backend, "name", "") == "openfhe":
-        maps = getattr(backend, "_rot_maps", None)
-        if isinstance(maps, dict):
-            maps.clear()
-        clear = getattr(backend.cc, "ClearEvalAutomorphismKeys", None)
-        if clear is not None:
-            clear()
-    _trim_heap()
-
-
-def _trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise: the exported key bytes stay resident)."""
-    if sys.platform.startswith("linux"):
-        import contextlib
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _median(values: list[float]) -> float | None:
@@ -473,7 +449,7 @@ def run(args: argparse.Namespace) -> int:
         key_sizes = write_keys(keys, work / "keys")
         del keys
         result["client_rss_after_keygen_bytes"] = _peak_rss_bytes()
-        _drop_client_rotation_keys(backend)
+        drop_client_rotation_keys(backend)
         by_kind: dict[str, int] = {}
         for name, n in key_sizes.items():
             kind = name.split(":", 1)[0]

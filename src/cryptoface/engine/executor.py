@@ -200,6 +200,13 @@ class UnitWorker:
                 self.running -= 1
         return {"scores": out, "worker": self.name, "pid": self.pid, "load_s": t1 - t0, "compute_s": t2 - t1}
 
+    def load_keys(self, keys: Handle) -> dict[str, Any]:
+        """Load a key set now (ahead of the first request); returns the seconds it took (0 when cached)."""
+        with self._lock:
+            t0 = time.perf_counter()
+            self._backend(keys)
+            return {"worker": self.name, "pid": self.pid, "load_s": time.perf_counter() - t0}
+
     def echo(self, payload: Any) -> Any:
         """Returns its argument (measures object-store transfer of ciphertext-sized payloads)."""
         return payload
@@ -253,6 +260,9 @@ class LocalExecutor:
         self.last_report = {"executor": "local", "workers": 1, "shards": 1, "wall_s": time.perf_counter() - t0,
                             "critical_path_s": r["load_s"] + r["compute_s"]}
         return r["scores"]
+
+    def preload(self, keys: Handle) -> list[dict[str, Any]]:
+        return [self.worker.load_keys(keys)]
 
     def forget(self, key_id: str) -> None:
         self.worker.forget(key_id)
@@ -346,6 +356,14 @@ class RayExecutor:
                 self._chunks.move_to_end(cid)
             out.append(h)
         return out
+
+    def preload(self, keys: Handle) -> list[dict[str, Any]]:
+        """Every actor loads ``keys`` now, one actor after another.
+
+        One at a time because an actor briefly holds the serialised keys and the loaded ones together (twice
+        the key bytes); all at once, full-size OpenFHE keys for two actors overrun a 24 GB machine.
+        """
+        return [self._same_actor(i, "load_keys", keys, timeout_s=600.0) for i in range(self.workers)]
 
     def forget(self, key_id: str) -> None:
         """Drop a key set (its keys changed): actors reload it under the new handle on their next call."""
