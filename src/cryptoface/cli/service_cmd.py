@@ -202,8 +202,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0 if r.subject else 1
 
 
-# Measured seconds per encrypted Net4 inference on 2 CPUs (README, "Measured figures"); a rough guide only.
-DEMO_SECONDS_PER_INFERENCE = {"openfhe": 520, "desilofhe": 1300, "simulator": 15}
+# Seconds per encrypted Net4 inference in the demo (inference + server enrolment/matching work), measured on
+# this 2-CPU machine kind 2026-11-27 with OpenFHE (desilofhe: its bench time x the same ratio); a rough guide.
+DEMO_SECONDS_PER_INFERENCE = {"openfhe": 840, "desilofhe": 1300, "simulator": 15}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
