@@ -38,8 +38,8 @@ def register(sub: Any) -> None:
                         "meaningful, and their activations only bounded, on faces)")
     p.add_argument("--random-input", action="store_true", help="encrypt uniform noise in [-1, 1] instead of a face")
     p.add_argument("--profile", action="store_true",
-                   help="run the first inference under cProfile and report where its time goes (backend calls by "
-                        "name); that run's time then includes the profiler's overhead")
+                   help="run the first inference (monolithic plan) under cProfile and report where its time goes "
+                        "(calls by name); that run's time then includes the profiler's overhead")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="patch-parallel units (Net4-plan groups of <= 4 patches) run by this executor; --workers is "
                         "then the number of Ray actors (local: one in-process worker). Default: the monolithic plan")
