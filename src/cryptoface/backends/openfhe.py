@@ -239,6 +239,14 @@ class OpenFHEBackend:
     def rotation_steps(self) -> frozenset[int]:
         return frozenset(self._steps)
 
+    def release_rotation_keys(self) -> None:
+        """Free the rotation keys a client generated, once exported (it never rotates itself).
+
+        OpenFHE keeps them in a process-wide cache, so this clears that cache for every context in the process.
+        """
+        self._rot_maps.clear()
+        self.cc.ClearEvalAutomorphismKeys()
+
     def export_evaluation_keys(self) -> dict[str, bytes]:
         self._require_keys()
         if self._secret is None:

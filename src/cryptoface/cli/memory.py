@@ -13,13 +13,9 @@ def drop_client_rotation_keys(backend: Any) -> None:
     Only so that a benchmark's client and server processes fit the machine's memory together; nothing measured
     on the server side changes.
     """
-    if getattr(backend, "name", "") == "openfhe":
-        maps = getattr(backend, "_rot_maps", None)
-        if isinstance(maps, dict):
-            maps.clear()
-        clear = getattr(backend.cc, "ClearEvalAutomorphismKeys", None)
-        if clear is not None:
-            clear()
+    release = getattr(backend, "release_rotation_keys", None)  # only OpenFHE caches keys outside the backend
+    if release is not None:
+        release()
     trim_heap()
 
 

@@ -201,7 +201,7 @@ class UnitWorker:
         return {"scores": out, "worker": self.name, "pid": self.pid, "load_s": t1 - t0, "compute_s": t2 - t1}
 
     def load_keys(self, keys: Handle) -> dict[str, Any]:
-        """Load a key set now (ahead of the first request); returns the seconds it took (0 when cached)."""
+        """Load a key set now, ahead of the first request; reports the seconds it took (~0 when cached)."""
         with self._lock:
             t0 = time.perf_counter()
             self._backend(keys)
@@ -262,6 +262,7 @@ class LocalExecutor:
         return r["scores"]
 
     def preload(self, keys: Handle) -> list[dict[str, Any]]:
+        """Load ``keys`` in the in-process worker now."""
         return [self.worker.load_keys(keys)]
 
     def forget(self, key_id: str) -> None:
