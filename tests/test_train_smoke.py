@@ -88,3 +88,54 @@ def test_config_rejects_unknown_keys(tmp_path: Path) -> None:
         load_config(bad)
     cfg = load_config(REPO / "configs" / "smoke.json", ["epochs=3", "lr=0.5"])
     assert cfg.epochs == 3 and cfg.lr == 0.5
+
+
+def test_training_pack_round_trip_and_train_from_it(tmp_path: Path) -> None:
+    """A pack holds the folder's exact pixels and (int8) teacher features, and `pack = FILE` trains from it."""
+    from cryptoface.cli import main
+    from cryptoface.model.file import load_model
+    from cryptoface.train.config import load_config
+    from cryptoface.train.data import decode_crops, read_index
+    from cryptoface.train.distill import teacher_embeddings
+    from cryptoface.train.pack import decode_pack, read_pack
+
+    data = make_faces_train(tmp_path / "faces-train")
+    cache = tmp_path / "cache"
+    common = ["--config", str(REPO / "configs" / "smoke.json"), "--set", f"train_dir={data}"]
+    common += ["--set", f"cache_dir={cache}", "--set", f"out_dir={tmp_path / 'run'}"]
+    pack_file = tmp_path / "train.pack.npz"
+    assert main(["train", *common, "--make-pack", str(pack_file)]) == 0
+
+    pack = read_pack(pack_file)
+    index = read_index(data)
+    assert pack.index.member == index.member and pack.index.identity == index.identity
+    assert np.array_equal(decode_pack(pack, workers=2, progress=False), decode_crops(index, progress=False))
+    cfg = load_config(REPO / "configs" / "smoke.json", [f"train_dir={data}", f"cache_dir={cache}"])
+    crops = decode_crops(index, progress=False)
+    teacher, ok = teacher_embeddings(crops, index.digest, "random", cfg.teacher_views, cache, progress=False)
+    assert ok.all() and pack.teacher.shape == teacher.shape
+    cos = np.sum(pack.teacher * teacher, axis=-1) / np.linalg.norm(pack.teacher, axis=-1)
+    assert cos.min() > 0.9999
+
+    out = tmp_path / "from-pack"
+    args = ["train", *common, "--set", f"pack={pack_file}", "--set", "train_dir=/nonexistent"]
+    assert main([*args, "--set", f"out_dir={out}", "--set", "holdout_identities=2"]) == 0
+    meta = load_model(out / "smoke.npz").metadata
+    assert meta["training"]["data"]["pack"]["crops"] == N_CROPS
+    # two whole identities (6 crops each) are held out and scored as verification pairs
+    held = meta["training"]["data"]["holdout_identities"]
+    assert len(held) == 2 and meta["training"]["data"]["holdout"] >= 12
+    assert 0.0 <= meta["training"]["history"][-1]["val_pair_accuracy"] <= 1.0
+    assert meta["training"]["config"]["pack"] == str(pack_file)
+
+
+def test_training_pack_rejects_other_files(tmp_path: Path) -> None:
+    from cryptoface.errors import DataError
+    from cryptoface.train.pack import read_pack
+
+    with pytest.raises(DataError, match="not found"):
+        read_pack(tmp_path / "missing.npz")
+    other = tmp_path / "other.npz"
+    np.savez(other, x=np.zeros(3))
+    with pytest.raises(DataError, match="not a cryptoface training pack"):
+        read_pack(other)

@@ -1,6 +1,7 @@
 """``cryptoface train`` (needs the ``train`` extra: torch) and ``cryptoface ranges`` (numpy only).
 
-``cryptoface train --config configs/distill-paper.json [--resume] [--set key=value ...] [--teacher-only]``
+``cryptoface train --config configs/distill-paper.json [--resume] [--set key=value ...] [--teacher-only]
+[--make-pack FILE]``
 ``cryptoface ranges MODEL --lfw-dir ../shared/data/lfw [--train-dir ../shared/data/faces-train] [--limit N]``
 """
 
@@ -22,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--teacher-only",
         action="store_true",
         help="only fill the teacher-embedding cache (resumable), then exit",
+    )
+    p.add_argument(
+        "--make-pack",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="write a self-contained training pack (crops, teacher features, guard applied) for `pack = FILE`",
     )
     p.set_defaults(func=run_train)
 
@@ -61,6 +69,11 @@ def run_train(args: argparse.Namespace) -> int:
         crops = load_crops(index, cfg.cache_dir, cfg.progress)
         folder = fill_teacher_cache(crops, index.digest, cfg.teacher, cfg.teacher_views, cfg.cache_dir, cfg.progress)
         print(f"teacher cache complete: {folder}")
+        return 0
+    if args.make_pack:
+        from cryptoface.train.train import make_pack
+
+        make_pack(cfg, args.make_pack)
         return 0
     from cryptoface.train.train import train
 

@@ -28,8 +28,10 @@ class TrainConfig:
     train_dir: str = "../shared/data/faces-train"
     lfw_dir: str | None = "../shared/data/lfw"  # for the LFW guard (and optional LFW monitoring)
     cache_dir: str | None = None  # default $CRYPTOFACE_CACHE or ~/.cache/cryptoface
+    pack: str | None = None  # train from a training pack (`cryptoface train --make-pack`) instead of the folder
     limit: int | None = None  # use only the first N crops (smoke runs)
     holdout: float = 0.02  # fraction of crops kept out of training to report validation losses
+    holdout_identities: int = 0  # labelled identities kept entirely out of training: held-out pair accuracy
     teacher: str = "sface"  # "sface" or "random" (tests)
     teacher_views: int = 2  # 2: original + flipped crop embedded by the teacher; 1: original only
     teacher_partial: bool = False  # train on the crops whose teacher chunk is cached (cache filling elsewhere)
@@ -71,10 +73,12 @@ class TrainConfig:
     cosine_decay: bool = True
     grad_clip: float = 5.0
     threads: int = 2
+    device: str = "cpu"  # "cpu", "cuda" or "auto" (cuda when available)
     compile: bool = False
     bf16: bool = False
     channels_last: bool = False
     time_limit_minutes: float | None = None  # stop (after a checkpoint) when exceeded
+    schedule_minutes: float | None = None  # size the run by training time: cosine over it, end when spent
     stats_images: int | None = 4096  # training crops for norm_stats at export (None: all)
     # output
     out_dir: str = "~/.cache/cryptoface/runs/default"
@@ -99,6 +103,8 @@ class TrainConfig:
             )
         if self.teacher_views not in (1, 2):
             raise ConfigError("teacher_views must be 1 or 2")
+        if self.device not in ("cpu", "cuda", "auto"):
+            raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.epochs < 0:
             raise ConfigError("epochs must be >= 0")
         return self

@@ -73,7 +73,7 @@ def read_index(train_dir: str | os.PathLike[str]) -> TrainIndex:
     )
 
 
-def _decode(data: bytes, where: str) -> np.ndarray:
+def decode_crop(data: bytes, where: str) -> np.ndarray:
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise DataError(f"{where}: not a decodable image")
@@ -100,7 +100,7 @@ def decode_crops(index: TrainIndex, progress: bool = True) -> np.ndarray:
                     continue
                 f = tar.extractfile(info)
                 assert f is not None
-                out[i] = _decode(f.read(), f"{shard}:{info.name}")
+                out[i] = decode_crop(f.read(), f"{shard}:{info.name}")
                 done[i] = True
                 bar.update(1)
     bar.close()

@@ -144,7 +144,7 @@ class RangePenalty:
     def __init__(self, model, bound: float) -> None:
         self.bound = float(bound)
         self.terms: list = []
-        self.maxima: dict[str, float] = {}
+        self.maxima: dict[str, object] = {}  # name -> 0-d tensor on the model's device
         self.enabled = True
         self._handles = [m.register_forward_pre_hook(self._hook(name)) for name, m in herpn_layers(model)]
 
@@ -157,10 +157,16 @@ class RangePenalty:
             x = inputs[0]
             a = x.abs()
             self.terms.append(torch.relu(a - self.bound).float().pow(2).mean())
-            self.maxima[name] = max(self.maxima.get(name, 0.0), float(a.detach().amax()))
+            # Kept as a tensor: float() here would wait for the GPU at every HerPN of every step.
+            m = a.detach().amax().float()
+            self.maxima[name] = torch.maximum(self.maxima[name], m) if name in self.maxima else m
             return None
 
         return hook
+
+    def max_seen(self) -> float:
+        """Largest |HerPN input| seen since ``maxima`` was last cleared (0 when none)."""
+        return max((float(v) for v in self.maxima.values()), default=0.0)
 
     def pop(self):
         """Sum of the collected terms (0 when none) and reset."""

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from cryptoface.errors import CryptoFaceError
 from cryptoface.model.file import save_model
 from cryptoface.train.config import TrainConfig
 from cryptoface.train.data import TrainIndex, labelled_identities, load_crops, read_index
@@ -41,6 +42,10 @@ from cryptoface.train.model import PatchCNN
 from cryptoface.train.ranges import RangePenalty, channel_maxima, rescale_herpn_inputs, squared_norm_stats
 
 CHECKPOINT = "checkpoint.pt"
+
+
+class TrainingDivergedError(CryptoFaceError):
+    """Training produced a model whose eval-mode output is not finite."""
 
 
 def log(msg: str) -> None:
@@ -70,23 +75,30 @@ def resize(x01: torch.Tensor, resolution: int) -> torch.Tensor:
 
 
 def augment(x01: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip / colour / geometry jitter on (B, 3, 112, 112) in [0, 1]; returns (images, flipped mask)."""
-    b = x01.shape[0]
-    flipped = torch.zeros(b, dtype=torch.bool)
+    """Flip / colour / geometry jitter on (B, 3, 112, 112) in [0, 1]; returns (images, flipped mask).
+
+    Random numbers come from the CPU generator ``gen`` (same draws on every device) and move to the images.
+    """
+    b, dev = x01.shape[0], x01.device
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen).to(dev)
+
+    flipped = torch.zeros(b, dtype=torch.bool, device=dev)
     if cfg.flip:
-        flipped = torch.rand(b, generator=gen) < 0.5
+        flipped = rand(b) < 0.5
         x01 = torch.where(flipped[:, None, None, None], x01.flip(-1), x01)
     if cfg.color_jitter > 0:
         j = cfg.color_jitter
-        bright = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
-        contrast = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * j
+        bright = 1.0 + (rand(b, 1, 1, 1) * 2 - 1) * j
+        contrast = 1.0 + (rand(b, 1, 1, 1) * 2 - 1) * j
         mean = x01.mean(dim=(1, 2, 3), keepdim=True)
         x01 = ((x01 - mean) * contrast + mean * bright).clamp(0, 1)
     if cfg.scale_jitter > 0 or cfg.shift_jitter > 0:
         size = x01.shape[-1]
-        s = 1.0 + (torch.rand(b, generator=gen) * 2 - 1) * cfg.scale_jitter
-        t = (torch.rand(b, 2, generator=gen) * 2 - 1) * (2.0 * cfg.shift_jitter / size)
-        theta = torch.zeros(b, 2, 3)
+        s = 1.0 + (rand(b) * 2 - 1) * cfg.scale_jitter
+        t = (rand(b, 2) * 2 - 1) * (2.0 * cfg.shift_jitter / size)
+        theta = torch.zeros(b, 2, 3, device=dev)
         theta[:, 0, 0] = 1.0 / s
         theta[:, 1, 1] = 1.0 / s
         theta[:, :, 2] = t
@@ -110,48 +122,70 @@ class Prepared:
     report: dict[str, Any]
 
 
-def prepare_data(cfg: TrainConfig) -> Prepared:
-    index = read_index(cfg.train_dir)
-    crops = load_crops(index, cfg.cache_dir, cfg.progress)
-    n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
-    views = 2 if cfg.teacher_views == 2 else 1
-    full_teacher, ok = teacher_embeddings(
-        crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress, require_complete=not cfg.teacher_partial
-    )
-    rows = np.arange(n)
-    ok = ok[:n]
-    report: dict[str, Any] = {"crops": int(n), "with_teacher": int(ok.sum())}
+def guard_rows(cfg: TrainConfig, index: TrainIndex, teacher: np.ndarray, ok: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Mask of crops usable for training (teacher feature present, LFW guard passed) and the guard report."""
     usable = ok.copy()
-    if cfg.lfw_dir and cfg.teacher == "sface":
-        log(f"LFW guard against the pair photos of {cfg.lfw_dir}")
-        names, lfw_emb = lfw_pair_embeddings(cfg.lfw_dir, cfg.cache_dir, cfg.progress)
-        checked = rows[ok]
-        res = run_guard(
-            full_teacher[checked, 0],
-            [index.identity[i] for i in checked],
-            names,
-            lfw_emb,
-            cfg.guard_threshold,
-            cfg.guard_identity_threshold,
-        )
-        usable[checked[~res.keep]] = False
-        report["guard"] = res.summary()
-        top = np.argsort(-res.max_cos)[:10]
-        report["guard"]["top_matches"] = [
-            {"member": index.member[checked[i]], "lfw": res.nearest[i], "cos": round(float(res.max_cos[i]), 3)}
-            for i in top
-        ]
-        log(
-            f"guard: {report['guard']['dropped']} of {len(checked)} crops dropped "
-            f"({res.dropped_images} image-level >= {cfg.guard_threshold}, identities {res.dropped_identities})"
-        )
+    if not (cfg.lfw_dir and cfg.teacher == "sface"):
+        return usable, {"skipped": "no lfw_dir or not the SFace teacher (tests / smoke runs)"}
+    log(f"LFW guard against the pair photos of {cfg.lfw_dir}")
+    names, lfw_emb = lfw_pair_embeddings(cfg.lfw_dir, cfg.cache_dir, cfg.progress)
+    checked = np.flatnonzero(ok)
+    res = run_guard(
+        teacher[checked, 0],
+        [index.identity[i] for i in checked],
+        names,
+        lfw_emb,
+        cfg.guard_threshold,
+        cfg.guard_identity_threshold,
+    )
+    usable[checked[~res.keep]] = False
+    report = res.summary()
+    top = np.argsort(-res.max_cos)[:10]
+    report["top_matches"] = [
+        {"member": index.member[checked[i]], "lfw": res.nearest[i], "cos": round(float(res.max_cos[i]), 3)} for i in top
+    ]
+    log(
+        f"guard: {report['dropped']} of {len(checked)} crops dropped "
+        f"({res.dropped_images} image-level >= {cfg.guard_threshold}, identities {res.dropped_identities})"
+    )
+    return usable, report
+
+
+def prepare_data(cfg: TrainConfig) -> Prepared:
+    """Crops, teacher features, LFW guard and the hold-out split, from the folder or from a training pack."""
+    if cfg.pack:
+        from cryptoface.train.pack import decode_pack, read_pack
+
+        pack = read_pack(cfg.pack)
+        index, full_teacher = pack.index, pack.teacher
+        log(f"decoding {len(index)} crops from the training pack {cfg.pack}")
+        crops = decode_pack(pack, progress=cfg.progress)
+        n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
+        usable = np.zeros(len(index), bool)
+        usable[:n] = True  # the pack holds only crops that passed the guard when it was made
+        meta = {k: v for k, v in pack.meta.items() if k != "guard"}
+        report: dict[str, Any] = {"crops": int(n), "with_teacher": int(n), "pack": meta}
+        report["guard"] = pack.meta.get("guard", {})
     else:
-        report["guard"] = {"skipped": "no lfw_dir or not the SFace teacher (tests / smoke runs)"}
-    rows = rows[usable]
+        index = read_index(cfg.train_dir)
+        crops = load_crops(index, cfg.cache_dir, cfg.progress)
+        n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
+        views = 2 if cfg.teacher_views == 2 else 1
+        full_teacher, ok = teacher_embeddings(
+            crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress, not cfg.teacher_partial
+        )
+        ok[n:] = False
+        report = {"crops": int(n), "with_teacher": int(ok.sum())}
+        usable, report["guard"] = guard_rows(cfg, index, full_teacher, ok)
+    rows = np.flatnonzero(usable)
     # A crop's hold-out membership depends only on its row and the seed, so it stays put when a partial
     # teacher cache grows between epochs.
     is_val = np.random.default_rng(cfg.seed).random(len(index)) < cfg.holdout
+    held = held_out_identities(index, rows, cfg.holdout_identities, cfg.seed)
+    if held:
+        is_val |= np.array([ident in held for ident in index.identity])
     val_rows, train_rows = rows[is_val[rows]], rows[~is_val[rows]]
+    report["holdout_identities"] = sorted(held)
     classes = labelled_identities(index, train_rows)
     labels = np.full(len(index), -1, np.int64)
     for i in train_rows:
@@ -161,20 +195,73 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
     return Prepared(index, crops, full_teacher, train_rows, val_rows, labels, len(classes), report)
 
 
+def held_out_identities(index: TrainIndex, rows: np.ndarray, n: int, seed: int) -> set[str]:
+    """``n`` labelled identities with >= 2 images among ``rows`` (seeded), kept entirely out of training.
+
+    Their genuine and impostor pairs give a verification accuracy on people the model never saw, a proxy
+    for LFW that needs no LFW photo (a crop-level hold-out shares people with the training split).
+    """
+    if n <= 0:
+        return set()
+    candidates = sorted(labelled_identities(index, rows))
+    if len(candidates) <= n:
+        raise ValueError(f"holdout_identities = {n} but only {len(candidates)} identities have two or more images")
+    return {str(k) for k in np.random.default_rng(seed + 7).choice(candidates, n, replace=False)}
+
+
+def make_pack(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
+    """Write the training pack of ``cfg``'s folder: crops with a complete teacher cache that pass the guard."""
+    from cryptoface.train.pack import write_pack
+
+    if cfg.pack:
+        raise ValueError("make_pack reads the training folder; unset `pack` in the config")
+    index = read_index(cfg.train_dir)
+    crops = load_crops(index, cfg.cache_dir, cfg.progress)
+    views = 2 if cfg.teacher_views == 2 else 1
+    teacher, ok = teacher_embeddings(crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress)
+    n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
+    ok[n:] = False
+    usable, guard = guard_rows(cfg, index, teacher, ok)
+    rows = np.flatnonzero(usable)
+    meta = {
+        "train_dir": str(cfg.train_dir),
+        "teacher": cfg.teacher,
+        "guard": guard,
+        "crops_in_folder": len(index),
+    }
+    out = write_pack(path, index, rows, teacher, meta, cfg.progress)
+    log(f"training pack {out}: {len(rows)} of {len(index)} crops, {out.stat().st_size / 2**20:.1f} MiB")
+    return out
+
+
 # ----------------------------------------------------------------------------- model
 
 
-def build_model(cfg: TrainConfig, data: Prepared) -> tuple[PatchCNN, dict[str, float]]:
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` (an error when PyTorch sees no GPU) or ``auto``."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device = 'cuda' but PyTorch sees no CUDA GPU; use device = 'cpu' or 'auto'")
+    return torch.device(name)
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def build_model(cfg: TrainConfig, data: Prepared, device: torch.device) -> tuple[PatchCNN, dict[str, float]]:
     if cfg.init == "paper":
         from cryptoface.train.paper import load_paper_checkpoint
 
         model = load_paper_checkpoint(cfg.paper_checkpoint, cfg.resolution)
     else:
         model = PatchCNN(cfg.resolution)
+    model = model.to(device)
     factors: dict[str, float] = {}
     if cfg.rescale_target is not None and len(data.train_rows):
         rows = np.sort(np.random.default_rng(cfg.seed + 1).permutation(data.train_rows)[: cfg.rescale_images])
-        batches = (to_input(data.crops[rows[i : i + 128]], cfg.resolution) for i in range(0, len(rows), 128))
+        batches = (to_input(data.crops[rows[i : i + 128]], cfg.resolution).to(device) for i in range(0, len(rows), 128))
         log(f"measuring HerPN input maxima on {len(rows)} crops for the exact rescale to {cfg.rescale_target}")
         maxima = channel_maxima(model, batches)
         factors = rescale_herpn_inputs(model, maxima, cfg.rescale_target)
@@ -193,12 +280,14 @@ def set_bn_mode(model: PatchCNN, cfg: TrainConfig) -> None:
                 m.momentum = cfg.bn_momentum
 
 
-def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
+def lr_at(cfg: TrainConfig, step: int, total: int, frac: float | None = None) -> float:
+    """Linear warm-up, then constant or cosine decay over ``total`` steps, or over ``frac`` (0..1) when given."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    if not cfg.cosine_decay or total <= cfg.warmup_steps:
+    if not cfg.cosine_decay or (frac is None and total <= cfg.warmup_steps):
         return cfg.lr
-    frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if frac is None:
+        frac = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
     return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, frac)))
 
 
@@ -207,9 +296,12 @@ def lr_at(cfg: TrainConfig, step: int, total: int) -> float:
 
 @torch.no_grad()
 def embed_rows(model: PatchCNN, crops: np.ndarray, rows: np.ndarray, resolution: int, batch: int = 128) -> np.ndarray:
-    was = model.training
+    was, dev = model.training, model_device(model)
     model.eval()
-    out = [model(to_input(crops[rows[i : i + batch]], resolution)).double().numpy() for i in range(0, len(rows), batch)]
+    out = [
+        model(to_input(crops[rows[i : i + batch]], resolution).to(dev)).double().cpu().numpy()
+        for i in range(0, len(rows), batch)
+    ]
     model.train(was)
     return np.concatenate(out) if out else np.zeros((0, 256))
 
@@ -267,6 +359,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    log(f"device: {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest convolution once
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     t_start = time.monotonic()
     data = prepare_data(cfg)
     log(f"data: {json.dumps({k: v for k, v in data.report.items() if k != 'identities_used'})}")
@@ -278,14 +376,17 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if resume_state is not None:
         model = PatchCNN(cfg.resolution)
         model.load_state_dict(resume_state["model"])
+        model = model.to(device)
         factors = resume_state["extra"].get("rescale_factors", {})
     else:
-        model, factors = build_model(cfg, data)
+        model, factors = build_model(cfg, data, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     heads: dict[str, torch.nn.Module] = {"projection": Projection(256, data.teacher.shape[-1])}
     if cfg.w_margin > 0 and data.n_classes >= 2:
         heads["cosface"] = CosFace(256, data.n_classes, cfg.margin_scale, cfg.margin)
+    for h in heads.values():
+        h.to(device)
     head_params = [p for h in heads.values() for p in h.parameters()]
     params = list(model.parameters()) + head_params
     groups = [
@@ -314,36 +415,50 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     epoch_size = len(data.train_rows) if cfg.epoch_size is None else min(cfg.epoch_size, len(data.train_rows))
     steps_per_epoch = max(1, epoch_size // cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    teacher = torch.from_numpy(data.teacher)
-    labels = torch.from_numpy(data.labels)
+    # With schedule_minutes the run is sized by time, not steps: the cosine follows the training seconds
+    # spent (summed over resumed runs), and the run ends when they reach the budget.
+    budget_s = None if cfg.schedule_minutes is None else 60.0 * cfg.schedule_minutes
+    spent_before = sum(h.get("seconds", 0.0) for h in history)
+    teacher = torch.from_numpy(data.teacher).to(device)
+    labels = torch.from_numpy(data.labels).to(device)
+    # On a GPU the whole crop array (~0.9 GB for 24k crops) lives in device memory: no per-step copies.
+    crops_dev = torch.from_numpy(np.asarray(data.crops)).to(device) if device.type == "cuda" else None
     stopped_early = False
     for epoch in range(start_epoch, cfg.epochs):
         if cfg.teacher_partial and epoch > start_epoch and data.report["with_teacher"] < data.report["crops"]:
             data = prepare_data(cfg)  # pick up teacher chunks cached since the last epoch
-            teacher = torch.from_numpy(data.teacher)
-            labels = torch.from_numpy(data.labels)
+            teacher = torch.from_numpy(data.teacher).to(device)
+            labels = torch.from_numpy(data.labels).to(device)
             log(f"data refreshed: {data.report['with_teacher']} crops with teacher, {len(data.train_rows)} train")
+        if budget_s is not None and spent_before >= budget_s:
+            break  # resumed after the budget was already spent
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         perm = np.random.default_rng(cfg.seed * 1000 + epoch).permutation(data.train_rows)
         order = perm[: steps_per_epoch * cfg.batch_size]
         set_bn_mode(model, cfg)
         for h in heads.values():
             h.train()
-        sums: dict[str, float] = {}
+        sums: dict[str, torch.Tensor] = {}
         t_epoch = time.monotonic()
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
         for b in bar:
             rows = np.sort(order[b * cfg.batch_size : (b + 1) * cfg.batch_size])
-            x01 = torch.from_numpy(np.ascontiguousarray(data.crops[rows])).permute(0, 3, 1, 2).float().div_(255.0)
+            rows_t = torch.from_numpy(rows).to(device)
+            if crops_dev is not None:
+                u8 = crops_dev[rows_t]
+            else:
+                u8 = torch.from_numpy(np.ascontiguousarray(data.crops[rows]))
+            x01 = u8.permute(0, 3, 1, 2).float().div_(255.0)
             x01, flipped = augment(x01, cfg, gen)
             x = resize(x01, cfg.resolution)
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             view = (flipped & (teacher.shape[1] > 1)).long()
-            t_emb = teacher[torch.from_numpy(rows), view]
+            t_emb = teacher[rows_t, view]
             for g in opt.param_groups:
-                g["lr"] = lr_at(cfg, step, total_steps) * g["lr_mult"]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                frac = None if budget_s is None else (spent_before + time.monotonic() - t_epoch) / budget_s
+                g["lr"] = lr_at(cfg, step, total_steps, frac) * g["lr_mult"]
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 if cfg.w_jigsaw > 0:
                     emb, jl, jt = model.forward_train(x)
                 else:
@@ -355,14 +470,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             if cfg.w_projection > 0:
                 losses["projection"] = projection_loss(heads["projection"](emb), t_emb)
             if "cosface" in heads:
-                lab = labels[torch.from_numpy(rows)]
+                lab = labels[rows_t]
                 mask = lab >= 0
                 if int(mask.sum()) > 0:
                     losses["margin"] = heads["cosface"](emb[mask], lab[mask])
             if cfg.w_jigsaw > 0:
                 losses["jigsaw"] = jigsaw_loss(jl, jt)
             if penalty is not None:
-                losses["range"] = torch.as_tensor(penalty.pop())
+                losses["range"] = torch.as_tensor(penalty.pop(), device=device)
             weights = {
                 "relational": cfg.w_relational,
                 "projection": cfg.w_projection,
@@ -378,10 +493,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             opt.step()
             step += 1
             for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            bar.set_postfix({k: f"{v / (b + 1):.4f}" for k, v in sums.items()})
+                sums[k] = sums[k] + v.detach() if k in sums else v.detach().clone()
+            if cfg.progress and b % 20 == 0:  # reading a GPU value waits for the GPU: not every step
+                bar.set_postfix({k: f"{float(v) / (b + 1):.4f}" for k, v in sums.items()})
             if cfg.time_limit_minutes is not None and time.monotonic() - t_start > 60 * cfg.time_limit_minutes:
                 stopped_early = True
+                break
+            if budget_s is not None and spent_before + time.monotonic() - t_epoch >= budget_s:
                 break
         n_done = b + 1
         rec: dict[str, Any] = {
@@ -389,10 +507,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             "steps": n_done,
             "seconds": round(time.monotonic() - t_epoch, 1),
             "images_per_s": round(n_done * cfg.batch_size / max(1e-9, time.monotonic() - t_epoch), 2),
-            **{k: v / n_done for k, v in sums.items()},
+            **{k: float(v) / n_done for k, v in sums.items()},
         }
         if penalty is not None:
-            rec["herpn_max_train"] = max(penalty.maxima.values(), default=0.0)
+            rec["herpn_max_train"] = penalty.max_seen()
             penalty.maxima.clear()
         if len(data.val_rows):
             if penalty is not None:
@@ -400,10 +518,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             ve = embed_rows(model, data.crops, data.val_rows, cfg.resolution)
             vt = data.teacher[data.val_rows, 0]
             rec["val_relational"] = float(relational_loss(torch.from_numpy(ve), torch.from_numpy(vt)))
+            held = set(data.report.get("holdout_identities", []))
+            if held:
+                keep = np.array([data.index.identity[i] in held for i in data.val_rows])
+                pairs = training_pairs_threshold(ve[keep], [data.index.identity[i] for i in data.val_rows[keep]])
+                rec["val_pair_accuracy"] = pairs["accuracy"]
             if penalty is not None:
                 penalty.enabled = True
                 penalty.pop()
         history.append(rec)
+        spent_before += rec["seconds"]
         log(f"epoch {epoch + 1}: {json.dumps(rec)}")
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
@@ -414,6 +538,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         os.replace(tmp, ckpt_path)
         if stopped_early:
             log(f"time limit of {cfg.time_limit_minutes} min reached; stopping after a checkpoint")
+            break
+        if budget_s is not None and spent_before >= budget_s:
+            log(f"schedule of {cfg.schedule_minutes} training minutes done after epoch {epoch + 1}")
             break
     if penalty is not None:
         penalty.remove()
@@ -433,6 +560,13 @@ def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_image
     """norm_stats (||t||^2 on training faces) and the training-pair threshold of an eval-mode model."""
     rows = data.train_rows if max_images is None else data.train_rows[:max_images]
     emb = embed_rows(model, data.crops, rows, resolution)
+    bad = int((~np.isfinite(emb).all(axis=1)).sum())
+    if bad:
+        raise TrainingDivergedError(
+            f"the trained model gives non-finite embeddings for {bad} of {len(rows)} training crops in eval mode "
+            "(BatchNorm running statistics or weights diverged); nothing exported. Resume from an earlier "
+            "checkpoint with a lower lr, or use bn_mode = 'frozen'"
+        )
     labelled = np.array([bool(data.index.identity[i]) for i in data.train_rows])
     lab_rows = data.train_rows[labelled]
     # Only identities with >= 2 images give genuine pairs (CelebA); embed those crops.
@@ -444,7 +578,8 @@ def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_image
 def export(model: PatchCNN, cfg: TrainConfig, data: Prepared, history, factors, path: Path) -> Path:
     """Fuse ``model`` (eval mode, float64) and write it with the recipe and statistics as metadata."""
     model = model.to(memory_format=torch.contiguous_format).eval()
-    stats = model_statistics(model, data, cfg.resolution, cfg.stats_images)
+    stats = model_statistics(model, data, cfg.resolution, cfg.stats_images)  # on the training device
+    model = model.cpu()
     fused = fuse(model.double())
     model.float()
     meta = dict(fused.metadata)
