@@ -17,7 +17,7 @@ import csv
 import hashlib
 import os
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,14 +82,15 @@ def decode_crop(data: bytes, where: str) -> np.ndarray:
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def decode_crops(index: TrainIndex, progress: bool = True) -> np.ndarray:
-    """Decode every crop of ``index`` (shard by shard) into an (N, 112, 112, 3) RGB uint8 array."""
-    out = np.zeros((len(index), CROP_SIZE, CROP_SIZE, 3), np.uint8)
-    keys = zip(index.shard, index.member, strict=True)
-    pos: dict[tuple[str, str], int] = {key: i for i, key in enumerate(keys)}
-    done = np.zeros(len(index), bool)
-    bar = tqdm(total=len(index), desc="decoding training crops", unit="img", disable=not progress)
-    for shard in sorted(set(index.shard)):
+def iter_crop_bytes(index: TrainIndex, rows: Iterable[int] | None = None) -> Iterator[tuple[int, bytes]]:
+    """(row, stored JPEG bytes) for ``rows`` of ``index`` (default: all), read shard by shard in file order.
+
+    Raises DataError when a shard named in ``index.csv`` is missing or a requested crop is not in its shard.
+    """
+    wanted = range(len(index)) if rows is None else rows
+    pos = {(index.shard[i], index.member[i]): int(i) for i in wanted}
+    found = 0
+    for shard in sorted({shard for shard, _ in pos}):
         path = index.root / shard
         if not path.is_file():
             raise DataError(f"shard {path} (named in index.csv) is missing")
@@ -100,13 +101,20 @@ def decode_crops(index: TrainIndex, progress: bool = True) -> np.ndarray:
                     continue
                 f = tar.extractfile(info)
                 assert f is not None
-                out[i] = decode_crop(f.read(), f"{shard}:{info.name}")
-                done[i] = True
-                bar.update(1)
+                found += 1
+                yield i, f.read()
+    if found < len(pos):
+        raise DataError(f"{len(pos) - found} crops named in index.csv are missing from their shards")
+
+
+def decode_crops(index: TrainIndex, progress: bool = True) -> np.ndarray:
+    """Decode every crop of ``index`` (shard by shard) into an (N, 112, 112, 3) RGB uint8 array."""
+    out = np.zeros((len(index), CROP_SIZE, CROP_SIZE, 3), np.uint8)
+    bar = tqdm(total=len(index), desc="decoding training crops", unit="img", disable=not progress)
+    for i, data in iter_crop_bytes(index):
+        out[i] = decode_crop(data, f"{index.shard[i]}:{index.member[i]}")
+        bar.update(1)
     bar.close()
-    if not done.all():
-        first = int(np.flatnonzero(~done)[0])
-        raise DataError(f"{(~done).sum()} crops named in index.csv are missing, e.g. {index.member[first]}")
     return out
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from tqdm import tqdm
 
 from cryptoface.errors import DataError
 from cryptoface.face.align import CROP_SIZE
-from cryptoface.train.data import TrainIndex, decode_crop
+from cryptoface.train.data import TrainIndex, decode_crop, iter_crop_bytes
 
 PACK_FORMAT = "cryptoface-train-pack"
 PACK_VERSION = 1
@@ -74,25 +73,13 @@ def dequantise(q: np.ndarray, scale: np.ndarray) -> np.ndarray:
 
 
 def read_jpeg_bytes(index: TrainIndex, rows: np.ndarray, progress: bool = True) -> list[bytes]:
-    """The stored JPEG bytes of ``rows`` of ``index`` (read shard by shard, returned in ``rows`` order)."""
-    want = {(index.shard[i], index.member[i]): k for k, i in enumerate(rows)}
-    out: list[bytes | None] = [None] * len(rows)
-    bar = tqdm(total=len(rows), desc="reading crops", unit="img", disable=not progress)
-    for shard in sorted({index.shard[i] for i in rows}):
-        with tarfile.open(index.root / shard) as tar:
-            for info in tar:
-                k = want.get((shard, info.name))
-                if k is None or not info.isfile():
-                    continue
-                f = tar.extractfile(info)
-                assert f is not None
-                out[k] = f.read()
-                bar.update(1)
-    bar.close()
-    missing = [i for i, b in zip(rows, out, strict=True) if b is None]
-    if missing:
-        raise DataError(f"{len(missing)} crops named in index.csv are missing, e.g. {index.member[missing[0]]}")
-    return out  # type: ignore[return-value]
+    """The stored JPEG bytes of ``rows`` of ``index``, in ``rows`` order."""
+    where = {int(i): k for k, i in enumerate(rows)}
+    out: list[bytes] = [b""] * len(rows)
+    for i, data in tqdm(iter_crop_bytes(index, rows), total=len(rows), desc="reading crops", unit="img",
+                        disable=not progress):
+        out[where[i]] = data
+    return out
 
 
 def write_pack(
