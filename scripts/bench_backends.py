@@ -90,6 +90,13 @@ def bench(name: str, threads: int, log_ring: int, levels: int, repeats: int) -> 
     timed("encrypt", lambda: b.encrypt(x))
     timed("decrypt", lambda: b.decrypt(ct))
     timed("mul_plain (no rescale)", lambda: b.mul_plain(ct, pt))
+    received = b.deserialize(b.serialize(ct))
+    timed("mul_plain on a received ciphertext (deserialize)", lambda: b.mul_plain(received, pt))
+    if name == "openfhe":  # what deserialize avoids by re-attaching to the context (OpenFHEBackend._rebind)
+        import openfhe
+
+        raw = openfhe.DeserializeCiphertextString(openfhe.Serialize(ct, openfhe.BINARY), openfhe.BINARY)
+        timed("mul_plain on a library-deserialised ciphertext", lambda: b.mul_plain(raw, pt))
     timed("rescale", lambda: b.rescale(prod))
     timed("multiply_accumulate of 16", lambda: b.multiply_accumulate(cts, pts))
     timed("mul + relin (no rescale)", lambda: b.mul(ct, ct2))
