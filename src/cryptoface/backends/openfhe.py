@@ -222,6 +222,7 @@ class OpenFHEBackend:
         self.cc.EvalMultKeyGen(self._secret)
         self._has_relin = True
         self._steps, self._rot_maps = set(), {}
+        self._zeros = {}  # made under the previous key pair
         for k in steps:
             first = not self._tag_has_rotation_keys()
             m = self.cc.EvalAutomorphismKeyGen(self._secret, [self.cc.FindAutomorphismIndex(k)])
