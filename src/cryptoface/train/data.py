@@ -89,7 +89,7 @@ def iter_crop_bytes(index: TrainIndex, rows: Iterable[int] | None = None) -> Ite
     """
     wanted = range(len(index)) if rows is None else rows
     pos = {(index.shard[i], index.member[i]): int(i) for i in wanted}
-    found = 0
+    missing = set(pos.values())
     for shard in sorted({shard for shard, _ in pos}):
         path = index.root / shard
         if not path.is_file():
@@ -101,10 +101,10 @@ def iter_crop_bytes(index: TrainIndex, rows: Iterable[int] | None = None) -> Ite
                     continue
                 f = tar.extractfile(info)
                 assert f is not None
-                found += 1
+                missing.discard(i)
                 yield i, f.read()
-    if found < len(pos):
-        raise DataError(f"{len(pos) - found} crops named in index.csv are missing from their shards")
+    if missing:
+        raise DataError(f"{len(missing)} crops named in index.csv are missing, e.g. {index.member[min(missing)]}")
 
 
 def decode_crops(index: TrainIndex, progress: bool = True) -> np.ndarray:

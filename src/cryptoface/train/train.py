@@ -167,14 +167,8 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         report: dict[str, Any] = {"crops": int(n), "with_teacher": int(n), "pack": meta}
         report["guard"] = pack.meta.get("guard", {})
     else:
-        index = read_index(cfg.train_dir)
-        crops = load_crops(index, cfg.cache_dir, cfg.progress)
+        index, crops, full_teacher, ok = _folder_data(cfg, require_complete=not cfg.teacher_partial)
         n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
-        views = 2 if cfg.teacher_views == 2 else 1
-        full_teacher, ok = teacher_embeddings(
-            crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress, not cfg.teacher_partial
-        )
-        ok[n:] = False
         report = {"crops": int(n), "with_teacher": int(ok.sum())}
         usable, report["guard"] = guard_rows(cfg, index, full_teacher, ok)
     rows = np.flatnonzero(usable)
@@ -193,6 +187,18 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
     report.update(train=len(train_rows), holdout=len(val_rows), labelled_identities=len(classes))
     report["identities_used"] = sorted(classes)
     return Prepared(index, crops, full_teacher, train_rows, val_rows, labels, len(classes), report)
+
+
+def _folder_data(cfg: TrainConfig, require_complete: bool) -> tuple[TrainIndex, np.ndarray, np.ndarray, np.ndarray]:
+    """The training folder's index, crops, teacher features and which crops have one (within ``limit``)."""
+    index = read_index(cfg.train_dir)
+    crops = load_crops(index, cfg.cache_dir, cfg.progress)
+    views = 2 if cfg.teacher_views == 2 else 1
+    teacher, ok = teacher_embeddings(crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress,
+                                     require_complete)
+    if cfg.limit is not None:
+        ok[cfg.limit :] = False
+    return index, crops, teacher, ok
 
 
 def held_out_identities(index: TrainIndex, rows: np.ndarray, n: int, seed: int) -> set[str]:
@@ -215,12 +221,7 @@ def make_pack(cfg: TrainConfig, path: str | os.PathLike[str]) -> Path:
 
     if cfg.pack:
         raise ValueError("make_pack reads the training folder; unset `pack` in the config")
-    index = read_index(cfg.train_dir)
-    crops = load_crops(index, cfg.cache_dir, cfg.progress)
-    views = 2 if cfg.teacher_views == 2 else 1
-    teacher, ok = teacher_embeddings(crops, index.digest, cfg.teacher, views, cfg.cache_dir, cfg.progress)
-    n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
-    ok[n:] = False
+    index, _, teacher, ok = _folder_data(cfg, require_complete=True)
     usable, guard = guard_rows(cfg, index, teacher, ok)
     rows = np.flatnonzero(usable)
     meta = {
@@ -455,9 +456,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
                 x = x.contiguous(memory_format=torch.channels_last)
             view = (flipped & (teacher.shape[1] > 1)).long()
             t_emb = teacher[rows_t, view]
+            frac = None if budget_s is None else (spent_before + time.monotonic() - t_epoch) / budget_s
+            lr = lr_at(cfg, step, total_steps, frac)
             for g in opt.param_groups:
-                frac = None if budget_s is None else (spent_before + time.monotonic() - t_epoch) / budget_s
-                g["lr"] = lr_at(cfg, step, total_steps, frac) * g["lr_mult"]
+                g["lr"] = lr * g["lr_mult"]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 if cfg.w_jigsaw > 0:
                     emb, jl, jt = model.forward_train(x)
