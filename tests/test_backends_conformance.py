@@ -128,6 +128,32 @@ def test_multiply_accumulate_of_eight(client, data):
     close(client.decrypt(out), want, atol=8 * ATOL)
     with pytest.raises(ValueError):
         client.multiply_accumulate(cts, pts[:3])
+    with pytest.raises(ValueError):
+        client.multiply_accumulate(cts[:3], pts)
+    with pytest.raises(ValueError):
+        client.multiply_accumulate([], [])
+
+
+def test_multiply_accumulate_pulls_plaintexts_lazily(client, data, monkeypatch):
+    # The engine encodes each weight plaintext right before its product: a generator must give the same
+    # sum, and no plaintext may be encoded before the previous term was multiplied.
+    x, w = data["x"], data["w"]
+    cts = [client.encrypt(np.roll(x, i)) for i in range(5)]
+    events = []
+    mul_plain = client.mul_plain
+    monkeypatch.setattr(client, "mul_plain", lambda ct, pt: events.append("mul") or mul_plain(ct, pt))
+
+    def lazily():
+        for i in range(5):
+            events.append("encode")
+            yield client.encode(w[i], PARAMS.levels)
+
+    out = client.multiply_accumulate(cts, lazily())
+    monkeypatch.undo()
+    assert events == ["encode", "mul"] * 5
+    close(client.decrypt(out), sum(np.roll(x, i) * w[i] for i in range(5)), atol=5 * ATOL)
+    with pytest.raises(ValueError):
+        client.multiply_accumulate(cts, (client.encode(w[i], PARAMS.levels) for i in range(2)))
 
 
 def test_plaintext_level_must_match(client, data):

@@ -19,6 +19,13 @@ def test_bench_simulator_json(tmp_path):
     top = result["profile"]["top"]
     assert any("mul_plain" in r["function"] and r["calls"] == result["plan"]["totals"]["diagonals"] for r in top)
     assert 0 < sum(r["share"] for r in top) <= 1.0
+    assert result["workers"] == 1  # --profile implies one engine thread: cProfile sees only one
+
+
+def test_bench_profile_refuses_several_workers(capsys):
+    argv = ["bench", "--backend", "simulator", "--resolution", "64", "--runs", "1", "--profile", "--workers", "2"]
+    assert main(argv) == 2
+    assert "--workers 1" in capsys.readouterr().err
 
 
 def test_bench_plan_only(capsys):

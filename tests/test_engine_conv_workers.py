@@ -27,3 +27,33 @@ def test_workers_bit_identical(key_mode: str) -> None:
         outs.append(be.decrypt(out))
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+def test_default_workers_use_at_most_two_cpus(monkeypatch) -> None:
+    import cryptoface.engine.evaluator as ev
+
+    monkeypatch.setattr(ev.os, "sched_getaffinity", lambda _pid: set(range(16)))
+    assert ev.default_workers() == ev.MAX_DEFAULT_WORKERS == 2
+    monkeypatch.setattr(ev.os, "sched_getaffinity", lambda _pid: {0})
+    assert ev.default_workers() == 1
+    be = SimulatorBackend(default_parameters(64))
+    assert EncryptedModel(random_model(64, 1), be).workers == 1
+    assert EncryptedModel(random_model(64, 1), be, workers=3).workers == 3
+
+
+def test_composed_babies_share_hoisting() -> None:
+    # With power-of-two keys, baby steps are reached through a tree of rotations. Every baby rotation is
+    # hoisted: children of one parent share one decomposition, so there are far fewer decompositions than
+    # baby rotations, and single (unhoisted) rotations are only the giant steps and the pre-reduction.
+    params = default_parameters(64)
+    be = SimulatorBackend(params)
+    plan = build_plan(64, be.slots, key_mode="pow2", reserve=params.levels - NETWORK_LEVELS)
+    be.generate_keys(plan.rotation_keys)
+    em = EncryptedModel(random_model(64, 2), be, plan, workers=1)
+    cts = em.encrypt_input(np.zeros((3, 64, 64)))
+    be.counters.clear()
+    em.infer(cts, progress=False)
+    totals = plan.totals()
+    assert be.counters["rotate_hoisted"] == totals["baby_rotations"]
+    assert be.counters["rotate"] == totals["giant_rotations"] + totals["pre_rotations"]
+    assert be.counters["hoist_precompute"] < totals["baby_rotations"] / 2

@@ -109,15 +109,26 @@ LFW = shared_dir() / "data" / "lfw"
 
 @pytest.mark.shared
 @pytest.mark.skipif(not (LFW / "pairs.txt").is_file(), reason=f"LFW research data not present at {LFW}")
-def test_eval_lfw_limit_sface(tmp_path):
-    out = tmp_path / "lfw.json"
-    argv = ["eval", "lfw", "--lfw-dir", str(LFW), "--model", "sface", "--limit", "20", "--quiet"]
-    assert run_cli([*argv, "--cache-dir", str(tmp_path / "cache"), "--json", str(out)]) == 0
+def test_eval_lfw_limit_sface(tmp_path, capsys):
+    from cryptoface.assets import default_model_path
+
+    out, plot = tmp_path / "lfw.json", tmp_path / "roc.png"
+    bundled = str(default_model_path())
+    argv = ["eval", "lfw", "--lfw-dir", str(LFW), "--model", "sface", "--limit", "20", "--quiet", "--compare", bundled]
+    assert run_cli([*argv, "--cache-dir", str(tmp_path / "cache"), "--json", str(out), "--plot", str(plot)]) == 0
     report = json.loads(out.read_text())
     assert set(REQUIRED_KEYS) <= set(report)
     assert report["n_pairs"] == 400 and len(report["fold_accuracies"]) == 10
     assert report["accuracy"] > 0.95 and report["face_select"] == "center"
     assert list((tmp_path / "cache").glob("lfw-crops-*.npz"))
+    # The compared model is scored on the same pairs, and both appear as rows of one table.
+    (other,) = report["compared"]
+    assert other["model"] == bundled and other["n_pairs"] == 400 and other["accuracy"] > 0.9
+    assert other["accuracy"] != report["accuracy"] or other["eer"] != report["eer"]
+    table = capsys.readouterr().out
+    assert "TAR@1e-3" in table and any(line.startswith("sface ") for line in table.splitlines())
+    assert any(line.startswith(bundled) for line in table.splitlines())
+    assert plot.stat().st_size > 10_000
 
 
 def test_eval_pairs_fused_model(tmp_path):

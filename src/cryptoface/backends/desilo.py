@@ -39,7 +39,7 @@ from typing import Any
 import desilofhe
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step
+from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
 
 _MAGIC = b"CFDSL1"
@@ -265,11 +265,10 @@ class DesiloBackend:
             raise CiphertextError("rescale of a ciphertext that holds no pending product")
         return self._new(self.engine.rescale(ct.ct), False)
 
-    def multiply_accumulate(self, cts: Sequence[DesiloCiphertext], pts: Sequence[Any]) -> DesiloCiphertext:
-        if len(cts) != len(pts) or not cts:
-            raise ValueError("multiply_accumulate needs equally many (>= 1) ciphertexts and plaintexts")
-        acc = self.mul_plain(cts[0], pts[0])
-        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+    def multiply_accumulate(self, cts: Sequence[DesiloCiphertext], pts: Iterable[Any]) -> DesiloCiphertext:
+        terms = term_pairs(cts, pts)
+        acc = self.mul_plain(*next(terms))
+        for ct, pt in terms:
             prod = self.mul_plain(ct, pt)
             if prod.ct.level == acc.ct.level:
                 self.engine.add(acc.ct, prod.ct, acc.ct)  # in place: saves one ciphertext allocation per term

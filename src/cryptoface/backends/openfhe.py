@@ -49,7 +49,7 @@ from typing import Any
 
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step
+from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
 
 _MAGIC = b"CFOFH1"
@@ -385,12 +385,11 @@ class OpenFHEBackend:
             raise ParameterError("out of levels: the program needs more levels than the parameters provide")
         return self.cc.Rescale(ct)
 
-    def multiply_accumulate(self, cts: Sequence[Any], pts: Sequence[Any]) -> Any:
+    def multiply_accumulate(self, cts: Sequence[Any], pts: Iterable[Any]) -> Any:
         # EvalLinearWSum only takes scalar weights, so: EvalMult per term, EvalAddInPlace, one Rescale.
-        if len(cts) != len(pts) or not cts:
-            raise ValueError("multiply_accumulate needs equally many (>= 1) ciphertexts and plaintexts")
-        acc = self.mul_plain(cts[0], pts[0])
-        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+        terms = term_pairs(cts, pts)
+        acc = self.mul_plain(*next(terms))
+        for ct, pt in terms:
             prod = self.mul_plain(ct, pt)
             if prod.GetLevel() == acc.GetLevel():
                 self.cc.EvalAddInPlace(acc, prod)

@@ -19,7 +19,7 @@ Conventions every backend follows (the shared conformance tests check them):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -153,8 +153,11 @@ class CkksBackend(Protocol):
     def rescale(self, ct: Any) -> Any:
         """Divide by Delta, dropping one level."""
 
-    def multiply_accumulate(self, cts: Sequence[Any], pts: Sequence[Any]) -> Any:
-        """rescale(sum_i cts[i] * pts[i]): the fused fast path for linear layers."""
+    def multiply_accumulate(self, cts: Sequence[Any], pts: Iterable[Any]) -> Any:
+        """rescale(sum_i cts[i] * pts[i]): the fused fast path for linear layers.
+
+        ``pts`` may be a generator: each plaintext is taken just before its product and dropped after it,
+        so a caller that encodes lazily keeps one plaintext alive instead of the whole sum's."""
 
     def rotate(self, ct: Any, step: int) -> Any:
         """Cyclic left rotation by ``step`` (needs that step's key)."""
@@ -170,6 +173,26 @@ class CkksBackend(Protocol):
     def serialize(self, ct: Any) -> bytes: ...
 
     def deserialize(self, data: bytes) -> Any: ...
+
+
+def term_pairs(cts: Sequence[Any], pts: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
+    """The (ciphertext, plaintext) terms of a multiply-accumulate, pulling each plaintext only when its
+    term is reached; raises ValueError when there is no term or the counts differ."""
+    plain = iter(pts)
+    n = 0
+    for ct in cts:
+        pt = next(plain, _END)
+        if pt is _END:
+            raise ValueError(f"multiply_accumulate: {len(cts)} ciphertexts but only {n} plaintexts")
+        n += 1
+        yield ct, pt
+    if n == 0:
+        raise ValueError("multiply_accumulate needs at least one ciphertext and plaintext")
+    if next(plain, _END) is not _END:
+        raise ValueError(f"multiply_accumulate: more plaintexts than the {n} ciphertexts")
+
+
+_END = object()
 
 
 def normalise_step(step: int, slots: int) -> int:

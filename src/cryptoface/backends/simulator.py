@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step
+from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
 from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
 
 _MAGIC = b"CFSIM1\n"
@@ -167,11 +167,10 @@ class SimulatorBackend:
         self.counters["rescale"] += 1
         return self._new(self._noisy(ct.values), ct.level - 1, False)
 
-    def multiply_accumulate(self, cts: Sequence[SimCiphertext], pts: Sequence[SimPlaintext]) -> SimCiphertext:
-        if len(cts) != len(pts) or not cts:
-            raise ValueError("multiply_accumulate needs equally many (>= 1) ciphertexts and plaintexts")
-        acc = self.mul_plain(cts[0], pts[0])
-        for ct, pt in zip(cts[1:], pts[1:], strict=True):
+    def multiply_accumulate(self, cts: Sequence[SimCiphertext], pts: Iterable[SimPlaintext]) -> SimCiphertext:
+        terms = term_pairs(cts, pts)
+        acc = self.mul_plain(*next(terms))
+        for ct, pt in terms:
             acc = self.add(acc, self.mul_plain(ct, pt))
         return self.rescale(acc)
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from cryptoface.engine.layout import DEFAULT_FAMILY, FAMILIES
+from cryptoface.errors import ParameterError
 
 
 def register(sub: Any) -> None:
@@ -23,7 +24,9 @@ def register(sub: Any) -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="fused model file (default: the packaged model if present, else a random model)")
     p.add_argument("--runs", type=int, default=3)
-    p.add_argument("--workers", type=int, default=1, help="engine threads (parallel giant steps and rotations)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="engine threads (parallel giant steps and rotations; default: one per CPU, at most 2); "
+                        "with --executor ray the number of actors (default 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="the backend's own threads (OpenFHE OpenMP threads, desilofhe thread_count)")
     p.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY)
@@ -39,7 +42,8 @@ def register(sub: Any) -> None:
     p.add_argument("--random-input", action="store_true", help="encrypt uniform noise in [-1, 1] instead of a face")
     p.add_argument("--profile", action="store_true",
                    help="run the first inference (monolithic plan) under cProfile and report where its time goes "
-                        "(calls by name); that run's time then includes the profiler's overhead")
+                        "(calls by name); that run's time then includes the profiler's overhead. Implies "
+                        "--workers 1 (the profiler sees one thread)")
     p.add_argument("--executor", choices=("local", "ray"), default=None,
                    help="patch-parallel units (Net4-plan groups of <= 4 patches) run by this executor; --workers is "
                         "then the number of Ray actors (local: one in-process worker). Default: the monolithic plan")
@@ -117,6 +121,10 @@ def run(args: argparse.Namespace) -> int:
     from cryptoface.engine.plan import KEY_BYTES
     from cryptoface.model.reference import forward
 
+    if args.profile:  # cProfile sees only the thread that enabled it
+        if args.workers not in (None, 1):
+            raise ParameterError("--profile measures one engine thread: drop --workers or use --workers 1")
+        args.workers = 1
     params = default_parameters(args.resolution)
     plan, cost_name = _plan(args, params.slots, MATCHING_RESERVE_LEVELS)
     result: dict[str, Any] = {
@@ -145,7 +153,6 @@ def run(args: argparse.Namespace) -> int:
         {"thread_count": args.threads} if args.backend == "desilofhe" else {})
     backend = create_backend(args.backend, params, **options)
     result["threads"] = args.threads
-    result["workers"] = args.workers
     t0 = time.perf_counter()
     backend.generate_keys(plan.rotation_keys)
     result["keygen_s"] = time.perf_counter() - t0
@@ -160,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
     except Exception as exc:
         result["evaluation_key_bytes"] = {"error": str(exc)}
     em = EncryptedModel(model, backend, plan, workers=args.workers)
+    result["workers"] = em.workers
     if args.random_input:
         x = np.random.default_rng(args.seed + 1).uniform(-1.0, 1.0, (3, args.resolution, args.resolution))
         result["input"] = "uniform noise"
@@ -245,7 +253,8 @@ def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) 
     cost_name = args.cost_model or (args.backend if args.backend in COST_MODELS else "desilofhe")
     result["unit_costs"] = unit_costs(args.resolution, params.slots, params.levels, COST_MODELS[cost_name])
     result["unit_costs"]["cost_model"] = cost_name
-    result.update(executor=args.executor, workers=args.workers if args.executor == "ray" else 1,
+    actors = args.workers or 1
+    result.update(executor=args.executor, workers=actors if args.executor == "ray" else 1,
                   ray_address=args.ray_address, threads=args.threads)
     backend = create_backend(args.backend, params, **_backend_options(args))
     steps: set[int] = set()
@@ -257,9 +266,10 @@ def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) 
     backend.generate_keys(steps)
     result["keygen_s"] = time.perf_counter() - t0
     result["rotation_keys"] = len(steps)
-    init = {"num_cpus": max(1, args.workers)} if args.ray_address is None else {}
-    executor = create_executor(args.executor, args.workers, args.ray_address, init_kwargs=init) \
-        if args.executor == "ray" else create_executor("local")
+    init = {"num_cpus": actors} if args.ray_address is None else {}
+    executor = create_executor(args.executor, actors, args.ray_address, init_kwargs=init) \
+        if args.executor == "ray" else create_executor("local", engine_workers=args.workers)
+    result["engine_workers"] = 1 if args.executor == "ray" else executor.worker.engine_workers
     try:
         t0 = time.perf_counter()
         keys = executor.keys("bench", args.backend, params, backend=backend)

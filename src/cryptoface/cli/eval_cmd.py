@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 from cryptoface.errors import ModelFileError
@@ -44,6 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="smoke test: keep the first N genuine and first N impostor pairs of each fold",
     )
     lfw.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="also score this model (fused file or 'sface') on the same crops and pairs, as a row of one table "
+        "(repeatable); the JSON lists them under 'compared', the plot draws every ROC",
+    )
+    lfw.add_argument(
         "--select",
         choices=("center", "largest"),
         default="center",
@@ -58,32 +67,41 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.set_defaults(func=run_pairs)
 
 
-def _embedder(args: argparse.Namespace):
+def _embedder(args: argparse.Namespace, model: str | None = None, resolution: int | None = None):
+    """The embedder of ``model`` (default: ``--model``, else the bundled model), checked against ``resolution``."""
     from cryptoface.assets import default_model_path
     from cryptoface.eval.embedders import FusedEmbedder, SFaceEmbedder
     from cryptoface.model.file import read_header
 
-    model = args.model if args.model is not None else default_model_path()
+    if model is None:
+        model, resolution = args.model, args.resolution
+    model = model if model is not None else default_model_path()
     if str(model).lower() == "sface":
         emb = SFaceEmbedder()
-        if args.resolution not in (None, emb.resolution):
+        if resolution not in (None, emb.resolution):
             raise ModelFileError(f"SFace takes {emb.resolution}x{emb.resolution} crops; drop --resolution")
         return emb, "sface"
     header_res = int(read_header(model)["resolution"])
-    if args.resolution not in (None, header_res):
+    if resolution not in (None, header_res):
         raise ModelFileError(
-            f"{model} is a {header_res}x{header_res} model but --resolution {args.resolution} was given; "
+            f"{model} is a {header_res}x{header_res} model but --resolution {resolution} was given; "
             "drop --resolution (it is read from the model file)"
         )
     return FusedEmbedder(model), str(model)
 
 
-def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution: int, title: str, **extra) -> int:
+def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution: int, title: str,
+            compared: Sequence[tuple[dict, str, int]] = (), **extra) -> int:
+    """Print, and write as asked, the report of ``result`` and of the ``compared`` (result, model, resolution)."""
     from cryptoface.eval.plot import plot_roc
-    from cryptoface.eval.report import build_report, format_summary, write_json
+    from cryptoface.eval.report import build_report, format_summary, format_table, write_json
 
     report = build_report(result, model_name, resolution, **extra)
     print(format_summary(report))
+    if compared:
+        others = [build_report(r, name, res, **extra) for r, name, res in compared]
+        report["compared"] = others
+        print(format_table([report, *others]))
     if args.json is not None:
         print(f"wrote {write_json(report, args.json)}")
     if args.plot is not None:
@@ -95,6 +113,7 @@ def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution:
             report["eer"],
             report["accuracy"],
             report["accuracy_std"],
+            others=[(name, r["scores"], r["labels"], r["eer"]) for r, name, _ in compared],
         )
         print(f"wrote {path}")
     return 0
@@ -106,14 +125,17 @@ def run_lfw(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise DataError("--limit must be at least 1")
-    emb, model_name = _embedder(args)
-    result = evaluate_lfw(
-        args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet, select=args.select
-    )
+    embedders = [_embedder(args)] + [_embedder(args, m) for m in args.compare]  # all checked before any work
+    results = [
+        evaluate_lfw(args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet,
+                     select=args.select)
+        for emb, _ in embedders
+    ]
+    (emb, model_name), result = embedders[0], results[0]
     title = f"LFW, {emb.name} ({result['n_pairs']} pairs, 10-fold)"
-    return _finish(
-        args, result, model_name, emb.resolution, title, dataset="lfw", protocol="10-fold", lfw_dir=str(args.lfw_dir)
-    )
+    compared = [(r, name, e.resolution) for (e, name), r in zip(embedders[1:], results[1:], strict=True)]
+    return _finish(args, result, model_name, emb.resolution, title, compared, dataset="lfw", protocol="10-fold",
+                   lfw_dir=str(args.lfw_dir))
 
 
 def run_pairs(args: argparse.Namespace) -> int:

@@ -203,9 +203,9 @@ def cmd_identify(args: argparse.Namespace) -> int:
 
 
 # Seconds per encrypted Net4 inference in the demo (inference + server enrolment/matching work) on this 2-CPU
-# machine kind, a rough guide: the served Net4 unit measured 569 s with OpenFHE after the deserialisation fix
-# of 2026-11-27 (the whole demo measured 840 s per inference before it); desilofhe from its 878 s bench.
-DEMO_SECONDS_PER_INFERENCE = {"openfhe": 600, "desilofhe": 900, "simulator": 15}
+# machine kind, a rough guide: OpenFHE from its 272 s bench with two engine threads (2026-11-27) plus the
+# matching work; desilofhe from its 878 s one-engine-thread bench (an upper bound: two threads not measured).
+DEMO_SECONDS_PER_INFERENCE = {"openfhe": 300, "desilofhe": 900, "simulator": 15}
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

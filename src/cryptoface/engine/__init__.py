@@ -56,9 +56,10 @@ def encrypt_image(backend: Any, resolution: int, x: np.ndarray) -> list[Any]:
 
 
 def infer_template(
-    backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int = 1
+    backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int | None = None
 ) -> tuple[Any, TemplateLayout]:
-    """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs."""
+    """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs
+    (``workers`` engine threads; None = one per CPU, at most two)."""
     from cryptoface.engine.evaluator import EncryptedModel
 
     engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers)

@@ -7,17 +7,19 @@ layers write only output slots (their diagonals are zero elsewhere); a quadratic
 garbage in non-anchor slots is never read: the head's diagonals only take anchor slots.
 
 Linear layers: output ciphertext ``j`` = ``sum_g rot(sum_(i, b) rot(in_i, b) * rot(w_(i, g+b), -g), g)``:
-baby rotations of every input ciphertext once per layer (hoisted with ``rotate_many`` or composed from
-power-of-two keys), one ``multiply_accumulate`` (hence one rescale, one level) per giant step, weight
-plaintexts encoded at the level where they are used and dropped right after.
+baby rotations of every input ciphertext once per layer (hoisted with ``rotate_many``, or composed from
+power-of-two keys with the children of each tree node hoisted together), one ``multiply_accumulate`` (hence
+one rescale, one level) per giant step, each weight plaintext encoded at the level where it is used right
+before its product and dropped after it.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
@@ -57,6 +59,21 @@ class LayerRecord:
     diagonals: int
     rotations: int
     modelled_s: float
+
+
+# Engine threads used by default. Two threads on this project's 2-CPU machine take encrypted Net4 from
+# 565 s to 272 s (OpenFHE, one OpenMP thread, with hoisted composed rotations; README); more than two
+# has not been measured.
+MAX_DEFAULT_WORKERS = 2
+
+
+def default_workers() -> int:
+    """Engine threads by default: one per CPU this process may use, at most :data:`MAX_DEFAULT_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(MAX_DEFAULT_WORKERS, cpus))
 
 
 def _stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
@@ -107,7 +124,7 @@ def pack_input(plan: Plan, x: np.ndarray) -> list[np.ndarray]:
 class EncryptedModel:
     """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
 
-    def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int = 1,
+    def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int | None = None,
                  family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2") -> None:
         self.model = model
         self.backend = backend
@@ -122,7 +139,9 @@ class EncryptedModel:
         if plan.start_level > backend.params.levels:
             raise ParameterError(f"the plan starts at level {plan.start_level} > {backend.params.levels}")
         self.plan = plan
-        self.workers = max(1, int(workers))
+        # Threads for independent giant steps and rotations (the backends release the GIL inside their
+        # operations); None = default_workers().
+        self.workers = default_workers() if workers is None else max(1, int(workers))
         self.records: list[LayerRecord] = []
 
     # -- client side --------------------------------------------------------------------------------------
@@ -269,10 +288,16 @@ class EncryptedModel:
             levels.setdefault(dep(node), []).append(node)
         first = levels.pop(1)
         nodes = {0: ct, **dict(zip(first, self._rotate_many(ct, [tree[n][1] for n in first]), strict=True))}
-        for d in sorted(levels):  # nodes of one depth are independent: one thread each (workers > 1)
-            level = levels[d]
-            rotated = self._map(lambda n: be.rotate(nodes[tree[n][0]], tree[n][1]), level)
-            nodes.update(zip(level, rotated, strict=True))
+        for d in sorted(levels):
+            # Children of one parent share a hoisted key-switch decomposition; parents of one depth are
+            # independent (one thread each when workers > 1).
+            families: dict[int, list[int]] = {}
+            for n in levels[d]:
+                families.setdefault(tree[n][0], []).append(n)
+            fams = list(families.items())
+            rotated = self._map(lambda f: be.rotate_many(nodes[f[0]], [tree[n][1] for n in f[1]]), fams)
+            for (_, children), rs in zip(fams, rotated, strict=True):
+                nodes.update(zip(children, rs, strict=True))
         for s in nz:
             out[s] = nodes[s]
         return out
@@ -364,12 +389,15 @@ class EncryptedModel:
         def one(gg: int) -> Any:
             ks = groups[gg]
             cts = [babies[int(diag.in_ct[k])][int(b[k])] for k in ks]
-            pts = []
-            for lo in range(0, len(ks), 64):  # bounded float64 temporaries (64 x 256 KB)
-                pts.extend(be.encode(v, level) for v in rows(ks[lo:lo + 64], gg))
-            inner = be.multiply_accumulate(cts, pts)
-            del pts
-            return self._rotate(inner, gg)
+
+            def plaintexts() -> Iterator[Any]:
+                # Encoded one at a time, right before their product: a plaintext at the top level is
+                # 16 MB, and a giant step sums up to ~100 of them per worker.
+                for lo in range(0, len(ks), 64):  # bounded float64 temporaries (64 x 256 KB)
+                    for v in rows(ks[lo:lo + 64], gg):
+                        yield be.encode(v, level)
+
+            return self._rotate(be.multiply_accumulate(cts, plaintexts()), gg)
 
         parts = self._map(one, sorted(groups))
         acc = parts[0]

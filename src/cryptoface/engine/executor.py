@@ -88,8 +88,10 @@ def _resolve(ref: Any) -> Any:
 class UnitWorker:
     """Runs units and gallery shards; caches server backends, unit models and gallery chunks by id."""
 
-    def __init__(self, name: str = "local", key_cache: int = 4, chunk_cache: int = 100_000) -> None:
+    def __init__(self, name: str = "local", key_cache: int = 4, chunk_cache: int = 100_000,
+                 engine_workers: int = 1) -> None:
         self.name = name
+        self.engine_workers = engine_workers  # threads per unit; a Ray actor owns one CPU, so 1 there
         self.pid = os.getpid()
         self._backends: OrderedDict[str, Any] = OrderedDict()
         self._models: dict[str, FusedModel] = {}
@@ -160,7 +162,7 @@ class UnitWorker:
                 t1 = time.perf_counter()
                 inputs = [be.deserialize(c) for c in cts]
                 t2 = time.perf_counter()
-                em = EncryptedModel(sub, be, unit_plan(be.slots, be.params.levels))
+                em = EncryptedModel(sub, be, unit_plan(be.slots, be.params.levels), workers=self.engine_workers)
                 out, _ = em.infer(inputs, progress=False)
                 t3 = time.perf_counter()
                 data = be.serialize(out)
@@ -224,8 +226,11 @@ class LocalExecutor:
 
     kind = "local"
 
-    def __init__(self) -> None:
-        self.worker = UnitWorker("local")
+    def __init__(self, engine_workers: int | None = None) -> None:
+        """``engine_workers``: engine threads per unit (default: one per CPU, at most two)."""
+        from cryptoface.engine.evaluator import default_workers
+
+        self.worker = UnitWorker("local", engine_workers=engine_workers or default_workers())
         self.workers = 1
         self.key_puts = 0
         self.resubmissions = 0
@@ -479,7 +484,7 @@ class RayExecutor:
 def create_executor(kind: str, workers: int = 1, address: str | None = None, **kw: Any) -> LocalExecutor | RayExecutor:
     """``local`` or ``ray`` (``address``: None starts a local Ray, "auto" / an address joins a cluster)."""
     if kind == "local":
-        return LocalExecutor()
+        return LocalExecutor(engine_workers=kw.get("engine_workers"))
     if kind == "ray":
         return RayExecutor(workers, address=address, **kw)
     raise ValueError(f"unknown executor {kind!r}; choose local or ray")

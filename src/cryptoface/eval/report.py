@@ -86,3 +86,13 @@ def format_summary(report: dict[str, Any]) -> str:
     if report.get("seconds") is not None:
         lines.append(f"  {report['seconds']:.1f} s")
     return "\n".join(lines)
+
+
+def format_table(reports: list[dict[str, Any]]) -> str:
+    """One row per report (model, accuracy, EER, TAR@FAR), in percent: models scored in one run, side by side."""
+    rows = [("model", "accuracy", "EER", "TAR@1e-2", "TAR@1e-3")]
+    for r in reports:
+        acc = _pct(r["accuracy"]) + ("" if r.get("accuracy_std") is None else f" ± {100 * r['accuracy_std']:.2f}")
+        rows.append((str(r["model"]), acc, _pct(r["eer"]), _pct(r["tar_at_far_1e-2"]), _pct(r["tar_at_far_1e-3"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

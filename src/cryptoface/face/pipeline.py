@@ -8,10 +8,11 @@ from cryptoface.errors import ImageError
 from cryptoface.face.align import CROP_SIZE, warp_face
 from cryptoface.face.detect import PRODUCT_MIN_SCORE, detect_face
 from cryptoface.face.image import ImageSource, load_image_file
+from cryptoface.face.refine import refine_landmarks
 from cryptoface.face.resize import to_model_input
 
 # Bump when detection/alignment changes in a way that changes crops (invalidates cached LFW crops).
-PIPELINE_VERSION = "yunet2023mar-arcface112-lmeds-v1"
+PIPELINE_VERSION = "yunet2023mar-refined2x2-arcface112-lmeds-v2"
 
 
 def _as_rgb(image: np.ndarray) -> np.ndarray:
@@ -38,12 +39,15 @@ def align_face(
     aligned: bool | None = None,
     select: str = "largest",
     min_score: float | None = PRODUCT_MIN_SCORE,
+    refine: bool = True,
 ) -> np.ndarray:
     """112x112x3 RGB uint8 crop of the main face in a photo (path, bytes or RGB uint8 array).
 
     The main face is the largest one; ``select="center"`` keeps the one nearest the image centre instead
     (see :func:`cryptoface.face.detect.detect_face`). ``min_score`` is the detector score a face needs
     (default 0.6, what enrolment and verification accept; ``None`` = the lenient LFW research search).
+    ``refine`` averages the landmarks over re-detections of the face in centred, mirrored views (see
+    :mod:`cryptoface.face.refine`); ``refine=False`` gives the single-detection crop of pipeline v1.
 
     ``aligned=None`` treats a 112x112 input as an already aligned crop (as in the training shards) and
     returns it unchanged; pass ``aligned=False`` to run detection on such an image anyway. Raises
@@ -55,7 +59,7 @@ def align_face(
             raise ImageError(f"an aligned crop must be {CROP_SIZE}x{CROP_SIZE}, got {img.shape[1]}x{img.shape[0]}")
         return img
     face = detect_face(img, select=select, min_score=min_score)
-    return warp_face(img, face.landmarks)
+    return warp_face(img, refine_landmarks(img, face) if refine else face.landmarks)
 
 
 def preprocess(image: ImageSource | np.ndarray, resolution: int, aligned: bool | None = None) -> np.ndarray:
