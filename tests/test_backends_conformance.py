@@ -156,6 +156,39 @@ def test_multiply_accumulate_pulls_plaintexts_lazily(client, data, monkeypatch):
         client.multiply_accumulate(cts, (client.encode(w[i], PARAMS.levels) for i in range(2)))
 
 
+def test_thread_safe_backends_survive_concurrent_calls(client, data):
+    # The engine runs giant steps on two threads over shared baby ciphertexts when a backend declares
+    # thread_safe. Check the claim: two threads encoding, multiply-accumulating and rotating one shared
+    # ciphertext must give the serial results. (desilofhe declares False: this crashed it, see its module.)
+    import threading
+
+    assert isinstance(client.thread_safe, bool)
+    if not client.thread_safe:
+        pytest.skip(f"{client.name} declares thread_safe = False; the engine then runs one thread")
+    x, w = data["x"], data["w"]
+    ct = client.encrypt(x)
+    step = min(client.rotation_steps())
+    results: dict[int, list[np.ndarray]] = {}
+
+    def work(t: int) -> None:
+        out = []
+        for i in range(6):
+            weights = [w[(t + i + j) % len(w)] for j in range(3)]
+            acc = client.multiply_accumulate([ct] * 3, (client.encode(v, PARAMS.levels) for v in weights))
+            out.append(client.decrypt(client.rotate(acc, step)))
+        results[t] = out
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(2):
+        for i in range(6):
+            want = x * sum(w[(t + i + j) % len(w)] for j in range(3))
+            close(results[t][i], np.roll(want, -step), atol=3 * ATOL)
+
+
 def test_plaintext_level_must_match(client, data):
     ct = client.encrypt(data["x"])
     with pytest.raises(CiphertextError):

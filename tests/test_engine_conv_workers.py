@@ -57,3 +57,14 @@ def test_composed_babies_share_hoisting() -> None:
     assert be.counters["rotate_hoisted"] == totals["baby_rotations"]
     assert be.counters["rotate"] == totals["giant_rotations"] + totals["pre_rotations"]
     assert be.counters["hoist_precompute"] < totals["baby_rotations"] / 2
+
+
+def test_backend_that_is_not_thread_safe_gets_one_thread() -> None:
+    # desilofhe crashes when two threads use one engine: the evaluator must not default to, or accept, more.
+    from cryptoface.errors import ParameterError
+
+    be = SimulatorBackend(default_parameters(64))
+    be.thread_safe = False
+    assert EncryptedModel(random_model(64, 1), be).workers == 1
+    with pytest.raises(ParameterError, match="several threads"):
+        EncryptedModel(random_model(64, 1), be, workers=2)

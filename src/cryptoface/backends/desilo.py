@@ -22,8 +22,11 @@ How the protocol maps onto desilofhe:
 * Ciphertexts and keys are serialised with desilofhe's ``serialize_*`` inside a small header that carries
   the key-set id, the parameter fingerprint, the level and the pending flag, so bytes from another key
   set or other parameters are rejected with CiphertextError instead of decrypting to garbage.
-* desilofhe releases the GIL inside its operations: independent ciphertexts can be processed from Python
-  threads. ``thread_count`` is passed to the engine (it did not speed up single ops on our 2-vCPU box).
+* desilofhe releases the GIL inside its operations, but one engine is **not** safe to call from several
+  Python threads at once: two threads encoding, multiplying and rotating on one engine crash it (a
+  segmentation fault at N = 2^14; an abort in the full-size engine test). So ``thread_safe = False`` and the
+  encrypted engine runs one thread on it. ``thread_count`` is passed to the engine (it did not speed up
+  single ops on our 2-vCPU box).
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class DesiloBackend:
     """desilofhe 2.0 CPU backend (non-commercial licence, see the module docstring)."""
 
     name = "desilofhe"
+    thread_safe = False  # see the module docstring
 
     def __init__(self, params: CkksParameters | None = None, thread_count: int = 1) -> None:
         self.params = params or CkksParameters()

@@ -179,6 +179,7 @@ class OpenFHEBackend:
     """OpenFHE CKKS backend (FIXEDMANUAL, HYBRID key switching)."""
 
     name = "openfhe"
+    thread_safe = True  # the engine's two threads measured: conformance test + full-size Net4 runs
 
     def __init__(self, params: CkksParameters | None = None, threads: int = 1, *, _context: Any = None) -> None:
         self.params = params or CkksParameters()

@@ -94,6 +94,8 @@ class CkksBackend(Protocol):
 
     name: str
     params: CkksParameters
+    # Whether several threads may call one backend object at once (on different or shared ciphertexts).
+    thread_safe: bool
 
     @property
     def slots(self) -> int: ...

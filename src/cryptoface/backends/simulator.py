@@ -42,6 +42,7 @@ class SimulatorBackend:
     """CKKS slot simulator implementing :class:`cryptoface.backends.protocol.CkksBackend`."""
 
     name = "simulator"
+    thread_safe = True
 
     def __init__(self, params: CkksParameters | None = None, *, noise: float = 0.0, seed: int = 0) -> None:
         self.params = params or CkksParameters()

@@ -25,7 +25,8 @@ def register(sub: Any) -> None:
                    help="fused model file (default: the packaged model if present, else a random model)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--workers", type=int, default=None,
-                   help="engine threads (parallel giant steps and rotations; default: one per CPU, at most 2); "
+                   help="engine threads (parallel giant steps and rotations; default: one per CPU, at most 2, on "
+                        "a thread-safe backend, i.e. not desilofhe); "
                         "with --executor ray the number of actors (default 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="the backend's own threads (OpenFHE OpenMP threads, desilofhe thread_count)")
@@ -269,7 +270,7 @@ def run_scaleout(args: argparse.Namespace, params: Any, result: dict[str, Any]) 
     init = {"num_cpus": actors} if args.ray_address is None else {}
     executor = create_executor(args.executor, actors, args.ray_address, init_kwargs=init) \
         if args.executor == "ray" else create_executor("local", engine_workers=args.workers)
-    result["engine_workers"] = 1 if args.executor == "ray" else executor.worker.engine_workers
+    result["engine_workers"] = 1 if args.executor == "ray" else (executor.worker.engine_workers or "default")
     try:
         t0 = time.perf_counter()
         keys = executor.keys("bench", args.backend, params, backend=backend)

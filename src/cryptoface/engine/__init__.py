@@ -59,7 +59,7 @@ def infer_template(
     backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int | None = None
 ) -> tuple[Any, TemplateLayout]:
     """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs
-    (``workers`` engine threads; None = one per CPU, at most two)."""
+    (``workers`` engine threads; None = one per CPU, at most two, on a thread-safe backend, else one)."""
     from cryptoface.engine.evaluator import EncryptedModel
 
     engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers)

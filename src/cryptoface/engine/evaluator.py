@@ -140,8 +140,14 @@ class EncryptedModel:
             raise ParameterError(f"the plan starts at level {plan.start_level} > {backend.params.levels}")
         self.plan = plan
         # Threads for independent giant steps and rotations (the backends release the GIL inside their
-        # operations); None = default_workers().
-        self.workers = default_workers() if workers is None else max(1, int(workers))
+        # operations); None = default_workers(), or 1 on a backend that is not thread-safe.
+        safe = bool(getattr(backend, "thread_safe", False))
+        if workers is None:
+            workers = default_workers() if safe else 1
+        if int(workers) > 1 and not safe:
+            raise ParameterError(f"the {getattr(backend, 'name', 'given')} backend cannot be called from several "
+                                 f"threads at once; use workers=1 (--workers 1), not {workers}")
+        self.workers = max(1, int(workers))
         self.records: list[LayerRecord] = []
 
     # -- client side --------------------------------------------------------------------------------------

@@ -89,9 +89,11 @@ class UnitWorker:
     """Runs units and gallery shards; caches server backends, unit models and gallery chunks by id."""
 
     def __init__(self, name: str = "local", key_cache: int = 4, chunk_cache: int = 100_000,
-                 engine_workers: int = 1) -> None:
+                 engine_workers: int | None = 1) -> None:
         self.name = name
-        self.engine_workers = engine_workers  # threads per unit; a Ray actor owns one CPU, so 1 there
+        # Engine threads per unit: a Ray actor owns one CPU, so 1 there; None = the engine's default for
+        # the backend (two on a thread-safe backend with two CPUs, else one).
+        self.engine_workers = engine_workers
         self.pid = os.getpid()
         self._backends: OrderedDict[str, Any] = OrderedDict()
         self._models: dict[str, FusedModel] = {}
@@ -227,10 +229,8 @@ class LocalExecutor:
     kind = "local"
 
     def __init__(self, engine_workers: int | None = None) -> None:
-        """``engine_workers``: engine threads per unit (default: one per CPU, at most two)."""
-        from cryptoface.engine.evaluator import default_workers
-
-        self.worker = UnitWorker("local", engine_workers=engine_workers or default_workers())
+        """``engine_workers``: engine threads per unit (None: the engine's default for the backend)."""
+        self.worker = UnitWorker("local", engine_workers=engine_workers)
         self.workers = 1
         self.key_puts = 0
         self.resubmissions = 0
