@@ -177,6 +177,9 @@ class CkksBackend(Protocol):
     def deserialize(self, data: bytes) -> Any: ...
 
 
+_END = object()  # sentinel: the plaintexts ran out
+
+
 def term_pairs(cts: Sequence[Any], pts: Iterable[Any]) -> Iterator[tuple[Any, Any]]:
     """The (ciphertext, plaintext) terms of a multiply-accumulate, pulling each plaintext only when its
     term is reached; raises ValueError when there is no term or the counts differ."""
@@ -192,9 +195,6 @@ def term_pairs(cts: Sequence[Any], pts: Iterable[Any]) -> Iterator[tuple[Any, An
         raise ValueError("multiply_accumulate needs at least one ciphertext and plaintext")
     if next(plain, _END) is not _END:
         raise ValueError(f"multiply_accumulate: more plaintexts than the {n} ciphertexts")
-
-
-_END = object()
 
 
 def normalise_step(step: int, slots: int) -> int:

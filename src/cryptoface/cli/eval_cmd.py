@@ -67,14 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.set_defaults(func=run_pairs)
 
 
-def _embedder(args: argparse.Namespace, model: str | None = None, resolution: int | None = None):
-    """The embedder of ``model`` (default: ``--model``, else the bundled model), checked against ``resolution``."""
+def _embedder(model: str | None, resolution: int | None = None):
+    """The embedder of ``model`` (None: the bundled model), checked against ``resolution`` when given."""
     from cryptoface.assets import default_model_path
     from cryptoface.eval.embedders import FusedEmbedder, SFaceEmbedder
     from cryptoface.model.file import read_header
 
-    if model is None:
-        model, resolution = args.model, args.resolution
     model = model if model is not None else default_model_path()
     if str(model).lower() == "sface":
         emb = SFaceEmbedder()
@@ -125,7 +123,7 @@ def run_lfw(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise DataError("--limit must be at least 1")
-    embedders = [_embedder(args)] + [_embedder(args, m) for m in args.compare]  # all checked before any work
+    embedders = [_embedder(args.model, args.resolution)] + [_embedder(m) for m in args.compare]  # checked first
     results = [
         evaluate_lfw(args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet,
                      select=args.select)
@@ -141,7 +139,7 @@ def run_lfw(args: argparse.Namespace) -> int:
 def run_pairs(args: argparse.Namespace) -> int:
     from cryptoface.eval.pairs import evaluate_pairs
 
-    emb, model_name = _embedder(args)
+    emb, model_name = _embedder(args.model, args.resolution)
     result = evaluate_pairs(args.csv, emb, threshold=args.threshold)
     title = f"{args.csv.name}, {emb.name} ({result['n_pairs']} pairs)"
     return _finish(

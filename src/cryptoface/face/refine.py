@@ -12,7 +12,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cryptoface.face.detect import Face, detect_faces
+from cryptoface.errors import NoFaceError
+from cryptoface.face.detect import Face, detect_face
 
 # Box side (px) of the face in each re-detection view; each view is twice that, so the face keeps its
 # context. Measured on the 6,000 LFW pairs with the bundled model (see README, "Alignment").
@@ -40,11 +41,10 @@ def _redetect(image_rgb: np.ndarray, face: Face, box_side: int, mirror: bool) ->
     """The face's landmarks found in one view, in photo coordinates, or None."""
     m, out = _view_matrix(face, box_side, mirror)
     view = cv2.warpAffine(image_rgb, m, (out, out), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    found = detect_faces(view, min_score=None)
-    if not found:
+    try:  # the face nearest the view's centre, at the lenient research score
+        best = detect_face(view, min_eye_distance=0.0, select="center", min_score=None)
+    except NoFaceError:
         return None
-    middle = np.array([out / 2.0, out / 2.0])
-    best = min(found, key=lambda f: float(np.linalg.norm(f.center - middle)))
     points = best.landmarks[_MIRROR_ORDER] if mirror else best.landmarks
     inv = cv2.invertAffineTransform(m)
     back = points @ inv[:, :2].T + inv[:, 2]
