@@ -8,12 +8,17 @@ them (desilofhe picks N = 2^14 for 3-6 levels; OpenFHE runs them with HEStd_NotS
 
 from __future__ import annotations
 
+import json
+import random
+import struct
+from collections.abc import Callable, Iterator
+
 import numpy as np
 import pytest
 
-from cryptoface.backends import BACKENDS, available_backends, backend_class, create_backend
+from cryptoface.backends import BACKENDS, available_backends, backend_class, create_backend, wire
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
-from cryptoface.errors import CiphertextError, MissingKeyError
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError
 
 PARAMS = CkksParameters(log_ring=14, levels=4)
 STEPS = (1, 3, -2)
@@ -419,3 +424,284 @@ def test_server_in_another_process(client, data, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = client.decrypt(client.deserialize((tmp_path / "job.pkl.out").read_bytes()))
     close(out, 3 * np.roll(data["x"] ** 2, -3))
+
+
+# -- secret keys --------------------------------------------------------------------------------------
+def test_secret_key_export_and_load(client, data):
+    assert client.key_id
+    server_side = backend_class(_registry_name(client)).from_public_keys(
+        PARAMS, {"public": client.export_evaluation_keys()["public"]})
+    assert server_side.key_id == client.key_id and not server_side.has_secret_key
+    with pytest.raises(MissingKeyError):
+        server_side.export_secret_key()
+    server_side.load_secret_key(client.export_secret_key())
+    assert server_side.has_secret_key
+    close(server_side.decrypt(server_side.deserialize(client.serialize(client.encrypt(data["x"])))), data["x"])
+    with pytest.raises(MissingKeyError):
+        create_backend(_registry_name(client), PARAMS).load_secret_key(client.export_secret_key())  # no key set yet
+
+
+def test_secret_key_of_another_key_set_is_refused(client, other_client, server):
+    fresh = backend_class(_registry_name(client)).from_public_keys(PARAMS, client.export_evaluation_keys())
+    with pytest.raises(MissingKeyError):
+        fresh.load_secret_key(other_client.export_secret_key())
+    assert not fresh.has_secret_key
+
+
+def test_secret_key_of_other_parameters_is_refused(client):
+    name = _registry_name(client)
+    other = create_backend(name, CkksParameters(log_ring=PARAMS.log_ring, levels=PARAMS.levels + 1))
+    other.generate_keys([])
+    fresh = backend_class(name).from_public_keys(PARAMS, {"public": client.export_evaluation_keys()["public"]})
+    with pytest.raises(MissingKeyError):
+        fresh.load_secret_key(other.export_secret_key())
+
+
+def test_secret_key_under_a_forged_header_is_refused(client, other_client):
+    # The frame's key id is only a label: a real backend checks the key itself (OpenFHE's key tag, a desilofhe
+    # probe decryption) so another key set's secret relabelled with this key id is still refused.
+    name = _registry_name(client)
+    if name == "simulator":
+        pytest.skip("the simulator's secret key is only its key id")
+    payload = _frame_parts(other_client.export_secret_key())[2]
+    forged = wire.pack(_MAGICS[name], "secret", client.key_id, client._fp, {}, payload)
+    fresh = backend_class(name).from_public_keys(PARAMS, {"public": client.export_evaluation_keys()["public"]})
+    with pytest.raises(MissingKeyError):
+        fresh.load_secret_key(forged)
+
+
+_ROUND_TRIP_SCRIPT = """
+import pathlib, sys
+import numpy as np
+from cryptoface.backends import backend_class, create_backend
+from cryptoface.backends.protocol import CkksParameters
+name, role, folder = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3])
+params = CkksParameters(log_ring=int(sys.argv[4]), levels=int(sys.argv[5]))
+def load_keys(kinds=None):
+    return {p.stem.replace("_", ":"): p.read_bytes() for p in (folder / "eval").iterdir()
+            if kinds is None or p.stem in kinds}
+if role == "keygen":
+    client = create_backend(name, params)
+    client.generate_keys([1, 3])
+    (folder / "eval").mkdir()
+    for kind, blob in client.export_evaluation_keys().items():
+        (folder / "eval" / (kind.replace(":", "_") + ".bin")).write_bytes(blob)
+    (folder / "secret.key").write_bytes(client.export_secret_key())
+elif role == "encrypt":
+    server = backend_class(name).from_public_keys(params, load_keys())
+    assert not server.has_secret_key
+    x = np.load(folder / "x.npy")
+    (folder / "ct.bin").write_bytes(server.serialize(server.rotate(server.encrypt(x), 3)))
+else:
+    client = backend_class(name).from_public_keys(params, load_keys({"public"}))
+    client.load_secret_key((folder / "secret.key").read_bytes())
+    assert client.has_secret_key
+    np.save(folder / "out.npy", client.decrypt(client.deserialize((folder / "ct.bin").read_bytes())))
+"""
+
+
+def test_secret_key_round_trip_across_processes(client, data, tmp_path):
+    """keygen, encryption under the public key and decryption with the saved secret key, each in its own process."""
+    import subprocess
+    import sys
+
+    np.save(tmp_path / "x.npy", data["x"])
+    for role in ("keygen", "encrypt", "decrypt"):
+        proc = subprocess.run(
+            [sys.executable, "-c", _ROUND_TRIP_SCRIPT, _registry_name(client), role, str(tmp_path),
+             str(PARAMS.log_ring), str(PARAMS.levels)],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert proc.returncode == 0, f"{role}: {proc.stderr[-2000:]}"
+    close(np.load(tmp_path / "out.npy"), np.roll(data["x"], -3))
+
+
+# -- hostile bytes ------------------------------------------------------------------------------------
+_MAGICS = {"simulator": wire.SIMULATOR, "desilofhe": wire.DESILO, "openfhe": wire.OPENFHE}
+
+
+def _frame_parts(blob: bytes) -> tuple[bytes, dict, bytes]:
+    """(magic, header, payloads) of a framed blob, read here independently of the wire module."""
+    (n,) = struct.unpack_from("<I", blob, 6)
+    return blob[:6], json.loads(blob[10 : 10 + n]), blob[10 + n :]
+
+
+def _reframe(blob: bytes, head: bytes) -> bytes:
+    magic, _header, payloads = _frame_parts(blob)
+    return magic + struct.pack("<I", len(head)) + head + payloads
+
+
+def _edit(blob: bytes, **changes: object) -> bytes:
+    """The blob with header fields changed (a value of _DROP removes the field)."""
+    header = _frame_parts(blob)[1]
+    for field, value in changes.items():
+        if value is _DROP:
+            header.pop(field, None)
+        else:
+            header[field] = value
+    return _reframe(blob, json.dumps(header).encode())
+
+
+_DROP = object()
+_HEADER_EDITS = {
+    "not an object": lambda b: _reframe(b, b"[1, 2]"),
+    "a JSON string": lambda b: _reframe(b, b'"ciphertext"'),
+    "not JSON": lambda b: _reframe(b, b"{not json"),
+    "not UTF-8": lambda b: _reframe(b, b'{"v": "\xff\xfe"}'),
+    "deeply nested": lambda b: _reframe(b, b"[" * 30_000 + b"]" * 30_000),
+    "NaN": lambda b: _reframe(b, b'{"v": NaN}'),
+    "duplicate field": lambda b: _reframe(b, b'{"v": 1, "v": 1}'),
+    "string sizes": lambda b: _edit(b, sizes=[str(s) for s in _frame_parts(b)[1]["sizes"]]),
+    "negative sizes": lambda b: _edit(b, sizes=[-s for s in _frame_parts(b)[1]["sizes"]]),
+    "huge sizes": lambda b: _edit(b, sizes=[2**80 for _ in _frame_parts(b)[1]["sizes"]]),
+    "sizes not a list": lambda b: _edit(b, sizes=7),
+    "fewer sizes": lambda b: _edit(b, sizes=[]),
+    "float size": lambda b: _edit(b, sizes=[float(s) for s in _frame_parts(b)[1]["sizes"]]),
+    "wrong checksum": lambda b: _edit(b, crc=[(c + 1) % 2**32 for c in _frame_parts(b)[1]["crc"]]),
+    "no version": lambda b: _edit(b, v=_DROP),
+    "future version": lambda b: _edit(b, v=2),
+    "bool version": lambda b: _edit(b, v=True),
+    "wrong kind": lambda b: _edit(b, kind="public" if _frame_parts(b)[1]["kind"] == "rotation" else "rotation"),
+    "kind not a string": lambda b: _edit(b, kind=["secret"]),
+    "no kind": lambda b: _edit(b, kind=_DROP),
+    "no key id": lambda b: _edit(b, key_id=_DROP),
+    "key id not a string": lambda b: _edit(b, key_id=12),
+    "other key id": lambda b: _edit(b, key_id="0" * 16),
+    "other parameters": lambda b: _edit(b, fp="0" * 16),
+    "extra field": lambda b: _edit(b, note="hello"),
+    "header length too large": lambda b: b[:6] + struct.pack("<I", 2**31) + b[10:],
+    "header length zero": lambda b: b[:6] + struct.pack("<I", 0) + b[10:],
+    "magic of another backend": lambda b: (wire.OPENFHE if b[:6] != wire.OPENFHE else wire.DESILO) + b[6:],
+}
+_CT_EDITS = {
+    "no level": lambda b: _edit(b, level=_DROP),
+    "bool level": lambda b: _edit(b, level=True),
+    "string level": lambda b: _edit(b, level="4"),
+    "negative level": lambda b: _edit(b, level=-1),
+    "huge level": lambda b: _edit(b, level=10**30),
+    "pending as int": lambda b: _edit(b, pending=0),
+    "pending flipped": lambda b: _edit(b, pending=True),
+}
+
+
+@pytest.mark.parametrize("edit", sorted({**_HEADER_EDITS, **_CT_EDITS}))
+def test_hostile_ciphertext_headers_are_ciphertext_errors(client, data, edit):
+    if edit == "pending flipped" and _registry_name(client) == "simulator":
+        pytest.skip("the simulator's pending flag is all there is of a pending product: nothing to contradict it")
+    blob = client.serialize(client.encrypt(data["x"][:16], level=2))
+    with pytest.raises(CiphertextError):
+        client.deserialize({**_HEADER_EDITS, **_CT_EDITS}[edit](blob))
+
+
+@pytest.mark.parametrize("edit", sorted(_HEADER_EDITS))
+def test_hostile_key_headers_are_missing_key_errors(client, edit):
+    name = _registry_name(client)
+    keys = client.export_evaluation_keys()
+    fresh = backend_class(name).from_public_keys(PARAMS, {"public": keys["public"]})
+    mutate = _HEADER_EDITS[edit]
+    secret = client.export_secret_key()
+    if _changes(secret, mutate):
+        with pytest.raises(MissingKeyError):
+            fresh.load_secret_key(mutate(secret))
+    assert not fresh.has_secret_key
+    rotation = f"rotation:{min(client.rotation_steps())}"
+    for kind in ("public", rotation):
+        if _changes(keys[kind], mutate):
+            with pytest.raises(MissingKeyError):
+                backend_class(name).from_public_keys(PARAMS, {**keys, kind: mutate(keys[kind])})
+
+
+def _changes(blob: bytes, mutate: Callable[[bytes], bytes]) -> bool:
+    """Whether ``mutate`` changes the frame (edits of payload sizes and checksums are no-ops on the
+    simulator's keys, which have no payload)."""
+    bad = mutate(blob)
+    try:
+        return bad[:6] != blob[:6] or _frame_parts(bad)[1:] != _frame_parts(blob)[1:]
+    except (ValueError, RecursionError, struct.error):
+        return True
+
+
+@pytest.mark.parametrize("bad", [None, "text", 5, ["public"], b"", b"CF"])
+def test_non_bytes_and_empty_inputs(client, bad):
+    cls = backend_class(_registry_name(client))
+    with pytest.raises(CiphertextError):
+        client.deserialize(bad)
+    with pytest.raises(MissingKeyError):
+        cls.from_public_keys(PARAMS, {"public": bad})
+    with pytest.raises(MissingKeyError):
+        cls.from_public_keys(PARAMS, bad)
+    with pytest.raises(MissingKeyError):
+        cls.from_public_keys(PARAMS, {"public": client.export_evaluation_keys()["public"]}).load_secret_key(bad)
+
+
+@pytest.mark.parametrize("name", ["rotation:x", "rotation:", "rotation:1.5", "secret", "rot:1", "rotation:+1"])
+def test_unknown_or_malformed_key_names_are_refused(client, name):
+    keys = client.export_evaluation_keys()
+    step = min(client.rotation_steps())
+    keys[name] = keys.pop(f"rotation:{step}")
+    with pytest.raises(MissingKeyError):
+        backend_class(_registry_name(client)).from_public_keys(PARAMS, keys)
+
+
+def test_rotation_key_under_another_step_name_is_refused(client):
+    keys = client.export_evaluation_keys()
+    steps = sorted(client.rotation_steps())
+    first, second = f"rotation:{steps[0]}", f"rotation:{steps[1]}"
+    keys[first], keys[second] = keys[second], keys[first]
+    with pytest.raises(MissingKeyError):
+        backend_class(_registry_name(client)).from_public_keys(PARAMS, keys)
+
+
+def _mutations(blob: bytes, rng: random.Random, count: int) -> Iterator[tuple[str, bytes]]:
+    """Seeded hostile variants of a framed blob: truncations, bit flips (mostly in the header), header edits,
+    spliced and random bytes."""
+    header_end = 10 + struct.unpack_from("<I", blob, 6)[0]
+    edits = list(_HEADER_EDITS.values())
+    for _ in range(count):
+        op = rng.randrange(7)
+        if op == 0:
+            yield "truncate", blob[: rng.randrange(len(blob))]
+        elif op in (1, 2):
+            b = bytearray(blob)
+            pos = rng.randrange(header_end) if op == 1 else rng.randrange(len(b))
+            b[pos] ^= 1 << rng.randrange(8)
+            yield f"flip@{pos}", bytes(b)
+        elif op == 3:
+            yield "edit", rng.choice(edits)(blob)
+        elif op == 4:
+            header = _frame_parts(blob)[1]
+            field = rng.choice(sorted(header))
+            header[field] = rng.choice([None, "", "x" * 40, -1, 0, 2**64, 1.5, True, [], {}, [-5], [2**70]])
+            yield f"set {field}", _reframe(blob, json.dumps(header).encode())
+        elif op == 5:
+            yield "splice", blob[: rng.randrange(header_end)] + rng.randbytes(rng.randrange(64)) + blob[header_end:]
+        else:
+            junk = rng.randbytes(rng.randrange(256))
+            yield "random", (blob[:6] + junk) if rng.random() < 0.5 else junk
+
+
+def _only_our_errors(label: str, call: Callable[[], object]) -> None:
+    try:
+        call()
+    except CryptoFaceError:
+        pass
+    except Exception as exc:  # the assertion this fuzz exists for
+        raise AssertionError(f"{label}: {type(exc).__name__} escaped: {exc}") from exc
+
+
+def test_fuzzed_bytes_raise_only_our_errors(client, data):
+    """Bounded, seeded fuzz of every deserialiser: only CryptoFaceError subclasses may come out."""
+    rng = random.Random(20240611)
+    cls = backend_class(_registry_name(client))
+    keys = client.export_evaluation_keys()
+    target = cls.from_public_keys(PARAMS, {"public": keys["public"]})
+    ct_blob = client.serialize(client.encrypt(data["x"]))
+    for what, bad in _mutations(ct_blob, rng, 300):
+        _only_our_errors(f"deserialize {what}", lambda bad=bad: client.deserialize(bad))
+    for what, bad in _mutations(client.export_secret_key(), rng, 150):
+        _only_our_errors(f"load_secret_key {what}", lambda bad=bad: target.load_secret_key(bad))
+    names = sorted(keys)
+    for what, bad in _mutations(keys["public"], rng, 60):
+        _only_our_errors(f"public key {what}", lambda bad=bad: cls.from_public_keys(PARAMS, {**keys, "public": bad}))
+    for i, (what, bad) in enumerate(_mutations(keys[names[-1]], rng, 90)):
+        name = names[i % len(names)]
+        _only_our_errors(f"{name} {what}", lambda bad=bad, name=name: cls.from_public_keys(PARAMS, {**keys, name: bad}))

@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from conftest import FACES, shared_dir
+from cryptoface.bench.exchange import FileKeys, write_keys
+from cryptoface.bench.match_report import TEMPLATES_NOTE
+from cryptoface.bench.match_templates import select_pairs
 from cryptoface.cli import main
-from cryptoface.cli.bench_match_cmd import TEMPLATES_NOTE, FileKeys, select_pairs, write_keys
 
 
 def _run(tmp_path, *extra: str) -> dict:
@@ -28,7 +30,7 @@ def _run(tmp_path, *extra: str) -> dict:
 
 def _check(result: dict, pairs: int, galleries: list[int]) -> None:
     assert result["templates"] == TEMPLATES_NOTE
-    assert result["template_level"] == 7  # the engine's output level (MATCHING_RESERVE_LEVELS)
+    assert result["template_level"] == 7  # the engine's output level (LEVELS.matching_reserve)
     s = result["scores"]
     assert s["pairs"] == pairs
     assert s["genuine"] == pairs - pairs // 2 and s["impostor"] == pairs // 2

@@ -7,11 +7,11 @@ import pytest
 
 from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.engine.evaluator import EncryptedModel
-from cryptoface.engine.params import MATCHING_RESERVE_LEVELS, default_parameters
 from cryptoface.engine.plan import build_plan
 from cryptoface.errors import MissingKeyError
 from cryptoface.model.random import random_model
 from cryptoface.model.reference import forward
+from cryptoface.params import LEVELS, default_parameters
 
 
 class RecordingSimulator(SimulatorBackend):
@@ -33,7 +33,7 @@ class RecordingSimulator(SimulatorBackend):
 def _run(resolution: int, key_mode: str = "pow2", family: str = "multiplexed", seed: int = 0):
     params = default_parameters(resolution)
     be = RecordingSimulator(params)
-    plan = build_plan(resolution, be.slots, family=family, key_mode=key_mode, reserve=MATCHING_RESERVE_LEVELS)
+    plan = build_plan(resolution, be.slots, family=family, key_mode=key_mode, reserve=LEVELS.matching_reserve)
     be.generate_keys(plan.rotation_keys)
     model = random_model(resolution, seed)
     em = EncryptedModel(model, be, plan)
@@ -53,7 +53,7 @@ def test_simulator_forward_matches_reference(resolution: int, key_mode: str) -> 
     got = em.decrypt_template(out)
     assert np.max(np.abs(got - ref)) <= 1e-9 * max(1.0, float(np.max(np.abs(ref))))
     # the level schedule ends at the documented reserve, the template layout is as published
-    assert be.level(out) == MATCHING_RESERVE_LEVELS
+    assert be.level(out) == LEVELS.matching_reserve
     vec = be.decrypt(out)
     mask = np.ones(be.slots, bool)
     mask[tmpl.all_slots()] = False
@@ -64,7 +64,7 @@ def test_simulator_forward_matches_reference(resolution: int, key_mode: str) -> 
                                atol=1e-9 * max(1.0, float(np.max(np.abs(ref)))))
     # per-layer records
     assert [r.name for r in em.records] == [layer.name for layer in em.plan.layers]
-    assert em.records[-1].level_out == MATCHING_RESERVE_LEVELS
+    assert em.records[-1].level_out == LEVELS.matching_reserve
 
 
 def test_plan_keys_are_exactly_needed() -> None:

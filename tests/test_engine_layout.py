@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 from cryptoface.engine import layout as lay
-from cryptoface.engine.params import MATCHING_RESERVE_LEVELS, default_parameters
-from cryptoface.engine.plan import NETWORK_LEVELS
 from cryptoface.engine.template import TEMPLATE_SCALE
+from cryptoface.params import LEVELS, default_parameters, secure_parameters
 
 SLOTS = 1 << 15
 
@@ -64,18 +63,17 @@ def test_default_parameters_secure(resolution: int) -> None:
     p = default_parameters(resolution)
     p.check_security()
     assert p.log_qp <= 1772
-    assert p.levels == NETWORK_LEVELS + MATCHING_RESERVE_LEVELS
+    assert p.levels == LEVELS.network_levels(resolution) + LEVELS.matching_reserve
     assert p.ring_degree == 1 << 16 and p.scale_bits == 42
 
 
 def test_default_parameters_levels_and_modes() -> None:
-    from cryptoface.engine.params import SIGN_LEVELS, secure_parameters
     from cryptoface.errors import ParameterError
 
     p = default_parameters(64)
     assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (30, 42, 4, 1680)
     d = default_parameters(64, mode="decision")
-    assert d.levels == 30 + SIGN_LEVELS and d.log_qp <= 1772
+    assert d.levels == 30 + LEVELS.decision and d.log_qp <= 1772
     d.check_security()
     assert default_parameters(64, mode="decision", sign_levels=6).levels == 36
     with pytest.raises(ParameterError):

@@ -22,8 +22,9 @@ from cryptoface.engine.linear import (
     pool_head_replicated_diagonals,
     template_reduce_steps,
 )
-from cryptoface.engine.plan import NETWORK_LEVELS, build_plan
+from cryptoface.engine.plan import build_plan
 from cryptoface.model.reference import conv2d
+from cryptoface.params import LEVELS
 
 SLOTS = 1 << 15
 
@@ -211,10 +212,19 @@ def test_choose_split_prefers_cheaper() -> None:
     assert cnt.rotations < naive.rotations
 
 
+@pytest.mark.parametrize("resolution", [64, 96, 128])
+def test_plan_consumes_the_budgeted_network_levels(resolution: int) -> None:
+    """Every model's plan ends exactly at ``reserve``: its layers take ``LEVELS.network_levels`` levels."""
+    plan = build_plan(resolution, SLOTS, reserve=3)
+    assert plan.start_level - plan.end_level == LEVELS.network_levels(resolution) == 23
+    assert plan.end_level == 3 and plan.layers[-1].level_out == 3
+    assert sum(layer.level_in - layer.level_out for layer in plan.layers) == LEVELS.network_levels(resolution)
+
+
 @pytest.mark.parametrize("key_mode", ["exact", "pow2"])
 def test_plan_levels_and_counts(key_mode: str) -> None:
     plan = build_plan(64, SLOTS, family="multiplexed", key_mode=key_mode, reserve=10)
-    assert plan.start_level == NETWORK_LEVELS + 10 and plan.end_level == 10
+    assert plan.start_level == LEVELS.network_levels(64) + 10 and plan.end_level == 10
     assert plan.layers[0].level_in == plan.start_level and plan.layers[-1].level_out == 10
     for a, b in zip(plan.layers, plan.layers[1:], strict=False):
         assert b.level_in == a.level_out

@@ -12,10 +12,10 @@ import pytest
 from cryptoface.assets import SAMPLES_DIR, default_model_path
 from cryptoface.backends import available_backends, create_backend
 from cryptoface.engine import encrypt_image, infer_template, rotation_steps_for
-from cryptoface.engine.params import default_parameters
 from cryptoface.face import preprocess
 from cryptoface.model.file import load_model
 from cryptoface.model.reference import forward
+from cryptoface.params import default_parameters
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from cryptoface.match import homomorphic as hm
 from cryptoface.match import poly
 from cryptoface.match.clear import cosine_clear, encrypt_embedding_for_tests, normalise_clear
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout, normalised_layout
-from cryptoface.match.levels import DECISION_LEVELS, MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
+from cryptoface.params import LEVELS
 
 TAU = 0.23
 
@@ -40,11 +40,12 @@ def sim(log_ring: int = 13, stride: int = 1, noise: float = 1e-7, replicas: int 
     return be
 
 
-def test_level_constants():
-    assert NORMALISE_LEVELS == 6
-    assert SCORE_LEVELS == 1
-    assert DECISION_LEVELS == 9
-    assert MATCH_LEVELS == 16
+def test_level_budget_equals_poly_depths():
+    """The budget's matching rows are the depths of match.poly's degrees (the budget cannot import poly)."""
+    assert LEVELS.normalise == 1 + poly.chebyshev_depth(poly.INV_SQRT_DEGREE) + 1 == 6
+    assert LEVELS.score == 1  # one ct x ct product, no mask
+    assert LEVELS.decision == poly.sign_depth(poly.SIGN_STAGES) == 9
+    assert LEVELS.matching_reserve == 7 and LEVELS.match == 16
 
 
 @pytest.mark.parametrize(("log_ring", "stride", "replicas"),
@@ -60,12 +61,12 @@ def test_normalise_and_cosine_match_clear(log_ring, stride, replicas):
         b = correlated(rng, a, rng.uniform(-0.3, 0.9))
         ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, start), lay)
         tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, start), lay)
-        assert be.level(ta) == start - NORMALISE_LEVELS
+        assert be.level(ta) == start - LEVELS.normalise
         got = be.decrypt(ta)
         np.testing.assert_allclose(out.unpack(got), normalise_clear(a), atol=1e-5)
         assert np.abs(np.delete(got, out.all_slots().ravel())).max() < 5e-5  # zeros (up to noise) elsewhere
         s = hm.cosine(be, ta, tb, lay)
-        assert be.level(s) == start - NORMALISE_LEVELS - SCORE_LEVELS
+        assert be.level(s) == start - LEVELS.normalise - LEVELS.score
         v = be.decrypt(s).reshape(-1, out.stride)
         assert abs(v[0, 0] - cosine_clear(a, b)) < 1e-3
         assert np.abs(v[:, 0] - v[0, 0]).max() < 5e-5  # the score, replicated, and nothing else (up to noise)
@@ -76,10 +77,10 @@ def test_normalise_unscaled_template_costs_one_more_level():
     rng = np.random.default_rng(11)
     be = sim(13, 1)
     lay = TemplateLayout(1, scale=1.0)
-    assert hm.normalise_levels(lay) == NORMALISE_LEVELS + 1
+    assert hm.normalise_levels(lay) == LEVELS.normalise + 1
     a = embedding(rng)
     ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, 20), lay)
-    assert be.level(ta) == 20 - NORMALISE_LEVELS - 1
+    assert be.level(ta) == 20 - LEVELS.normalise - 1
     np.testing.assert_allclose(normalised_layout(be.slots).unpack(be.decrypt(ta)), normalise_clear(a), atol=1e-5)
 
 
@@ -97,7 +98,7 @@ def test_gallery_scores_match_clear_over_two_chunks():
     for start in range(0, len(norm), gal.capacity):
         part = norm[start : start + gal.capacity]
         s = hm.gallery_scores(be, p, hm.pack_gallery(be, part, gal), gal, len(part))
-        assert be.level(s) == 12 - NORMALISE_LEVELS - SCORE_LEVELS
+        assert be.level(s) == 12 - LEVELS.normalise - LEVELS.score
         v = be.decrypt(s)
         got.extend(v[gal.score_slots(len(part))])
         # every slot holds a score (slot s: template s mod 8), empty positions are zero: nothing else revealed
@@ -128,7 +129,7 @@ def test_decision_correct_outside_band():
         ta = hm.normalise(be, encrypt_embedding_for_tests(be, a, lay, 22), lay)
         tb = hm.normalise(be, encrypt_embedding_for_tests(be, b, lay, 22), lay)
         d = hm.decision(be, hm.cosine(be, ta, tb, lay), TAU)
-        assert be.level(d) == 22 - MATCH_LEVELS
+        assert be.level(d) == 22 - LEVELS.match
         value = be.decrypt(d)[0]
         truth = np.sign(cosine_clear(a, b) - TAU)
         assert abs(value - truth) < 2e-2, (cos, value)
@@ -175,17 +176,13 @@ def test_desilo_cosine_matches_clear():
     assert abs(v[0] - cosine_clear(a, b)) < 1e-3
 
 
-def test_engine_reserve_covers_score_matching():
-    from cryptoface.engine import params as ep
+def test_engine_reserve_is_the_matching_budget():
     from cryptoface.engine.template import TEMPLATE_SCALE
-    from cryptoface.match.levels import SCORE_MATCH_LEVELS
+    from cryptoface.params import default_parameters
 
-    assert ep.MATCHING_RESERVE_LEVELS >= SCORE_MATCH_LEVELS
-    assert ep.NORMALISATION_LEVELS >= NORMALISE_LEVELS and ep.SCORE_LEVELS >= SCORE_LEVELS
-    assert ep.SIGN_LEVELS >= DECISION_LEVELS
-    # the engine's output scale is exactly the one that makes normalisation take NORMALISE_LEVELS
-    assert hm.normalise_levels(TemplateLayout(1, 128, TEMPLATE_SCALE)) == NORMALISE_LEVELS
-    assert ep.default_parameters(64, mode="decision").levels - ep.default_parameters(64).levels >= DECISION_LEVELS
+    # the engine's output scale is exactly the one that makes normalisation take LEVELS.normalise
+    assert hm.normalise_levels(TemplateLayout(1, 128, TEMPLATE_SCALE)) == LEVELS.normalise
+    assert default_parameters(64, mode="decision").levels - default_parameters(64).levels == LEVELS.decision
 
 
 def test_normalisation_leaves_no_reference_cycle_holding_ciphertexts():
@@ -204,5 +201,5 @@ def test_normalisation_leaves_no_reference_cycle_holding_ciphertexts():
         unreachable = gc.collect()
     finally:
         gc.enable()
-    assert be.level(out) == 20 - NORMALISE_LEVELS
+    assert be.level(out) == 20 - LEVELS.normalise
     assert unreachable == 0

@@ -17,7 +17,6 @@ from cryptoface.engine import infer_template, plan_for
 from cryptoface.engine.evaluator import pack_input
 from cryptoface.engine.executor import LocalExecutor
 from cryptoface.engine.parallel import PatchParallelEngine, sharded_scores
-from cryptoface.engine.params import default_parameters
 from cryptoface.engine.units import (
     encrypt_units,
     pack_units,
@@ -31,6 +30,7 @@ from cryptoface.match.layout import TemplateLayout, gallery_layout, normalised_l
 from cryptoface.model import spec
 from cryptoface.model.random import random_model
 from cryptoface.model.reference import forward, patch_forward
+from cryptoface.params import default_parameters
 
 try:
     import ray
@@ -341,7 +341,8 @@ def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_p
     as one without; an actor killed during an enrolment's inference loses nothing (one template stored)."""
     from cryptoface.client import ClientKeys
     from cryptoface.engine import encrypt_image
-    from cryptoface.service.core import MatchService, params_to_json
+    from cryptoface.params import params_to_json
+    from cryptoface.service.core import MatchService
     from cryptoface.store import SQLiteStore
 
     params = default_parameters(64)
@@ -355,8 +356,8 @@ def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_p
     rx = _ray_executor(2)
     try:
         svc = MatchService(SQLiteStore(tmp_path / "ray.db"), model=model, model_id="m", executor=rx)
-        kid = plain.register_keys("simulator", params_to_json(params), keys.evaluation_keys)
-        assert svc.register_keys("simulator", params_to_json(params), keys.evaluation_keys) == kid
+        kid = plain.register_keys("simulator", params_to_json(params), dict(keys.evaluation_keys()))
+        assert svc.register_keys("simulator", params_to_json(params), dict(keys.evaluation_keys())) == kid
         for name, probe in probes.items():
             plain.enroll(kid, name, [probe])
         ids, _, _ = _kill_while_running(rx, lambda: svc.enroll(kid, "ann", [probes["ann"]]))

@@ -8,7 +8,8 @@ from cryptoface.backends.protocol import CkksParameters
 from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import TemplateLayout, place
-from cryptoface.service.core import MatchService, params_to_json
+from cryptoface.params import params_to_json
+from cryptoface.service.core import MatchService
 from cryptoface.store.sqlite import SQLiteStore
 
 

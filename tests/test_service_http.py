@@ -17,9 +17,9 @@ import uvicorn
 
 import cryptoface.service as service_pkg
 from cryptoface.backends.protocol import CkksParameters
-from cryptoface.client import ClientKeys, CryptoFaceClient, ServerError
+from cryptoface.client import Client, ClientKeys, HTTPTransport, ImageProbe, ServerError, TamperingError
 from cryptoface.match.clear import cosine_clear, encrypt_embedding_for_tests
-from cryptoface.service import create_app
+from cryptoface.service import MatchService, create_app
 from cryptoface.store import SQLiteStore
 
 PARAMS = CkksParameters(log_ring=12, levels=24)  # 2048 slots: 8 templates per gallery ciphertext
@@ -75,12 +75,23 @@ def enc(keys, e, level=LEVEL):
     return encrypt_embedding_for_tests(keys.backend, e, keys.layout, level)
 
 
+def CryptoFaceClient(url, keys):  # reads like the class it builds
+    return Client(keys, HTTPTransport(url), threshold=0.23)
+
+
+def wire(probe):
+    """A TemplateProbe as the JSON body carries it."""
+    return {"ciphertext": base64.b64encode(probe.ciphertext).decode(), "stride": probe.stride,
+            "replicas": probe.replicas}
+
+
 def test_round_trip_and_restart(tmp_path, keys):
     rng = np.random.default_rng(0)
     srv = Server(tmp_path / "server.db")
     people = {f"p{i}": embedding(rng) for i in range(10)}  # 10 > 8: two gallery ciphertexts
     with CryptoFaceClient(srv.url, keys) as client:
-        assert client.register() == keys.key_id
+        assert client.register() is True
+        assert client.register() is False  # already there: nothing uploaded again
         for name, e in people.items():
             client.enroll(name, [client.template_probe(enc(keys, e))])
         assert client.subjects() == sorted(people)
@@ -121,7 +132,7 @@ def test_bad_inputs_give_4xx_and_leave_store_unchanged(server, keys):
     client.register()
     client.enroll("alice", [client.template_probe(enc(keys, embedding(rng)))])
     before = _counts(server)
-    good = client.template_probe(enc(keys, embedding(rng)))
+    good = wire(client.template_probe(enc(keys, embedding(rng))))
     url = f"/v1/keysets/{keys.key_id}/subjects/bob/templates"
 
     def post(path, body):
@@ -132,16 +143,17 @@ def test_bad_inputs_give_4xx_and_leave_store_unchanged(server, keys):
         "truncated ciphertext": (url, {"probes": [{**good, "ciphertext": good["ciphertext"][:400]}]}, 400),
         "not base64": (url, {"probes": [{**good, "ciphertext": "!!!"}]}, 400),
         "bad stride": (url, {"probes": [{**good, "stride": 3}]}, 400),
-        "too few levels": (url, {"probes": [client.template_probe(enc(keys, embedding(rng), level=4))]}, 400),
+        "too few levels": (url, {"probes": [wire(client.template_probe(enc(keys, embedding(rng), level=4)))]}, 400),
         "images without model": (url, {"probes": [{"images": [good["ciphertext"]], "resolution": 64}]}, 501),
         "unknown field": (url, {"probes": [good], "secret_key": "x"}, 422),
         "unknown subject": (f"/v1/keysets/{keys.key_id}/verify", {"subject": "ghost", "probe": good}, 404),
     }
     other = ClientKeys.generate("simulator", PARAMS, stride=1)
-    foreign = CryptoFaceClient(server.url, other).template_probe(enc(other, embedding(rng)))
+    other_probe = CryptoFaceClient(server.url, other).template_probe(enc(other, embedding(rng)))
+    foreign = wire(other_probe)
     cases["foreign ciphertext"] = (url, {"probes": [foreign]}, 400)
     wrong = ClientKeys.generate("simulator", CkksParameters(log_ring=13, levels=24), stride=1)
-    wrong_probe = CryptoFaceClient(server.url, wrong).template_probe(enc(wrong, embedding(rng)))
+    wrong_probe = wire(CryptoFaceClient(server.url, wrong).template_probe(enc(wrong, embedding(rng))))
     cases["wrong parameters"] = (url, {"probes": [wrong_probe]}, 400)
     for name, (path, body, status) in cases.items():
         r = post(path, body)
@@ -157,14 +169,14 @@ def test_bad_inputs_give_4xx_and_leave_store_unchanged(server, keys):
         json={"backend": "simulator", "params": PARAMS.__dict__ | {"extra": None}, "keys": {"public": "AA=="}},
     )
     assert r.status_code == 422
-    with pytest.raises(ServerError) as err:
-        CryptoFaceClient(server.url, other).verify("alice", good)
-    assert err.value.status == 404
+    with pytest.raises(ServerError) as err:  # a key set never registered: nothing to match against
+        CryptoFaceClient(server.url, other).verify("alice", other_probe)
+    assert err.value.status == 404 and err.value.code == "unknown_key_set"
 
 
 def test_secret_keys_are_refused_and_never_held(server, keys):
     http = httpx.Client(base_url=server.url, timeout=60)
-    pub = {k: base64.b64encode(v).decode() for k, v in keys.evaluation_keys.items()}
+    pub = {k: base64.b64encode(v).decode() for k, v in keys.evaluation_keys()}
     params = {
         k: getattr(PARAMS, k)
         for k in ("log_ring", "levels", "scale_bits", "first_mod_bits", "special_mod_bits", "key_switch_digits")
@@ -210,3 +222,53 @@ def test_concurrent_enrolments(server, keys):
 def test_openapi_lists_routes(server):
     spec = httpx.get(server.url + "/openapi.json").json()
     assert {"/v1/keysets", "/v1/keysets/{key_id}/verify", "/v1/keysets/{key_id}/identify"} <= set(spec["paths"])
+
+
+def test_failed_enrolment_leaves_no_key_set(server, keys):
+    # the server has no model, so an image probe fails with 501 after the keys were uploaded
+    client = CryptoFaceClient(server.url, keys)
+    probe = ImageProbe((keys.backend.serialize(enc(keys, embedding(np.random.default_rng(4)))),), 64)
+    with pytest.raises(ServerError) as err:
+        client.enroll("alice", [probe])
+    assert err.value.status == 501
+    assert server.store.counts()["key_sets"] == 0
+
+
+def test_a_key_set_with_subjects_cannot_be_withdrawn(server, keys):
+    client = CryptoFaceClient(server.url, keys)
+    client.enroll("alice", [client.template_probe(enc(keys, embedding(np.random.default_rng(5))))])
+    with pytest.raises(ServerError) as err:
+        client.transport.delete_key_set(keys.key_id)
+    assert err.value.status == 409
+    assert client.subjects() == ["alice"]
+
+
+def test_out_of_range_scores_are_reported_as_tampering(server, keys):
+    # a template far outside the normalisation's fitted range (planted through the public key) scores ~1e12
+    rng = np.random.default_rng(6)
+    client = CryptoFaceClient(server.url, keys)
+    victim = embedding(rng)
+    client.enroll("victim", [client.template_probe(enc(keys, victim * 1e3))])
+    with pytest.raises(TamperingError):
+        client.verify("victim", client.template_probe(enc(keys, embedding(rng, victim, 0.1))))
+    with pytest.raises(TamperingError):
+        client.identify(client.template_probe(enc(keys, embedding(rng, victim, 0.1))))
+
+
+def test_subject_names_travel_escaped(server, keys):
+    client = CryptoFaceClient(server.url, keys)
+    client.enroll("%41lice", [client.template_probe(enc(keys, embedding(np.random.default_rng(7))))])
+    assert client.subjects() == ["%41lice"]
+
+
+def test_in_process_transport_matches_http(tmp_path, keys):
+    rng = np.random.default_rng(8)
+    store = SQLiteStore(tmp_path / "local.db")
+    local = Client.in_process(keys, MatchService(store), threshold=0.23)
+    alice = embedding(rng)
+    local.enroll("alice", [local.template_probe(enc(keys, alice))])
+    probe = local.template_probe(enc(keys, embedding(rng, alice, 0.7)))
+    r = local.verify("alice", probe)
+    assert r.accepted and abs(r.score - 0.7) < 0.05
+    assert local.identify(probe).subject == "alice"
+    store.close()

@@ -44,4 +44,24 @@ def available_backends() -> list[str]:
     return out
 
 
-__all__ = ["BACKENDS", "CkksBackend", "CkksParameters", "available_backends", "backend_class", "create_backend"]
+# Preference order when the user names none: OpenFHE is the faster engine backend and BSD-licensed; desilofhe
+# is free for non-commercial use only; the simulator is not encryption.
+PREFERENCE = ("openfhe", "desilofhe", "simulator")
+
+
+def default_backend() -> str:
+    """The first installed backend in :data:`PREFERENCE`."""
+    have = available_backends()
+    return next(b for b in PREFERENCE if b in have)
+
+
+__all__ = [
+    "BACKENDS",
+    "PREFERENCE",
+    "CkksBackend",
+    "CkksParameters",
+    "available_backends",
+    "backend_class",
+    "create_backend",
+    "default_backend",
+]

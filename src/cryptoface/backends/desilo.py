@@ -19,62 +19,41 @@ How the protocol maps onto desilofhe:
 * Rotations use one ``FixedRotationKey`` per step (131 MB at the top level of N = 2^16); a key made at a
   lower level (``rotation_levels``) is much smaller but only rotates ciphertexts at or below that level.
   ``rotate_many`` uses desilofhe's hoisted ``rotate_many``.
-* Ciphertexts and keys are serialised with desilofhe's ``serialize_*`` inside a small header that carries
-  the key-set id, the parameter fingerprint, the level and the pending flag, so bytes from another key
-  set or other parameters are rejected with CiphertextError instead of decrypting to garbage.
+* Ciphertexts and keys are serialised with desilofhe's ``serialize_*`` inside the shared framing
+  (:mod:`cryptoface.backends.wire`) that carries the key-set id, the parameter fingerprint, the level and the
+  pending flag, so bytes from another key set or other parameters are rejected with CiphertextError instead
+  of decrypting to garbage.
 * desilofhe releases the GIL inside its operations, but one engine is **not** safe to call from several
   Python threads at once: two threads encoding, multiplying and rotating on one engine crash it (a
   segmentation fault at N = 2^14; an abort in the full-size engine test). So ``thread_safe = False`` and the
-  encrypted engine runs one thread on it. ``thread_count`` is passed to the engine (it did not speed up
-  single ops on our 2-vCPU box).
+  encrypted engine runs one thread on it. ``threads`` is passed to the engine as its ``thread_count`` (it did
+  not speed up single ops on our 2-vCPU box).
+* desilofhe keys carry no id of their own, so :meth:`DesiloBackend.load_secret_key` checks a saved secret key
+  by decrypting a probe encrypted under the public key, besides the key-set id in the frame.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import secrets
-import struct
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import desilofhe
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
-from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+from cryptoface.backends import wire
+from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
-_MAGIC = b"CFDSL1"
-_HEAD = struct.Struct("<I")  # length of the JSON header that follows the magic
+_CT_FIELDS = {"level": int, "pending": bool}
+_ROTATION_FIELDS = {"step": int, "level": int}
+# desilofhe's own errors on bytes it cannot read (and on a key of the wrong ring for the engine)
+_LIBRARY_ERRORS = (RuntimeError, ValueError, TypeError)
 
 
 def _fingerprint(params: CkksParameters) -> str:
-    text = f"desilofhe-2|{params.log_ring}|{params.levels}"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _frame(meta: dict[str, Any], payload: bytes | bytearray) -> bytes:
-    meta = {**meta, "size": len(payload)}
-    head = json.dumps(meta, sort_keys=True).encode()
-    return b"".join((_MAGIC, _HEAD.pack(len(head)), head, bytes(payload)))
-
-
-def _unframe(data: bytes | bytearray, what: str, error: type[Exception] = CiphertextError) -> tuple[dict, bytes]:
-    data = bytes(data)
-    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _HEAD.size:
-        raise error(f"not a desilofhe {what} from CryptoFace (bad magic or too short)")
-    (n,) = _HEAD.unpack_from(data, len(_MAGIC))
-    start = len(_MAGIC) + _HEAD.size
-    try:
-        meta = json.loads(data[start : start + n])
-    except ValueError as exc:
-        raise error(f"truncated or malformed {what} header") from exc
-    payload = data[start + n :]
-    if not isinstance(meta, dict) or meta.get("size") != len(payload):
-        raise error(f"{what} is truncated or has trailing bytes ({len(payload)} payload bytes, header says "
-                    f"{meta.get('size') if isinstance(meta, dict) else '?'})")
-    return meta, payload
+    return wire.fingerprint("desilofhe-2", params.log_ring, params.levels)
 
 
 @dataclass(frozen=True)
@@ -96,12 +75,12 @@ class DesiloBackend:
     name = "desilofhe"
     thread_safe = False  # see the module docstring
 
-    def __init__(self, params: CkksParameters | None = None, thread_count: int = 1) -> None:
+    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1) -> None:
         self.params = params or CkksParameters()
         self.params.check_security()
-        self.thread_count = int(thread_count)
+        self.threads = max(1, int(threads))
         try:
-            self.engine = desilofhe.Engine(max_level=self.params.levels, thread_count=self.thread_count)
+            self.engine = desilofhe.Engine(max_level=self.params.levels, thread_count=self.threads)
         except (RuntimeError, ValueError) as exc:
             raise ParameterError(f"desilofhe cannot make an engine with {self.params.levels} levels: {exc}") from exc
         if self.engine.slot_count != self.params.slots:
@@ -159,51 +138,77 @@ class DesiloBackend:
     def export_evaluation_keys(self) -> dict[str, bytes]:
         self._require_keys()
         e = self.engine
-        meta = {"key_id": self._key_id, "fp": self._fp}
         keys = {
-            "public": _frame({**meta, "kind": "public"}, e.serialize_public_key(self._public)),
-            "relin": _frame({**meta, "kind": "relin"}, e.serialize_relinearization_key(self._relin)),
+            "public": self._pack("public", {}, e.serialize_public_key(self._public)),
+            "relin": self._pack("relin", {}, e.serialize_relinearization_key(self._relin)),
         }
         for k in sorted(self._rot):
-            keys[f"rotation:{k}"] = _frame(
-                {**meta, "kind": "rotation", "step": k, "level": self._rot_level[k]},
-                e.serialize_fixed_rotation_key(self._rot[k]),
-            )
+            fields = {"step": k, "level": self._rot_level[k]}
+            keys[f"rotation:{k}"] = self._pack("rotation", fields, e.serialize_fixed_rotation_key(self._rot[k]))
         return keys
 
     @classmethod
-    def from_public_keys(
-        cls, params: CkksParameters, keys: Mapping[str, bytes], thread_count: int = 1
-    ) -> DesiloBackend:
-        """Server side: evaluate under a client's exported keys, holding no secret key."""
-        backend = cls(params, thread_count=thread_count)
-        e = backend.engine
-        if "public" not in keys:
-            raise MissingKeyError("the key set has no public key")
+    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1) -> DesiloBackend:
+        """Server side: evaluate under a client's exported keys, holding no secret key.
 
-        def load(name: str, kind: str) -> tuple[dict, bytes]:
-            meta, payload = _unframe(keys[name], f"{kind} key", MissingKeyError)
-            if meta.get("kind") != kind or meta.get("fp") != backend._fp:
-                raise MissingKeyError(f"key {name!r} is not a {kind} key for these parameters")
-            if backend._key_id is not None and meta.get("key_id") != backend._key_id:
-                raise MissingKeyError(f"key {name!r} belongs to another key set")
-            return meta, payload
-
-        try:
-            meta, payload = load("public", "public")
-            backend._key_id = str(meta["key_id"])
-            backend._public = e.deserialize_public_key(payload)
-            if "relin" in keys:
-                backend._relin = e.deserialize_relinearization_key(load("relin", "relin")[1])
-            for name in keys:
-                if name.startswith("rotation:"):
-                    meta, payload = load(name, "rotation")
-                    k = normalise_step(int(meta["step"]), backend.slots)
-                    backend._rot[k] = e.deserialize_fixed_rotation_key(payload)
-                    backend._rot_level[k] = int(meta["level"])
-        except RuntimeError as exc:
-            raise MissingKeyError(f"unreadable key in the key set: {exc}") from exc
+        Every frame is checked before the engine is made, so a bad key set costs no engine."""
+        fp = _fingerprint(params)
+        public = _unpack(wire.key_entry(keys, "public"), "public", {}, fp, MissingKeyError, "desilofhe public key")
+        key_id = public.key_id
+        relin = None
+        if "relin" in keys:
+            relin = _unpack(keys["relin"], "relin", {}, fp, MissingKeyError, "desilofhe relinearisation key", key_id)
+        rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _unpack(
+            data, "rotation", _ROTATION_FIELDS, fp, MissingKeyError, f"desilofhe {what}", key_id))
+        backend = cls(params, threads=threads)
+        backend._key_id = key_id
+        backend._public = backend._load_key("public", public.payloads[0], backend.engine.deserialize_public_key)
+        if relin is not None:
+            backend._relin = backend._load_key("relin", relin.payloads[0],
+                                               backend.engine.deserialize_relinearization_key)
+        for step, frame in rotations.items():
+            backend._load_rotation(step, frame)
         return backend
+
+    def export_secret_key(self) -> bytes:
+        """The secret key in the shared framing; keep it on the client."""
+        if self._secret is None:
+            raise MissingKeyError("this backend holds no secret key to export (server role, or no keys yet)")
+        return self._pack("secret", {}, self.engine.serialize_secret_key(self._secret))
+
+    def load_secret_key(self, data: bytes) -> None:
+        """Attach a saved secret key; it must be the key set's own (checked with a probe decryption)."""
+        key_id = self._require_keys()
+        frame = _unpack(data, "secret", {}, self._fp, MissingKeyError, "desilofhe secret key", key_id)
+        secret = self._load_key("secret", frame.payloads[0], self.engine.deserialize_secret_key)
+        self._check_secret_matches(secret)
+        self._secret = secret
+
+    def _check_secret_matches(self, secret: Any) -> None:
+        probe = np.linspace(-1.0, 1.0, 16)
+        try:
+            got = np.real(np.asarray(self.engine.decrypt(self.engine.encrypt(probe, self._public, 0), secret)))
+        except _LIBRARY_ERRORS as exc:
+            raise MissingKeyError(f"the secret key does not fit this engine: {exc}") from exc
+        if not np.allclose(got[: probe.size], probe, atol=1e-3):
+            raise MissingKeyError("the secret key does not decrypt under this key set's public key; "
+                                  "it belongs to another key set")
+
+    def _load_key(self, kind: str, payload: bytes, read: Callable[[bytes], Any]) -> Any:
+        try:
+            return read(payload)
+        except _LIBRARY_ERRORS as exc:
+            raise MissingKeyError(f"unreadable desilofhe {kind} key: {exc}") from exc
+
+    def _load_rotation(self, step: int, frame: wire.Frame) -> None:
+        key = self._load_key("rotation", frame.payloads[0], self.engine.deserialize_fixed_rotation_key)
+        level = frame.fields["level"]
+        # the key knows its own step and level: a header that disagrees is corrupt or forged
+        if normalise_step(int(key.delta), self.slots) != step or int(key.level) != level:
+            raise MissingKeyError(f"the rotation key for step {step} holds step {key.delta} at level {key.level}, "
+                                  "not what its name and header say")
+        self._rot[step] = key
+        self._rot_level[step] = level
 
     # -- data -------------------------------------------------------------------------------------
     def encode(self, values: np.ndarray, level: int) -> Any:
@@ -308,42 +313,36 @@ class DesiloBackend:
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: DesiloCiphertext) -> bytes:
         self._check_ct(ct)
-        meta = {"kind": "ciphertext", "key_id": ct.key_id, "fp": self._fp, "level": ct.level, "pending": ct.pending}
-        return _frame(meta, self.engine.serialize_ciphertext(ct.ct))
+        fields = {"level": ct.level, "pending": ct.pending}
+        payload = self.engine.serialize_ciphertext(ct.ct)
+        return wire.pack(wire.DESILO, "ciphertext", ct.key_id, self._fp, fields, payload)
 
     def deserialize(self, data: bytes) -> DesiloCiphertext:
-        meta, payload = _unframe(data, "ciphertext")
-        if meta.get("kind") != "ciphertext" or meta.get("fp") != self._fp:
-            raise CiphertextError("ciphertext was made for other parameters (or is not a ciphertext)")
-        if self._key_id is not None and meta.get("key_id") != self._key_id:
-            raise CiphertextError("ciphertext was made under another key set")
+        frame = _unpack(data, "ciphertext", _CT_FIELDS, self._fp, CiphertextError, "desilofhe ciphertext", self._key_id)
         try:
-            raw = self.engine.deserialize_ciphertext(payload)
-        except (RuntimeError, ValueError) as exc:
-            raise CiphertextError(f"malformed ciphertext: {exc}") from exc
-        ct = DesiloCiphertext(raw, bool(meta.get("pending")), str(meta.get("key_id")))
-        if ct.level != meta.get("level"):
-            raise CiphertextError("ciphertext level does not match its header")
+            raw = self.engine.deserialize_ciphertext(frame.payloads[0])
+        except _LIBRARY_ERRORS as exc:
+            raise CiphertextError(f"malformed desilofhe ciphertext: {exc}") from exc
+        ct = DesiloCiphertext(raw, frame.fields["pending"], frame.key_id)
+        if ct.level != frame.fields["level"] or not 0 <= ct.level <= self.params.levels:
+            raise CiphertextError(f"ciphertext level {ct.level} does not match its header or the parameters")
         self._check_ct(ct)
         return ct
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _require_keys(self) -> None:
+    def _require_keys(self) -> str:
         if self._key_id is None or self._public is None:
             raise MissingKeyError("no keys: call generate_keys() (client) or from_public_keys() (server)")
+        return self._key_id
+
+    def _pack(self, kind: str, fields: dict[str, int], payload: bytes | bytearray) -> bytes:
+        return wire.pack(wire.DESILO, kind, self._require_keys(), self._fp, fields, payload)
 
     def _pad(self, values: np.ndarray) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64).ravel()
-        if v.size > self.slots:
-            raise ValueError(f"{v.size} values do not fit {self.slots} slots")
-        out = np.zeros(self.slots)
-        out[: v.size] = v
-        return out
+        return pad_slots(values, self.slots)
 
     def _check_level(self, level: int) -> int:
-        if not 0 <= level <= self.params.levels:
-            raise ParameterError(f"level {level} outside 0..{self.params.levels}")
-        return int(level)
+        return check_level(level, self.params.levels)
 
     def _check_ct(self, ct: object) -> None:
         if not isinstance(ct, DesiloCiphertext):
@@ -385,3 +384,11 @@ class DesiloBackend:
 
     def _new(self, raw: Any, pending: bool) -> DesiloCiphertext:
         return DesiloCiphertext(raw, pending, self._key_id or "")
+
+
+def _unpack(
+    data: object, kind: str, schema: wire.Schema, fp: str, error: type[CryptoFaceError], what: str,
+    key_id: str | None = None,
+) -> wire.Frame:
+    """One desilofhe frame with a single payload (every desilofhe object serialises to one blob)."""
+    return wire.unpack(data, wire.DESILO, kind, schema, payloads=1, fp=fp, error=error, what=what, key_id=key_id)

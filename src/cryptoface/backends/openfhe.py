@@ -23,25 +23,29 @@ How the protocol maps onto OpenFHE:
 * OpenFHE keeps evaluation keys in a process-wide cache keyed by the secret key's tag, and deduplicates
   crypto contexts on deserialisation. A server backend made with :meth:`from_public_keys` rebuilds the
   context from the serialised one (checked against ``params``) and loads the keys into that cache; it
-  never holds a secret key object. The key tag is the key-set id: ciphertexts under another tag are
-  rejected with CiphertextError.
+  holds no secret key object until :meth:`OpenFHEBackend.load_secret_key` attaches one. The key tag is the
+  key-set id: ciphertexts, keys and secret keys under another tag are rejected.
+* Bytes use the shared framing (:mod:`cryptoface.backends.wire`). Its CRC keeps corrupted bytes away from
+  OpenFHE's deserialisers, which abort the whole process on some malformed payloads (a flipped modulus, for
+  one); crafted bytes with a valid CRC can still do that, so a server should only load key sets and
+  ciphertexts from clients it lets in.
 * Threads: OpenFHE parallelises inside each operation with OpenMP, with a thread limit it reads once when
   the library loads. So ``openfhe`` is imported lazily by the first backend, after libgomp's default has
   been set to its ``threads``; later backends in the same process share that count (a warning says so).
   Idle OpenMP workers spin, so threads > 1 is a loss on a busy machine. A probe with a counting Python
   thread (scripts/bench_backends.py) shows this wheel releases the GIL inside EvalRotate/EvalMult.
+
+One module on purpose (~520 lines): every method maps one protocol operation onto OpenFHE, and the framing,
+key checks and level bookkeeping they share are private to this binding.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
 import importlib
 import importlib.util
-import json
 import os
-import struct
 import sys
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -49,11 +53,11 @@ from typing import Any
 
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
-from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+from cryptoface.backends import wire
+from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
-_MAGIC = b"CFOFH1"
-_HEAD = struct.Struct("<I")
+_CT_FIELDS = {"level": int, "pending": bool}
 
 
 if importlib.util.find_spec("openfhe") is None:  # keeps the registry's availability check cheap and honest
@@ -109,36 +113,30 @@ def _quiet_stdout():
 
 
 def _fingerprint(params: CkksParameters) -> str:
-    text = (f"openfhe-1.6|{params.log_ring}|{params.levels}|{params.scale_bits}|{params.first_mod_bits}|"
-            f"{params.key_switch_digits}")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    return wire.fingerprint("openfhe-1.6", params.log_ring, params.levels, params.scale_bits, params.first_mod_bits,
+                            params.key_switch_digits)
 
 
-def _frame(meta: dict[str, Any], *payloads: bytes) -> bytes:
-    meta = {**meta, "sizes": [len(p) for p in payloads]}
-    head = json.dumps(meta, sort_keys=True).encode()
-    return b"".join((_MAGIC, _HEAD.pack(len(head)), head, *payloads))
+def _unpack(
+    data: object, kind: str, fp: str, error: type[CryptoFaceError], what: str, *,
+    key_id: str | None = None, schema: wire.Schema | None = None, payloads: int = 1,
+) -> wire.Frame:
+    return wire.unpack(data, wire.OPENFHE, kind, schema or {}, payloads=payloads, fp=fp, error=error, what=what,
+                       key_id=key_id)
 
 
-def _unframe(data: bytes, what: str, error: type[Exception] = CiphertextError) -> tuple[dict, list[bytes]]:
-    data = bytes(data)
-    if not data.startswith(_MAGIC) or len(data) < len(_MAGIC) + _HEAD.size:
-        raise error(f"not an OpenFHE {what} from CryptoFace (bad magic or too short)")
-    (n,) = _HEAD.unpack_from(data, len(_MAGIC))
-    pos = len(_MAGIC) + _HEAD.size
+def _read(read: Any, blob: bytes, error: type[CryptoFaceError], what: str, *, quiet: bool = False) -> Any:
+    """``read(blob, BINARY)``, turning OpenFHE's failures (an exception, or None for some garbage) into ``error``.
+
+    ``quiet`` silences fd 1 around the call; only for contexts, since swapping fd 1 is not thread safe."""
     try:
-        meta = json.loads(data[pos : pos + n])
-        sizes = [int(s) for s in meta["sizes"]]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise error(f"truncated or malformed {what} header") from exc
-    pos += n
-    if pos + sum(sizes) != len(data):
-        raise error(f"{what} is truncated or has trailing bytes")
-    parts = []
-    for s in sizes:
-        parts.append(data[pos : pos + s])
-        pos += s
-    return meta, parts
+        with _quiet_stdout() if quiet else contextlib.nullcontext():
+            obj = read(blob, openfhe.BINARY)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise error(f"unreadable OpenFHE {what}: {exc}") from exc
+    if obj is None:
+        raise error(f"unreadable OpenFHE {what}: the library returned nothing")
+    return obj
 
 
 def make_context(params: CkksParameters) -> Any:
@@ -168,6 +166,16 @@ def make_context(params: CkksParameters) -> Any:
     return cc
 
 
+def _client_context(blob: bytes, params: CkksParameters) -> Any:
+    """The crypto context a client serialised, checked against ``params``."""
+    cc = _read(openfhe.DeserializeCryptoContextString, blob, MissingKeyError, "crypto context in the key set",
+               quiet=True)
+    if cc.GetMultiplicativeDepth() != params.levels:
+        raise ParameterError(f"the client's context has depth {cc.GetMultiplicativeDepth()}, not {params.levels}")
+    _check_context(cc, params)
+    return cc
+
+
 def _check_context(cc: Any, params: CkksParameters) -> None:
     got = (cc.GetRingDimension(), cc.GetEncodingParams().GetBatchSize())
     if got != (params.ring_degree, params.slots):
@@ -181,7 +189,7 @@ class OpenFHEBackend:
     name = "openfhe"
     thread_safe = True  # the engine's two threads measured: conformance test + full-size Net4 runs
 
-    def __init__(self, params: CkksParameters | None = None, threads: int = 1, *, _context: Any = None) -> None:
+    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1, _context: Any = None) -> None:
         self.params = params or CkksParameters()
         load_openfhe(int(threads))
         self.threads = _LOADED_THREADS or int(threads)  # what OpenFHE actually uses
@@ -254,68 +262,69 @@ class OpenFHEBackend:
         self._require_keys()
         if self._secret is None:
             raise MissingKeyError("only the client backend that generated the keys can export them")
-        meta = {"key_id": self._tag, "fp": self._fp}
         b = openfhe.BINARY
         keys = {
-            "public": _frame({**meta, "kind": "public"}, openfhe.Serialize(self.cc, b),
-                             openfhe.Serialize(self._public, b)),
-            "relin": _frame({**meta, "kind": "relin"}, openfhe.SerializeEvalMultKeyString(b, self._tag)),
+            "public": self._pack("public", {}, openfhe.Serialize(self.cc, b), openfhe.Serialize(self._public, b)),
+            "relin": self._pack("relin", {}, openfhe.SerializeEvalMultKeyString(b, self._tag)),
         }
         for k in sorted(self._rot_maps):
             m = self._rot_maps[k]
             blob = m if isinstance(m, bytes) else openfhe.Serialize(m, b)
-            keys[f"rotation:{k}"] = _frame({**meta, "kind": "rotation", "step": k}, blob)
+            keys[f"rotation:{k}"] = self._pack("rotation", {"step": k}, blob)
         return keys
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], threads: int = 1) -> OpenFHEBackend:
-        """Server side: rebuild the client's context and load its public and evaluation keys."""
+    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1) -> OpenFHEBackend:
+        """Server side: rebuild the client's context and load its public and evaluation keys.
+
+        Every frame is checked (kind, key set, parameters, checksum) before OpenFHE reads any of them."""
         load_openfhe(int(threads))
-        if "public" not in keys:
-            raise MissingKeyError("the key set has no public key")
         fp = _fingerprint(params)
-        b = openfhe.BINARY
-
-        def load(name: str, kind: str) -> tuple[dict, list[bytes]]:
-            meta, parts = _unframe(keys[name], f"{kind} key", MissingKeyError)
-            if meta.get("kind") != kind or meta.get("fp") != fp:
-                raise MissingKeyError(f"key {name!r} is not a {kind} key for these parameters")
-            return meta, parts
-
-        meta, (cc_bytes, pk_bytes) = load("public", "public")
-        tag = str(meta["key_id"])
-        try:
-            with _quiet_stdout():
-                cc = openfhe.DeserializeCryptoContextString(cc_bytes, b)
-        except RuntimeError as exc:
-            raise MissingKeyError(f"unreadable crypto context in the key set: {exc}") from exc
-        if cc.GetMultiplicativeDepth() != params.levels:
-            raise ParameterError(f"the client's context has depth {cc.GetMultiplicativeDepth()}, not {params.levels}")
-        _check_context(cc, params)
-        backend = cls(params, threads=threads, _context=cc)
+        public = _unpack(wire.key_entry(keys, "public"), "public", fp, MissingKeyError, "OpenFHE public key",
+                         payloads=2)
+        tag = public.key_id
+        relin = None
+        if "relin" in keys:
+            relin = _unpack(keys["relin"], "relin", fp, MissingKeyError, "OpenFHE relinearisation key", key_id=tag)
+        rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _unpack(
+            data, "rotation", fp, MissingKeyError, f"OpenFHE {what}", key_id=tag, schema={"step": int}))
+        backend = cls(params, threads=threads, _context=_client_context(public.payloads[0], params))
         backend._tag = tag
-        try:
-            backend._public = openfhe.DeserializePublicKeyString(pk_bytes, b)
-            if "relin" in keys:
-                relin_meta, (relin,) = load("relin", "relin")
-                if relin_meta.get("key_id") != tag:
-                    raise MissingKeyError("the relinearisation key belongs to another key set")
-                if tag not in cc.GetAllEvalMultKeys():  # already cached when client and server share a process
-                    openfhe.DeserializeEvalMultKeyString(relin, b)
-                backend._has_relin = True
-            for name in keys:
-                if not name.startswith("rotation:"):
-                    continue
-                rot_meta, (blob,) = load(name, "rotation")
-                if rot_meta.get("key_id") != tag:
-                    raise MissingKeyError(f"key {name!r} belongs to another key set")
-                cc.InsertEvalAutomorphismKey(openfhe.DeserializeEvalKeyMapString(blob, b), tag)
-                backend._steps.add(normalise_step(int(rot_meta["step"]), backend.slots))
-        except RuntimeError as exc:
-            raise MissingKeyError(f"unreadable key in the key set: {exc}") from exc
-        if backend._public.GetKeyTag() != tag:
-            raise MissingKeyError("the public key does not belong to the key set named in its header")
+        backend._load_evaluation_keys(public.payloads[1], relin, rotations)
         return backend
+
+    def _load_evaluation_keys(
+        self, public: bytes, relin: wire.Frame | None, rotations: Mapping[int, wire.Frame]
+    ) -> None:
+        self._public = _read(openfhe.DeserializePublicKeyString, public, MissingKeyError, "public key")
+        if self._public.GetKeyTag() != self._tag:
+            raise MissingKeyError("the public key does not belong to the key set named in its header")
+        try:
+            if relin is not None:
+                if self._tag not in self.cc.GetAllEvalMultKeys():  # cached when client and server share a process
+                    openfhe.DeserializeEvalMultKeyString(relin.payloads[0], openfhe.BINARY)
+                self._has_relin = True
+            for step, frame in rotations.items():
+                key_map = _read(openfhe.DeserializeEvalKeyMapString, frame.payloads[0], MissingKeyError, "rotation key")
+                self.cc.InsertEvalAutomorphismKey(key_map, self._tag)
+                self._steps.add(step)
+        except (RuntimeError, ValueError, TypeError) as exc:
+            raise MissingKeyError(f"unreadable key in the key set: {exc}") from exc
+
+    def export_secret_key(self) -> bytes:
+        """The secret key in the shared framing; keep it on the client."""
+        if self._secret is None:
+            raise MissingKeyError("this backend holds no secret key to export (server role, or no keys yet)")
+        return self._pack("secret", {}, openfhe.Serialize(self._secret, openfhe.BINARY))
+
+    def load_secret_key(self, data: bytes) -> None:
+        """Attach a saved secret key; its OpenFHE key tag must be this key set's id."""
+        tag = self._require_keys()
+        frame = _unpack(data, "secret", self._fp, MissingKeyError, "OpenFHE secret key", key_id=tag)
+        secret = _read(openfhe.DeserializePrivateKeyString, frame.payloads[0], MissingKeyError, "secret key")
+        if secret.GetKeyTag() != tag:
+            raise MissingKeyError("the secret key belongs to another key set (its OpenFHE key tag differs)")
+        self._secret = secret
 
     # -- data -------------------------------------------------------------------------------------
     def encode(self, values: np.ndarray, level: int) -> Any:
@@ -435,23 +444,20 @@ class OpenFHEBackend:
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: Any) -> bytes:
         self._check_ct(ct)
-        meta = {"kind": "ciphertext", "key_id": ct.GetKeyTag(), "fp": self._fp, "level": self.level(ct),
-                "pending": self._pending(ct)}
-        return _frame(meta, openfhe.Serialize(ct, openfhe.BINARY))
+        fields = {"level": self.level(ct), "pending": self._pending(ct)}
+        return wire.pack(wire.OPENFHE, "ciphertext", ct.GetKeyTag(), self._fp, fields,
+                         openfhe.Serialize(ct, openfhe.BINARY))
 
     def deserialize(self, data: bytes) -> Any:
-        meta, parts = _unframe(data, "ciphertext")
-        if meta.get("kind") != "ciphertext" or meta.get("fp") != self._fp or len(parts) != 1:
-            raise CiphertextError("ciphertext was made for other parameters (or is not a ciphertext)")
-        if self._tag is not None and meta.get("key_id") != self._tag:
-            raise CiphertextError("ciphertext was made under another key set")
-        try:
-            ct = openfhe.DeserializeCiphertextString(parts[0], openfhe.BINARY)
-        except RuntimeError as exc:
-            raise CiphertextError(f"malformed ciphertext: {exc}") from exc
+        frame = _unpack(data, "ciphertext", self._fp, CiphertextError, "OpenFHE ciphertext", key_id=self._tag,
+                        schema=_CT_FIELDS)
+        ct = _read(openfhe.DeserializeCiphertextString, frame.payloads[0], CiphertextError, "ciphertext")
         self._check_ct(ct)
-        if self.level(ct) != meta.get("level") or self._pending(ct) != meta.get("pending"):
-            raise CiphertextError("ciphertext level or scale does not match its header")
+        level, pending = self.level(ct), self._pending(ct)
+        if (level, pending) != (frame.fields["level"], frame.fields["pending"]) or not 0 <= level <= self.params.levels:
+            raise CiphertextError(f"ciphertext level {level} or scale does not match its header or the parameters")
+        if ct.GetKeyTag() != frame.key_id:
+            raise CiphertextError("ciphertext key tag does not match its header; the bytes are corrupt")
         return self._rebind(ct)
 
     def _rebind(self, ct: Any) -> Any:
@@ -475,26 +481,23 @@ class OpenFHEBackend:
         return self.cc.EvalAdd(zero, ct)
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _require_keys(self) -> None:
+    def _require_keys(self) -> str:
         if self._tag is None or self._public is None:
             raise MissingKeyError("no keys: call generate_keys() (client) or from_public_keys() (server)")
+        return self._tag
+
+    def _pack(self, kind: str, fields: dict[str, int], *payloads: bytes) -> bytes:
+        return wire.pack(wire.OPENFHE, kind, self._require_keys(), self._fp, fields, *payloads)
 
     def _require_step(self, k: int) -> None:
         if k not in self._steps:
             raise MissingKeyError(f"no rotation key for step {k} (have {len(self._steps)} steps)")
 
     def _pad(self, values: np.ndarray) -> list[float]:
-        v = np.asarray(values, dtype=np.float64).ravel()
-        if v.size > self.slots:
-            raise ValueError(f"{v.size} values do not fit {self.slots} slots")
-        out = np.zeros(self.slots)
-        out[: v.size] = v
-        return out.tolist()
+        return pad_slots(values, self.slots).tolist()
 
     def _check_level(self, level: int) -> int:
-        if not 0 <= level <= self.params.levels:
-            raise ParameterError(f"level {level} outside 0..{self.params.levels}")
-        return int(level)
+        return check_level(level, self.params.levels)
 
     def _check_ct(self, ct: object) -> None:
         if not isinstance(ct, openfhe.Ciphertext):

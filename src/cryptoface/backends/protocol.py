@@ -14,7 +14,12 @@ Conventions every backend follows (the shared conformance tests check them):
 * Rotations are cyclic left rotations over ``slots`` real slots; ``rotate(ct, k)`` moves slot i+k to
   slot i. A rotation needs a key for exactly that step (see :meth:`CkksBackend.rotation_steps`);
   composing steps is the engine's job, not the backend's.
-* A backend created with :meth:`CkksBackend.from_public_keys` holds no secret key and cannot decrypt.
+* A backend created with :meth:`CkksBackend.from_public_keys` holds no secret key and cannot decrypt until
+  the client attaches its saved one with :meth:`CkksBackend.load_secret_key`.
+* Bytes (ciphertexts, keys) use one framing (:mod:`cryptoface.backends.wire`) that carries the key-set id
+  and a parameter fingerprint; every deserialiser raises only CiphertextError, MissingKeyError or
+  ParameterError, whatever the input.
+* Options are keywords shared by all backends: ``threads`` (a backend without threads accepts and ignores it).
 """
 
 from __future__ import annotations
@@ -103,6 +108,11 @@ class CkksBackend(Protocol):
     @property
     def has_secret_key(self) -> bool: ...
 
+    @property
+    def key_id(self) -> str | None:
+        """Id of the key set held (None before any keys); ciphertexts and key bytes carry it."""
+        ...
+
     # -- keys -----------------------------------------------------------------------------------
     def generate_keys(self, rotations: Iterable[int]) -> None:
         """Client side: make secret, public, relinearisation and one rotation key per step."""
@@ -116,9 +126,21 @@ class CkksBackend(Protocol):
         ...
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes]) -> CkksBackend:
+    def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes], *, threads: int = 1) -> CkksBackend:
         """Server side: evaluate under a client's exported keys, holding no secret key."""
         ...
+
+    def export_secret_key(self) -> bytes:
+        """Client side: the secret key, framed with the key-set id and parameter fingerprint.
+
+        Raises MissingKeyError when this backend holds none. Never send these bytes to a server."""
+        ...
+
+    def load_secret_key(self, data: bytes) -> None:
+        """Client side: attach a saved secret key to a backend made by :meth:`from_public_keys`.
+
+        A key of another key set or other parameters raises MissingKeyError; malformed bytes raise a
+        CryptoFaceError subclass. Afterwards :meth:`decrypt` works and ``has_secret_key`` is True."""
 
     # -- data -----------------------------------------------------------------------------------
     def encode(self, values: np.ndarray, level: int) -> Any:
@@ -200,3 +222,20 @@ def term_pairs(cts: Sequence[Any], pts: Iterable[Any]) -> Iterator[tuple[Any, An
 def normalise_step(step: int, slots: int) -> int:
     """Rotation step as an index in 0..slots-1."""
     return step % slots
+
+
+def pad_slots(values: np.ndarray, slots: int) -> np.ndarray:
+    """``values`` as float64, zero-padded to ``slots`` (ValueError when they do not fit)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    if v.size > slots:
+        raise ValueError(f"{v.size} values do not fit {slots} slots")
+    out = np.zeros(slots)
+    out[: v.size] = v
+    return out
+
+
+def check_level(level: int, levels: int) -> int:
+    """``level`` as an int in 0..levels, else ParameterError."""
+    if not 0 <= level <= levels:
+        raise ParameterError(f"level {level} outside 0..{levels}")
+    return int(level)

@@ -9,19 +9,19 @@ deviation on encryption, rescale and key switching, to mimic CKKS precision.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cryptoface.backends.protocol import CkksParameters, normalise_step, term_pairs
-from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+from cryptoface.backends import wire
+from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
-_MAGIC = b"CFSIM1\n"
+_CT_FIELDS = {"level": int, "pending": bool}
 
 
 @dataclass
@@ -44,8 +44,12 @@ class SimulatorBackend:
     name = "simulator"
     thread_safe = True
 
-    def __init__(self, params: CkksParameters | None = None, *, noise: float = 0.0, seed: int = 0) -> None:
+    def __init__(
+        self, params: CkksParameters | None = None, *, threads: int = 1, noise: float = 0.0, seed: int = 0
+    ) -> None:
+        del threads  # accepted for the shared options vocabulary; numpy does the work
         self.params = params or CkksParameters()
+        self._fp = _fingerprint(self.params)
         self.noise = float(noise)
         self._rng = np.random.default_rng(seed)
         self._steps: frozenset[int] = frozenset()
@@ -76,26 +80,38 @@ class SimulatorBackend:
         return self._steps
 
     def export_evaluation_keys(self) -> dict[str, bytes]:
-        self._require_keys()
-        meta = {"key_id": self._key_id, "slots": self.slots}
-        keys = {"public": json.dumps(meta).encode(), "relin": json.dumps(meta).encode()}
+        """Key frames without payloads: the simulator's keys are only the key-set id and the steps."""
+        keys = {"public": self._pack("public", {}), "relin": self._pack("relin", {})}
         for k in sorted(self._steps):
-            keys[f"rotation:{k}"] = json.dumps(meta).encode()
+            keys[f"rotation:{k}"] = self._pack("rotation", {"step": k})
         return keys
 
     @classmethod
     def from_public_keys(
-        cls, params: CkksParameters, keys: dict[str, bytes], *, noise: float = 0.0
+        cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1, noise: float = 0.0
     ) -> SimulatorBackend:
         """Server side: a backend that evaluates under these keys but holds no secret key."""
-        backend = cls(params, noise=noise)
-        try:
-            meta = json.loads(keys["public"])
-        except (KeyError, ValueError) as exc:
-            raise MissingKeyError("the key set has no readable public key") from exc
-        backend._key_id = str(meta["key_id"])
-        backend._steps = frozenset(int(name.split(":", 1)[1]) for name in keys if name.startswith("rotation:"))
+        backend = cls(params, threads=threads, noise=noise)
+        public = wire.key_entry(keys, "public")
+        key_id = backend._unpack(public, "public", {}, MissingKeyError, "simulator public key").key_id
+        if "relin" in keys:
+            backend._unpack(keys["relin"], "relin", {}, MissingKeyError, "simulator relinearisation key", key_id)
+        steps = wire.rotation_frames(keys, backend.slots, lambda data, what: backend._unpack(
+            data, "rotation", {"step": int}, MissingKeyError, f"simulator {what}", key_id))
+        backend._key_id, backend._steps = key_id, frozenset(steps)
         return backend
+
+    def export_secret_key(self) -> bytes:
+        """The simulator's "secret key" is its key-set id: it is not encryption."""
+        if not self._secret:
+            raise MissingKeyError("this backend holds no secret key to export (server role, or no keys yet)")
+        return self._pack("secret", {})
+
+    def load_secret_key(self, data: bytes) -> None:
+        """Attach a saved secret key of this backend's key set (see :meth:`from_public_keys`)."""
+        key_id = self._require_keys()
+        self._unpack(data, "secret", {}, MissingKeyError, "simulator secret key", key_id)
+        self._secret = True
 
     # -- data -------------------------------------------------------------------------------------
     def encode(self, values: np.ndarray, level: int) -> SimPlaintext:
@@ -214,41 +230,50 @@ class SimulatorBackend:
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: SimCiphertext) -> bytes:
         self._check_ct(ct)
-        meta = json.dumps({"level": ct.level, "pending": ct.pending, "key_id": ct.key_id, "slots": self.slots})
-        return _MAGIC + meta.encode() + b"\n" + ct.values.astype("<f8").tobytes()
+        fields = {"level": ct.level, "pending": ct.pending}
+        return wire.pack(wire.SIMULATOR, "ciphertext", ct.key_id, self._fp, fields, ct.values.astype("<f8").tobytes())
 
     def deserialize(self, data: bytes) -> SimCiphertext:
-        if not data.startswith(_MAGIC):
-            raise CiphertextError("not a simulator ciphertext (bad magic)")
-        try:
-            head, body = data[len(_MAGIC) :].split(b"\n", 1)
-            meta = json.loads(head)
-        except ValueError as exc:
-            raise CiphertextError("truncated or malformed ciphertext header") from exc
-        if meta.get("slots") != self.slots or len(body) != 8 * self.slots:
-            raise CiphertextError("ciphertext has the wrong size for these parameters (truncated?)")
-        ct = SimCiphertext(np.frombuffer(body, "<f8").copy(), int(meta["level"]), bool(meta["pending"]),
-                           str(meta["key_id"]))
+        frame = self._unpack(data, "ciphertext", _CT_FIELDS, CiphertextError, "simulator ciphertext", self._key_id,
+                             payloads=1)
+        (body,) = frame.payloads
+        if len(body) != 8 * self.slots:
+            raise CiphertextError(f"simulator ciphertext holds {len(body) // 8} slots, "
+                                  f"these parameters have {self.slots}")
+        values = np.frombuffer(body, "<f8").astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise CiphertextError("simulator ciphertext holds non-finite values; the bytes are corrupt")
+        ct = SimCiphertext(values, frame.fields["level"], frame.fields["pending"], frame.key_id)
         self._check_ct(ct)
         return ct
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _require_keys(self) -> None:
+    def _require_keys(self) -> str:
         if self._key_id is None:
             raise MissingKeyError("no keys: call generate_keys() (client) or from_public_keys() (server)")
+        return self._key_id
+
+    def _pack(self, kind: str, fields: dict[str, int]) -> bytes:
+        return wire.pack(wire.SIMULATOR, kind, self._require_keys(), self._fp, fields)
+
+    def _unpack(
+        self,
+        data: object,
+        kind: str,
+        schema: wire.Schema,
+        error: type[CryptoFaceError],
+        what: str,
+        key_id: str | None = None,
+        payloads: int = 0,
+    ) -> wire.Frame:
+        return wire.unpack(data, wire.SIMULATOR, kind, schema, payloads=payloads, fp=self._fp, error=error, what=what,
+                           key_id=key_id)
 
     def _pad(self, values: np.ndarray) -> np.ndarray:
-        v = np.asarray(values, dtype=np.float64).ravel()
-        if v.size > self.slots:
-            raise ValueError(f"{v.size} values do not fit {self.slots} slots")
-        out = np.zeros(self.slots)
-        out[: v.size] = v
-        return out
+        return pad_slots(values, self.slots)
 
     def _check_level(self, level: int) -> int:
-        if not 0 <= level <= self.params.levels:
-            raise ParameterError(f"level {level} outside 0..{self.params.levels}")
-        return int(level)
+        return check_level(level, self.params.levels)
 
     def _check_ct(self, ct: object) -> None:
         if not isinstance(ct, SimCiphertext):
@@ -298,3 +323,7 @@ class SimulatorBackend:
         if self.noise <= 0.0:
             return values
         return values + self._rng.normal(0.0, self.noise, values.shape)
+
+
+def _fingerprint(params: CkksParameters) -> str:
+    return wire.fingerprint("simulator", params.log_ring, params.levels, params.scale_bits, params.first_mod_bits)

@@ -1,6 +1,35 @@
-"""The client role: owns the secret key, encrypts probes, decrypts results, talks HTTP to the server."""
+"""The client role: owns the secret key, encrypts probes, decrypts results and decides.
 
-from cryptoface.client.http import CryptoFaceClient, IdentifyResult, ServerError, VerifyResult
-from cryptoface.client.keys import ClientKeys, home_dir
+One :class:`Client` (keys + a transport: HTTP or in-process) serves the CLI, the demo and the benchmarks.
+Importing this package does not import FastAPI.
+"""
 
-__all__ = ["ClientKeys", "CryptoFaceClient", "IdentifyResult", "ServerError", "VerifyResult", "home_dir"]
+from cryptoface.client.client import Client, IdentifyResult, TamperingError, VerifyResult, default_threshold
+from cryptoface.client.http import HTTPTransport
+from cryptoface.client.keys import ClientKeys, KeyHomeError, home_dir
+from cryptoface.client.transport import (
+    ImageProbe,
+    InProcessTransport,
+    ScoreChunk,
+    ServerError,
+    TemplateProbe,
+    Transport,
+)
+
+__all__ = [
+    "Client",
+    "ClientKeys",
+    "HTTPTransport",
+    "IdentifyResult",
+    "ImageProbe",
+    "InProcessTransport",
+    "KeyHomeError",
+    "ScoreChunk",
+    "ServerError",
+    "TamperingError",
+    "TemplateProbe",
+    "Transport",
+    "VerifyResult",
+    "default_threshold",
+    "home_dir",
+]

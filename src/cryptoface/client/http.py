@@ -1,149 +1,116 @@
-"""HTTP client of the matching server (httpx); decrypts results locally with the client's secret key."""
+"""The HTTP transport (httpx): the matching server's JSON API, ciphertexts and keys base64 inside JSON.
+
+Large evaluation keys go one per request as raw bytes (``PUT /v1/keysets/{id}/keys/{kind}``), so neither side
+holds a whole key set in one request body. Path segments are percent-encoded: a subject or key id is data,
+never part of the route.
+"""
 
 from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
+from urllib.parse import quote
 
 import httpx
-import numpy as np
 
-from cryptoface.client.keys import ClientKeys
-from cryptoface.errors import CryptoFaceError
+from cryptoface.client.transport import ImageProbe, Probe, ScoreChunk, ServerError, TemplateProbe
 
-INLINE_KEY_BYTES = 64 * 1024 * 1024  # key sets up to this size go in one JSON request; larger ones key by key
-
-
-class ServerError(CryptoFaceError):
-    """The server answered with an error status."""
-
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"server error {status} ({code}): {detail}")
-        self.status, self.code, self.detail = status, code, detail
+DEFAULT_TIMEOUT = 3600.0  # an encrypted inference takes minutes on a small server
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
-@dataclass
-class VerifyResult:
-    subject: str
-    accepted: bool
-    mode: str
-    values: list[float]  # one per enrolled template: cosine (score mode) or F(cos - tau) (decision mode)
-    threshold: float | None
-
-    @property
-    def score(self) -> float | None:
-        return max(self.values) if self.mode == "score" else None
+def _probe_json(probe: Probe) -> dict[str, Any]:
+    if isinstance(probe, ImageProbe):
+        out: dict[str, Any] = {"images": [_b64(c) for c in probe.images], "resolution": probe.resolution}
+        if probe.packing != "monolithic":
+            out["packing"] = probe.packing
+        return out
+    return {"ciphertext": _b64(probe.ciphertext), "stride": probe.stride, "replicas": probe.replicas}
 
 
-@dataclass
-class IdentifyResult:
-    subject: str | None  # best subject above threshold, None = unknown
-    score: float | None
-    mode: str
-    scores: dict[str, float] = field(default_factory=dict)  # best value per subject
-    threshold: float | None = None
+def _seg(value: str) -> str:
+    return quote(value, safe="")
 
 
-class CryptoFaceClient:
-    """Talks to one server under one key set."""
+class HTTPTransport:
+    """Talks to one matching server over HTTP(S)."""
 
-    def __init__(self, server: str, keys: ClientKeys, *, timeout: float = 3600.0, client: httpx.Client | None = None):
-        self.keys = keys
+    def __init__(self, server: str, *, timeout: float = DEFAULT_TIMEOUT, client: httpx.Client | None = None) -> None:
         self.http = client or httpx.Client(base_url=server.rstrip("/"), timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
 
-    def __enter__(self) -> CryptoFaceClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    # -- plumbing -----------------------------------------------------------------------------
     def _call(self, method: str, url: str, **kw: Any) -> Any:
-        r = self.http.request(method, url, **kw)
+        try:
+            r = self.http.request(method, url, **kw)
+        except httpx.HTTPError as exc:
+            raise ServerError(0, "unreachable", f"{method} {url}: {exc}") from exc
         if r.status_code >= 400:
             try:
                 body = r.json()
                 code, detail = body.get("error", "error"), body.get("detail", r.text)
-            except (ValueError, json.JSONDecodeError):
+            except (ValueError, AttributeError):
                 code, detail = "error", r.text
             if not isinstance(detail, str):
                 detail = json.dumps(detail)
             raise ServerError(r.status_code, str(code), detail)
-        return r.json()
+        return None if r.status_code == 204 or not r.content else r.json()
 
-    @property
-    def _base(self) -> str:
-        return f"/v1/keysets/{self.keys.key_id}"
+    @staticmethod
+    def _keyset(key_id: str) -> str:
+        return f"/v1/keysets/{_seg(key_id)}"
 
     def health(self) -> dict[str, Any]:
         return self._call("GET", "/v1/health")
 
-    # -- keys ---------------------------------------------------------------------------------
-    def register(self) -> str:
-        """Send the public and evaluation keys (never the secret key); returns the key-set id."""
-        keys = self.keys.evaluation_keys
-        params = json.loads(self.keys.params_json)
-        if sum(len(v) for v in keys.values()) <= INLINE_KEY_BYTES:
-            body = {"backend": self.keys.backend_name, "params": params, "keys": {k: _b64(v) for k, v in keys.items()}}
-            return self._call("POST", "/v1/keysets", json=body)["key_id"]
-        body = {"backend": self.keys.backend_name, "params": params, "keys": {"public": _b64(keys["public"])}}
+    def has_key_set(self, key_id: str) -> bool:
+        try:
+            self._call("GET", self._keyset(key_id))
+        except ServerError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def register(self, backend: str, params_json: str, keys: Iterable[tuple[str, bytes]]) -> str:
+        it = iter(keys)
+        kind, public = next(it)
+        if kind != "public":
+            raise ValueError("register: the public key must come first")
+        body = {"backend": backend, "params": json.loads(params_json), "keys": {"public": _b64(public)}}
         key_id = self._call("POST", "/v1/keysets", json=body)["key_id"]
-        for kind, data in keys.items():
-            if kind != "public":
-                self._call(
-                    "PUT",
-                    f"/v1/keysets/{key_id}/keys/{kind}",
-                    content=data,
-                    headers={"content-type": "application/octet-stream"},
-                )
+        for kind, data in it:
+            self._call("PUT", f"{self._keyset(key_id)}/keys/{_seg(kind)}", content=data,
+                       headers={"content-type": "application/octet-stream"})
         return key_id
 
-    # -- probes -------------------------------------------------------------------------------
-    def template_probe(self, ct: Any) -> dict[str, Any]:
-        return {"ciphertext": _b64(self.keys.backend.serialize(ct)), "stride": self.keys.stride}
+    def delete_key_set(self, key_id: str) -> None:
+        self._call("DELETE", self._keyset(key_id))
 
-    def image_probe(self, cts: list[Any], resolution: int, packing: str = "monolithic") -> dict[str, Any]:
-        probe = {"images": [_b64(self.keys.backend.serialize(c)) for c in cts], "resolution": resolution}
-        if packing != "monolithic":
-            probe["packing"] = packing
-        return probe
+    def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe:
+        out = self._call("POST", f"{self._keyset(key_id)}/infer", json={"probe": _probe_json(probe)})
+        return TemplateProbe(base64.b64decode(out["ciphertext"]), int(out["stride"]), int(out["replicas"]))
 
-    def enroll(self, subject: str, probes: list[dict[str, Any]]) -> list[int]:
-        return self._call("POST", f"{self._base}/subjects/{subject}/templates", json={"probes": probes})["template_ids"]
+    def enroll(self, key_id: str, subject: str, probes: list[Probe]) -> list[int]:
+        out = self._call("POST", f"{self._keyset(key_id)}/subjects/{_seg(subject)}/templates",
+                         json={"probes": [_probe_json(p) for p in probes]})
+        return [int(i) for i in out["template_ids"]]
 
-    def subjects(self) -> list[str]:
-        return self._call("GET", f"{self._base}/subjects")
+    def verify(self, key_id: str, subject: str, probe: Probe, mode: str) -> list[bytes]:
+        out = self._call("POST", f"{self._keyset(key_id)}/verify",
+                         json={"subject": subject, "probe": _probe_json(probe), "mode": mode})
+        return [base64.b64decode(c) for c in out["results"]]
 
-    def _decrypt(self, data: str) -> np.ndarray:
-        be = self.keys.backend
-        return be.decrypt(be.deserialize(base64.b64decode(data)))
+    def identify(self, key_id: str, probe: Probe, mode: str) -> list[ScoreChunk]:
+        out = self._call("POST", f"{self._keyset(key_id)}/identify", json={"probe": _probe_json(probe), "mode": mode})
+        return [ScoreChunk(base64.b64decode(c["ciphertext"]), tuple(int(s) for s in c["slots"]),
+                           tuple(str(n) for n in c["subjects"])) for c in out["chunks"]]
 
-    def verify(self, subject: str, probe: dict[str, Any], mode: str = "score") -> VerifyResult:
-        out = self._call("POST", f"{self._base}/verify", json={"subject": subject, "probe": probe, "mode": mode})
-        values = [float(self._decrypt(c)[out["slot"]]) for c in out["results"]]
-        tau = out.get("threshold")
-        accepted = max(values) > (tau if mode == "score" else 0.0)
-        return VerifyResult(subject, accepted, mode, values, tau)
-
-    def identify(self, probe: dict[str, Any], mode: str = "score") -> IdentifyResult:
-        out = self._call("POST", f"{self._base}/identify", json={"probe": probe, "mode": mode})
-        best: dict[str, float] = {}
-        for chunk in out["chunks"]:
-            slots = self._decrypt(chunk["ciphertext"])
-            for slot, name in zip(chunk["slots"], chunk["subjects"], strict=True):
-                best[name] = max(best.get(name, -np.inf), float(slots[slot]))
-        tau = out.get("threshold")
-        cut = tau if mode == "score" else 0.0
-        name, value = max(best.items(), key=lambda kv: kv[1]) if best else (None, None)
-        if value is None or value <= cut:
-            return IdentifyResult(None, value, mode, best, tau)
-        return IdentifyResult(name, value, mode, best, tau)
+    def subjects(self, key_id: str) -> list[str]:
+        return [str(s) for s in self._call("GET", f"{self._keyset(key_id)}/subjects")]

@@ -14,9 +14,10 @@ import numpy as np
 
 from cryptoface.engine import layout
 from cryptoface.engine.layout import TemplateLayout
-from cryptoface.engine.plan import NETWORK_LEVELS, Plan, build_plan
+from cryptoface.engine.plan import Plan, build_plan
 from cryptoface.errors import ParameterError
 from cryptoface.model.fused import FusedModel
+from cryptoface.params import LEVELS, default_parameters
 
 DEFAULT_FAMILY = layout.DEFAULT_FAMILY
 DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~4.2 GB at N = 2^16, OpenFHE) instead of ~300 exact-step keys
@@ -25,9 +26,10 @@ DEFAULT_KEY_MODE = "pow2"  # ~27 keys (~4.2 GB at N = 2^16, OpenFHE) instead of 
 @lru_cache(maxsize=8)
 def plan_for(resolution: int, slots: int, levels: int) -> Plan:
     """The default plan for ``resolution`` on parameters with ``slots`` slots and ``levels`` levels."""
-    reserve = levels - NETWORK_LEVELS
+    network = LEVELS.network_levels(resolution)
+    reserve = levels - network
     if reserve < 0:
-        raise ParameterError(f"the network needs {NETWORK_LEVELS} levels, the parameters give {levels}")
+        raise ParameterError(f"the network needs {network} levels, the parameters give {levels}")
     try:
         return build_plan(resolution, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE, reserve=reserve)
     except ValueError as exc:  # the layouts do not fit this ring
@@ -41,8 +43,6 @@ def _plan(backend: Any, resolution: int) -> Plan:
 def rotation_steps_for(resolution: int, slots: int, levels: int | None = None) -> frozenset[int]:
     """Rotation steps the engine needs (the client generates exactly these keys)."""
     if levels is None:
-        from cryptoface.engine.params import default_parameters
-
         levels = default_parameters(resolution).levels
     return plan_for(int(resolution), int(slots), int(levels)).rotation_keys
 
@@ -67,7 +67,6 @@ def infer_template(
 
 
 __all__ = [
-    "NETWORK_LEVELS",
     "TemplateLayout",
     "encrypt_image",
     "infer_template",

@@ -39,11 +39,12 @@ from cryptoface.engine.linear import (
     pool_head_replicated_diagonals,
     term_weights,
 )
-from cryptoface.engine.plan import NETWORK_LEVELS, Plan, PlanLayer, build_plan, layer_diagonals
+from cryptoface.engine.plan import Plan, PlanLayer, build_plan, layer_diagonals
 from cryptoface.errors import ParameterError
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel
 from cryptoface.model.reference import split_patches
+from cryptoface.params import LEVELS
 
 
 @dataclass
@@ -129,10 +130,10 @@ class EncryptedModel:
         self.model = model
         self.backend = backend
         if plan is None:
-            reserve = backend.params.levels - NETWORK_LEVELS
+            network = LEVELS.network_levels(model.resolution)
+            reserve = backend.params.levels - network
             if reserve < 0:
-                raise ParameterError(f"the network needs {NETWORK_LEVELS} levels, parameters give "
-                                     f"{backend.params.levels}")
+                raise ParameterError(f"the network needs {network} levels, parameters give {backend.params.levels}")
             plan = build_plan(model.resolution, backend.slots, family=family, key_mode=key_mode, reserve=reserve)
         if plan.slots != backend.slots or plan.resolution != model.resolution:
             raise ParameterError("the plan was made for another slot count or resolution")

@@ -7,7 +7,9 @@ the slot of an output element gets the weight of the input element that sits ``d
 ciphertext ``i``. Zero padding and stride are built into the weights (out-of-range taps contribute
 nothing; slots that hold no output element get weight 0, so they stay exactly zero).
 
-Everything here is pure numpy: no backend, no encryption.
+Everything here is pure numpy: no backend, no encryption. One module on purpose (~630 lines): the diagonal
+extraction, the baby-step/giant-step split and the cost model share the same index arithmetic, and splitting
+them would scatter one derivation over several files.
 """
 
 from __future__ import annotations

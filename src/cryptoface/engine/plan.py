@@ -4,10 +4,10 @@ Pure functions of the architecture (resolution), the slot count, the layout fami
 no weights and no encryption. The engine (:mod:`cryptoface.engine.evaluator`) follows a plan exactly,
 so the plan's ``rotation_keys`` are exactly the keys a run needs.
 
-Level schedule (remaining levels, ``start = NETWORK_LEVELS + reserve``): stem 1, then per block
-q1 1, conv1 1, q2 1, conv2(+shortcut) 1 — the shortcut reads ``h`` (q1's output, two levels higher)
-brought down to conv2's input level and is folded into conv2's diagonals — then the pool quadratic 1
-and pool+head 1: 1 + 5 * 4 + 2 = 23 levels.
+Level schedule (remaining levels, ``start = LEVELS.network_levels(resolution) + reserve``, the budget of
+:mod:`cryptoface.params`): stem 1, then per block q1 1, conv1 1, q2 1, conv2(+shortcut) 1 — the shortcut
+reads ``h`` (q1's output, two levels higher) brought down to conv2's input level and is folded into conv2's
+diagonals — then the pool quadratic 1 and pool+head 1: 23 levels, ending exactly at ``reserve``.
 
 Key modes: ``exact`` — one rotation key per distinct baby/giant step, babies hoisted with
 ``rotate_many``; ``pow2`` — only keys for signed powers of two, every step composed from its
@@ -40,8 +40,8 @@ from cryptoface.engine.linear import (
     template_reduce_steps,
 )
 from cryptoface.model import spec
+from cryptoface.params import LEVELS
 
-NETWORK_LEVELS = 1 + 4 * len(spec.BLOCKS) + 2  # = 23
 KEY_BYTES = 155 * 10**6  # one OpenFHE rotation key, N = 2^16, 30 levels, dnum 4 (serialised; dnum 3: 123 MB)
 KEY_MODES = ("exact", "pow2")
 TEMPLATE_STRIDES = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -202,7 +202,7 @@ def build_plan(
     model = cost_model or CostModel()
     n = spec.grid_for(resolution) ** 2
     layouts = lay.stage_layouts(n, slots, family)
-    start = NETWORK_LEVELS + reserve
+    start = LEVELS.network_levels(resolution) + reserve
     level = start
     layers: list[PlanLayer] = []
 
@@ -279,4 +279,4 @@ def best_family(resolution: int, slots: int, cost_model: CostModel | None = None
     return min(res, key=lambda f: res[f]["cost_s"])
 
 
-__all__ = ["KEY_BYTES", "NETWORK_LEVELS", "Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree"]
+__all__ = ["KEY_BYTES", "Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree"]

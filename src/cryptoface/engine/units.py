@@ -31,6 +31,7 @@ from cryptoface.engine.plan import Plan
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel, FusedPatchNet
 from cryptoface.model.reference import split_patches
+from cryptoface.params import LEVELS
 
 PATCHES_PER_UNIT = 4
 UNIT_RESOLUTION = 64  # the Net4 plan: 4 patches of 32 x 32
@@ -132,13 +133,12 @@ def unit_costs(resolution: int, slots: int, levels: int, cost_model: Any = None)
 
     ``cost_model`` (a :class:`~cryptoface.engine.linear.CostModel`) prices both with the same op costs."""
     from cryptoface.engine import DEFAULT_FAMILY, DEFAULT_KEY_MODE
-    from cryptoface.engine.plan import NETWORK_LEVELS, build_plan
+    from cryptoface.engine.plan import build_plan
 
-    reserve = levels - NETWORK_LEVELS
-    mono = build_plan(resolution, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE, reserve=reserve,
-                      cost_model=cost_model).totals()
-    unit = build_plan(UNIT_RESOLUTION, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE, reserve=reserve,
-                      cost_model=cost_model).totals()
+    mono = build_plan(resolution, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE,
+                      reserve=levels - LEVELS.network_levels(resolution), cost_model=cost_model).totals()
+    unit = build_plan(UNIT_RESOLUTION, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE,
+                      reserve=levels - LEVELS.network_levels(UNIT_RESOLUTION), cost_model=cost_model).totals()
     n_units = len(unit_patches(spec.grid_for(resolution) ** 2))
     keys = ("diagonals", "rotations", "ct_ct_mults", "cost_s")
     total = {k: unit[k] * n_units for k in keys}

@@ -2,8 +2,8 @@
 
 * :mod:`.poly` designs the polynomials in the clear (1/sqrt fit, composite sign) and documents their errors.
 * :mod:`.homomorphic` evaluates them on ciphertexts through the backend protocol only.
-* :mod:`.layout` defines template (engine), normalised and gallery slot layouts; :mod:`.levels` the level budget
-  (``MATCH_LEVELS``); :mod:`.threshold` the global threshold tau.
+* :mod:`.layout` defines template (engine), normalised and gallery slot layouts; :mod:`.threshold` the global
+  threshold tau. The levels matching takes are rows of the budget :data:`cryptoface.params.LEVELS`.
 """
 
 from cryptoface.match.homomorphic import (
@@ -16,16 +16,17 @@ from cryptoface.match.homomorphic import (
     replicate_probe,
     rotation_steps,
 )
-from cryptoface.match.layout import GalleryLayout, TemplateLayout, gallery_layout, normalised_layout
-from cryptoface.match.levels import MATCH_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS, SCORE_MATCH_LEVELS
+from cryptoface.match.layout import (
+    GalleryLayout,
+    TemplateLayout,
+    gallery_layout,
+    normalised_layout,
+    pack_gallery_slots,
+)
 from cryptoface.match.threshold import DEFAULT_THRESHOLD, threshold_from_metadata
 
 __all__ = [
     "DEFAULT_THRESHOLD",
-    "MATCH_LEVELS",
-    "NORMALISE_LEVELS",
-    "SCORE_LEVELS",
-    "SCORE_MATCH_LEVELS",
     "GalleryLayout",
     "TemplateLayout",
     "cosine",
@@ -36,6 +37,7 @@ __all__ = [
     "normalise_levels",
     "normalised_layout",
     "pack_gallery",
+    "pack_gallery_slots",
     "replicate_probe",
     "rotation_steps",
     "threshold_from_metadata",

@@ -2,7 +2,7 @@
 
 Every function takes a :class:`~cryptoface.backends.protocol.CkksBackend` (server side: no secret key) and
 ciphertexts; nothing here decrypts. Levels follow the protocol's bookkeeping: each ``mul``/``mul_plain``/
-``mul_scalar`` is followed by one ``rescale``; the level costs are the constants of :mod:`cryptoface.match.levels`.
+``mul_scalar`` is followed by one ``rescale``; the level costs are rows of :data:`cryptoface.params.LEVELS`.
 
 Normalisation takes a raw template in any :class:`TemplateLayout` (the engine's replicated one, or a single
 copy with any stride, which is first replicated over the ring by rotations) and returns the *normalised
@@ -38,8 +38,8 @@ from cryptoface.match.layout import (
     gallery_layout,
     normalised_layout,
 )
-from cryptoface.match.levels import NORMALISE_LEVELS
 from cryptoface.match.poly import SIGN_STAGES, ChebyshevSeries, inverse_sqrt_series, sign_stages
+from cryptoface.params import LEVELS
 
 _TINY = 1e-13  # relative size under which a polynomial coefficient is treated as zero
 _LOG_DIM = int(math.log2(EMBEDDING_DIM))
@@ -82,7 +82,7 @@ def _permutation_steps(stride: int, slots: int) -> tuple[list[int], list[int]]:
 
 def normalise_levels(layout: TemplateLayout) -> int:
     """Levels :func:`normalise` takes for this layout: 6, or 7 when its scale is not the engine's."""
-    return NORMALISE_LEVELS + (0 if _scale_matches(layout, inverse_sqrt_series()) else 1)
+    return LEVELS.normalise + (0 if _scale_matches(layout, inverse_sqrt_series()) else 1)
 
 
 def _scale_matches(layout: TemplateLayout, series: ChebyshevSeries) -> bool:
@@ -296,23 +296,26 @@ def cosine(backend: CkksBackend, probe: Any, template: Any, layout: TemplateLayo
 
 
 def pack_gallery(backend: CkksBackend, templates: Sequence[Any], gallery: GalleryLayout | None = None) -> Any:
-    """One ciphertext holding up to ``gallery.capacity`` normalised templates (no level, len-1 rotations)."""
+    """One ciphertext holding up to ``gallery.capacity`` normalised templates (no level, len-1 rotations).
+
+    It decrypts to :func:`~cryptoface.match.layout.pack_gallery_slots` of the templates: a binary tree whose
+    round k shifts the odd entries by ``gallery.pack_steps()[k]`` (the slot arithmetic stays in the layout).
+    """
     gallery = gallery or gallery_layout(backend.slots)
     if not templates:
         raise ValueError("no templates to pack")
     if len(templates) > gallery.capacity:
         raise ValueError(f"{len(templates)} templates exceed the gallery capacity {gallery.capacity}")
     row: list[Any | None] = list(templates)
-    bit = 1
-    while len(row) > 1:
-        step = gallery.shift(bit)
+    for step in gallery.pack_steps():
+        if len(row) == 1:
+            break
         nxt = []
         for i in range(0, len(row), 2):
             a = row[i]
             b = row[i + 1] if i + 1 < len(row) else None
             nxt.append(a if b is None else backend.add(a, backend.rotate(b, -step)))
         row = nxt
-        bit *= 2
     return row[0]
 
 
@@ -345,7 +348,7 @@ def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gal
 
 
 def decision(backend: CkksBackend, scores: Any, tau: float, stages: tuple[str, ...] = SIGN_STAGES) -> Any:
-    """F(score) ~ sign(score - tau) in every score slot: > 0 accept, < 0 reject (``DECISION_LEVELS`` levels)."""
+    """F(score) ~ sign(score - tau) in every score slot: > 0 accept, < 0 reject (``LEVELS.decision`` levels)."""
     v = scores
     for series in sign_stages(tau, stages):
         v = chebyshev(backend, v, series)

@@ -11,7 +11,9 @@ N = 2^16), unit scale, zeros elsewhere: a 256-element template that fills the ri
 Gallery (1:N, :func:`gallery_layout`): ``capacity = S`` normalised templates per ciphertext (128 at N = 2^16);
 template n has element j at slot ``S * j + n`` and its score is in every slot ``= n (mod S)``, slot n among
 them (:meth:`GalleryLayout.score_slot`). The general :class:`GalleryLayout` (stride s, blocks of ``256 * s``
-slots) is kept for smaller strides, which need a mask level.
+slots) is kept for smaller strides, which need a mask level. :func:`pack_gallery_slots` is the one definition
+of a gallery's slot vector; the encrypted packing (:func:`cryptoface.match.homomorphic.pack_gallery`) produces
+exactly it from encrypted normalised templates, and clients that encrypt a gallery directly encode it.
 """
 
 from __future__ import annotations
@@ -97,6 +99,10 @@ class GalleryLayout:
     def score_slots(self, count: int | None = None) -> np.ndarray:
         return np.array([self.shift(n) for n in range(self.capacity if count is None else count)], dtype=np.int64)
 
+    def element_slots(self, count: int) -> np.ndarray:
+        """(count, 256) slot indices: row n holds the slots of template n's elements in the gallery."""
+        return self.score_slots(count)[:, None] + np.arange(EMBEDDING_DIM)[None, :] * self.stride
+
     def pack_steps(self) -> list[int]:
         """Right shifts used to build the gallery and replicate a probe: one per bit of the template index."""
         steps = []
@@ -110,3 +116,19 @@ class GalleryLayout:
 def gallery_layout(slots: int) -> GalleryLayout:
     """The ring-filling gallery of normalised templates (capacity ``slots // 256``, scores need no mask)."""
     return GalleryLayout(normalised_layout(slots).stride, slots)
+
+
+def pack_gallery_slots(templates: np.ndarray, gallery: GalleryLayout) -> np.ndarray:
+    """The slot vector of a gallery ciphertext holding ``templates`` (count x 256, count <= capacity).
+
+    Template n's element j goes to slot ``gallery.shift(n) + j * gallery.stride``, zeros elsewhere; values are
+    placed as given (normalised templates have unit scale).
+    """
+    t = np.asarray(templates, dtype=np.float64)
+    if t.ndim != 2 or t.shape[1] != EMBEDDING_DIM:
+        raise ParameterError(f"expected templates of shape (count, {EMBEDDING_DIM}), got {t.shape}")
+    if t.shape[0] > gallery.capacity:
+        raise ParameterError(f"{t.shape[0]} templates exceed the gallery capacity {gallery.capacity}")
+    out = np.zeros(gallery.slots)
+    out[gallery.element_slots(t.shape[0])] = t
+    return out

@@ -74,7 +74,7 @@ from cryptoface.engine.template import NORM_SQ_HIGH, NORM_SQ_LOW, NORM_SQ_MAX, N
 # engine's (it scales its output so that ||t||^2 maps onto [-1, 1] with a constant add).
 INV_SQRT_LOW = NORM_SQ_LOW
 INV_SQRT_HIGH = NORM_SQ_HIGH
-INV_SQRT_DEGREE = 15
+INV_SQRT_DEGREE = 15  # depth 4: LEVELS.normalise (cryptoface.params) = 1 + 4 + 1, kept equal by a test
 
 # Odd degree-7 stages from Cheon, Kim, Kim & Lee (Asiacrypt 2020), coefficients of x^0..x^7:
 # f3 = (35x - 35x^3 + 21x^5 - 5x^7) / 16 converges to +-1 with order 4 near +-1;
@@ -83,7 +83,7 @@ SIGN_POLYS: dict[str, tuple[float, ...]] = {
     "f3": (0.0, 35 / 16, 0.0, -35 / 16, 0.0, 21 / 16, 0.0, -5 / 16),
     "g3": (0.0, 4589 / 1024, 0.0, -16577 / 1024, 0.0, 25614 / 1024, 0.0, -12860 / 1024),
 }
-SIGN_STAGES: tuple[str, ...] = ("g3", "f3", "f3")
+SIGN_STAGES: tuple[str, ...] = ("g3", "f3", "f3")  # depth 9 = LEVELS.decision, kept equal by a test
 SIGN_TOLERANCE = 1e-2
 
 

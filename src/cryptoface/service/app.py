@@ -80,6 +80,16 @@ class EnrollOut(BaseModel):
     template_ids: list[int]
 
 
+class InferIn(_Strict):
+    probe: Probe
+
+
+class InferOut(BaseModel):
+    ciphertext: str = Field(description="base64 ciphertext of the raw (un-normalised) template")
+    stride: int
+    replicas: int
+
+
 class VerifyIn(_Strict):
     subject: str
     probe: Probe
@@ -240,6 +250,15 @@ def create_app(
         rec = store.get_key_set(key_id)
         return KeySetOut(key_id=key_id, backend=rec.backend, key_kinds=list(rec.key_kinds))
 
+    @app.get("/v1/keysets/{key_id}", response_model=KeySetOut, responses=err)
+    def key_set(key_id: str) -> KeySetOut:
+        rec = store.get_key_set(key_id)
+        return KeySetOut(key_id=key_id, backend=rec.backend, key_kinds=list(rec.key_kinds))
+
+    @app.delete("/v1/keysets/{key_id}", status_code=204, responses={**err, 409: {"model": ErrorOut}})
+    def delete_key_set(key_id: str) -> None:
+        service.delete_key_set(key_id)
+
     @app.put("/v1/keysets/{key_id}/keys/{kind}", response_model=KeySetOut, responses=err)
     async def put_key(key_id: str, kind: str, request: Request) -> KeySetOut:
         data = await request.body()
@@ -257,6 +276,12 @@ def create_app(
     def enroll(key_id: str, subject: str, body: EnrollIn) -> EnrollOut:
         ids = service.enroll(key_id, subject, [_probe_dict(p) for p in body.probes])
         return EnrollOut(subject=subject, template_ids=ids)
+
+    @app.post("/v1/keysets/{key_id}/infer", response_model=InferOut, responses={**err, 501: {"model": ErrorOut}})
+    def infer(key_id: str, body: InferIn) -> InferOut:
+        out = service.infer(key_id, _probe_dict(body.probe))
+        return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
+                        replicas=out["replicas"])
 
     @app.post("/v1/keysets/{key_id}/verify", response_model=VerifyOut, responses=err)
     def verify(key_id: str, body: VerifyIn) -> VerifyOut:

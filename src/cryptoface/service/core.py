@@ -7,20 +7,19 @@ There is deliberately no code path here that creates, loads or accepts a secret 
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from cryptoface.backends import backend_class
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.engine import infer_template
-from cryptoface.errors import CiphertextError, MissingKeyError, ParameterError
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
-from cryptoface.match.levels import DECISION_LEVELS, NORMALISE_LEVELS, SCORE_LEVELS
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
+from cryptoface.params import LEVELS, params_from_json, params_to_json
 from cryptoface.store.base import (
     ConflictError,
     NewTemplate,
@@ -29,34 +28,15 @@ from cryptoface.store.base import (
     TemplateStore,
 )
 
-PARAM_FIELDS = ("log_ring", "levels", "scale_bits", "first_mod_bits", "special_mod_bits", "key_switch_digits")
 MODES = ("score", "decision")
 
 
-class ServiceInputError(Exception):
+class ServiceInputError(CryptoFaceError):
     """A request that is well-formed JSON but cannot be served (HTTP 400)."""
 
 
-class EngineUnavailableError(Exception):
+class EngineUnavailableError(CryptoFaceError):
     """Encrypted inference is not available in this build (HTTP 501)."""
-
-
-def params_to_json(params: CkksParameters) -> str:
-    return json.dumps({k: getattr(params, k) for k in PARAM_FIELDS}, sort_keys=True)
-
-
-def params_from_json(text: str) -> CkksParameters:
-    try:
-        raw = json.loads(text)
-        unknown = set(raw) - set(PARAM_FIELDS)
-        if unknown:
-            raise ParameterError(f"unknown CKKS parameter(s) {sorted(unknown)}")
-        params = CkksParameters(**{k: int(v) for k, v in raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise ParameterError(f"unreadable CKKS parameters: {exc}") from exc
-    if not 10 <= params.log_ring <= 17 or not 1 <= params.levels <= 60:
-        raise ParameterError(f"CKKS parameters out of range: {asdict(params)}")
-    return params
 
 
 def _is_secret_kind(kind: str) -> bool:
@@ -117,17 +97,23 @@ class MatchService:
         return record.key_id
 
     def add_key(self, key_id: str, kind: str, data: bytes) -> None:
+        """Add one evaluation key, checked against the key set's public key alone (not the whole key set)."""
         if _is_secret_kind(kind) or kind == "public":
             raise ServiceInputError(f"refused key kind {kind!r}: add evaluation keys (relin, rotation:<k>) only")
         if not (kind == "relin" or kind.startswith("rotation:")):
             raise ServiceInputError(f"unknown key kind {kind!r}; expected 'relin' or 'rotation:<step>'")
         record = self.store.get_key_set(key_id)
-        keys = self.store.key_set_keys(key_id)
-        keys[kind] = data
-        backend = backend_class(record.backend).from_public_keys(params_from_json(record.params_json), keys)
+        public = self.store.key_set_keys(key_id, kinds=("public",))["public"]
+        params = params_from_json(record.params_json)
+        backend = backend_class(record.backend).from_public_keys(params, {"public": public, kind: data})
         if backend.has_secret_key:  # pragma: no cover
             raise ServiceInputError("refused: these keys give the server a secret key")
-        self.store.add_key_set(record.backend, record.params_json, {kind: data, "public": keys["public"]})
+        self.store.add_key_set(record.backend, record.params_json, {kind: data, "public": public})
+        self._forget(key_id)
+
+    def delete_key_set(self, key_id: str) -> None:
+        """Withdraw a registration that has no enrolled subject (a client rolling back a failed enrolment)."""
+        self.store.delete_key_set(key_id, only_if_empty=True)
         self._forget(key_id)
 
     def _forget(self, key_id: str) -> None:
@@ -260,7 +246,7 @@ class MatchService:
         new = []
         with state.lock:
             for probe in probes:
-                ct, stride = self._normalised(state, probe, SCORE_LEVELS)
+                ct, stride = self._normalised(state, probe, LEVELS.score)
                 new.append(
                     NewTemplate(
                         state.backend.serialize(ct), state.backend.level(ct), stride, self.model_id, state.params_id
@@ -272,13 +258,13 @@ class MatchService:
         if mode not in MODES:
             raise ServiceInputError(f"mode must be one of {MODES}")
         if mode == "decision":
-            need = SCORE_LEVELS + DECISION_LEVELS
+            need = LEVELS.score + LEVELS.decision
             if template_level < need:
                 raise ServiceInputError(
                     f"decision-only matching needs templates with {need} levels left, these have {template_level}; "
                     "use mode 'score' or larger parameters"
                 )
-            return DECISION_LEVELS
+            return LEVELS.decision
         return 0
 
     def verify(self, key_id: str, subject: str, probe: dict[str, Any], mode: str = "score") -> list[bytes]:
@@ -289,7 +275,7 @@ class MatchService:
         extra = self._check_mode(mode, min(r.level for r in records))
         out = []
         with state.lock:
-            p, stride = self._normalised(state, probe, SCORE_LEVELS + extra)
+            p, stride = self._normalised(state, probe, LEVELS.score + extra)
             for r in records:
                 self._check_compatible(r, stride, state)
                 s = hm.cosine(be, p, be.deserialize(r.ciphertext), TemplateLayout(stride))
@@ -312,7 +298,7 @@ class MatchService:
         if not records:
             raise ServiceInputError("no subject is enrolled under this key set")
         with state.lock:
-            p, stride = self._normalised(state, probe, SCORE_LEVELS + self._check_mode(mode, 10**9))
+            p, stride = self._normalised(state, probe, LEVELS.score + self._check_mode(mode, 10**9))
             records = [r for r in records if r.stride == stride and r.model_id == self.model_id]
             if not records:
                 raise ServiceInputError(f"no enrolled template has stride {stride} and model {self.model_id!r}")
@@ -366,9 +352,9 @@ class MatchService:
             "threshold": self.threshold,
             "model_id": self.model_id,
             "model_resolution": None if self.model is None else int(self.model.resolution),
-            "normalise_levels": NORMALISE_LEVELS,
-            "score_levels": SCORE_LEVELS,
-            "decision_levels": DECISION_LEVELS,
+            "normalise_levels": LEVELS.normalise,
+            "score_levels": LEVELS.score,
+            "decision_levels": LEVELS.decision,
         }
 
 
@@ -378,6 +364,4 @@ __all__ = [
     "MissingKeyError",
     "ServiceInputError",
     "StoreError",
-    "params_from_json",
-    "params_to_json",
 ]

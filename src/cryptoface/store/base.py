@@ -14,6 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from cryptoface.errors import CryptoFaceError
+
 SECRET_KEY_KINDS = ("secret", "secret_key", "sk")
 
 
@@ -74,20 +76,20 @@ class GalleryRecord:
     created_at: float
 
 
-class StoreError(Exception):
+class StoreError(CryptoFaceError):
     """Base of store errors (the service maps them onto HTTP 4xx)."""
 
 
 class UnknownKeySetError(StoreError):
-    pass
+    """No key set with that id is registered."""
 
 
 class UnknownSubjectError(StoreError):
-    pass
+    """No subject with that name is enrolled under the key set."""
 
 
 class ConflictError(StoreError):
-    pass
+    """The write contradicts what is stored (other parameters, templates still enrolled, a concurrent write)."""
 
 
 @runtime_checkable
@@ -97,8 +99,9 @@ class TemplateStore(Protocol):
     # key sets
     def add_key_set(self, backend: str, params_json: str, keys: Mapping[str, bytes]) -> KeySetRecord: ...
     def get_key_set(self, key_id: str) -> KeySetRecord: ...
-    def key_set_keys(self, key_id: str) -> dict[str, bytes]: ...
+    def key_set_keys(self, key_id: str, kinds: Sequence[str] | None = None) -> dict[str, bytes]: ...
     def list_key_sets(self) -> list[KeySetRecord]: ...
+    def delete_key_set(self, key_id: str, *, only_if_empty: bool = True) -> None: ...
 
     # subjects and templates
     def enroll(self, key_id: str, subject: str, templates: Sequence[NewTemplate]) -> list[int]: ...

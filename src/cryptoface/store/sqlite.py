@@ -145,14 +145,30 @@ class SQLiteStore:
         )
         return KeySetRecord(row[0], row[1], row[2], row[3], row[4], kinds)
 
-    def key_set_keys(self, key_id: str) -> dict[str, bytes]:
+    def key_set_keys(self, key_id: str, kinds: Sequence[str] | None = None) -> dict[str, bytes]:
+        """The key set's keys by kind; only ``kinds`` when given (a public key without gigabytes of rotation keys)."""
         self.get_key_set(key_id)
-        rows = self._conn().execute("SELECT kind, data FROM key_blobs WHERE key_id = ?", (key_id,))
+        if kinds is None:
+            rows = self._conn().execute("SELECT kind, data FROM key_blobs WHERE key_id = ?", (key_id,))
+        else:
+            marks = ",".join("?" * len(kinds))
+            rows = self._conn().execute(
+                f"SELECT kind, data FROM key_blobs WHERE key_id = ? AND kind IN ({marks})", (key_id, *kinds)
+            )
         return {kind: bytes(data) for kind, data in rows}
 
     def list_key_sets(self) -> list[KeySetRecord]:
         ids = [r[0] for r in self._conn().execute("SELECT key_id FROM key_sets ORDER BY created_at")]
         return [self.get_key_set(k) for k in ids]
+
+    def delete_key_set(self, key_id: str, *, only_if_empty: bool = True) -> None:
+        """Remove a key set and its keys; with ``only_if_empty`` a key set that still has subjects is a conflict."""
+        with self._tx() as cur:
+            if cur.execute("SELECT 1 FROM key_sets WHERE key_id = ?", (key_id,)).fetchone() is None:
+                raise UnknownKeySetError(f"unknown key set {key_id!r}")
+            if only_if_empty and cur.execute("SELECT 1 FROM subjects WHERE key_id = ?", (key_id,)).fetchone():
+                raise ConflictError(f"key set {key_id[:12]} still has enrolled subjects")
+            cur.execute("DELETE FROM key_sets WHERE key_id = ?", (key_id,))
 
     # -- subjects and templates -----------------------------------------------------------------
     def enroll(self, key_id: str, subject: str, templates: Sequence[NewTemplate]) -> list[int]:

@@ -12,6 +12,9 @@ Pipeline (see :class:`~cryptoface.train.config.TrainConfig` for every knob):
    included) and a history line in ``history.jsonl``;
 5. at the end: the fused float64 model file (``export_name``) with the recipe, guard report, norm
    statistics and threshold in its metadata.
+
+One module on purpose (~620 lines): the training loop, its checkpoint/resume state and the export share the
+same run state; the data, model, loss and range pieces live in their own modules beside it.
 """
 
 from __future__ import annotations

@@ -1,10 +1,26 @@
-"""Memory housekeeping for the benchmarks: a client that has exported its keys need not keep them."""
+"""Process memory for the benchmarks: peak RSS, and freeing what a client no longer needs."""
 
 from __future__ import annotations
 
 import contextlib
+import resource
 import sys
+from pathlib import Path
 from typing import Any
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size.
+
+    On Linux the high-water mark of the process's own address space (``VmHWM``): ``getrusage``'s ``ru_maxrss``
+    survives ``fork`` + ``exec``, so a spawned child would report its parent's peak (the client's keys).
+    """
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(r if sys.platform == "darwin" else r * 1024)  # bytes on macOS, KiB elsewhere
 
 
 def drop_client_rotation_keys(backend: Any) -> None:

@@ -1,0 +1,215 @@
+"""Encrypted CryptoFaceNet inference on one backend, in one process: the plan's counts, then timed runs.
+
+This process is both client (keys with exactly the plan's rotation steps, input encryption, template
+decryption) and server (the engine on the same backend); the error is against the model's numpy forward.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cryptoface.bench.memory import peak_rss_bytes
+from cryptoface.bench.profiling import ProfileReport, profile_report, start_profile
+from cryptoface.bench.report import OPTIONAL, Report, bytes_by_kind, params_summary
+from cryptoface.engine.layout import DEFAULT_FAMILY
+from cryptoface.errors import ParameterError
+
+
+@dataclass(frozen=True, kw_only=True)
+class InferenceOptions:
+    """What ``cryptoface bench`` measures (one field per flag of the monolithic and plan-only runs)."""
+
+    resolution: int = 64
+    backend: str = "simulator"
+    model: Path | None = None  # None: the bundled model at this resolution, else a random one
+    runs: int = 3
+    workers: int | None = None  # engine threads; None: the engine's default for the backend
+    threads: int = 1  # the backend's own threads
+    family: str = DEFAULT_FAMILY
+    key_mode: str = "pow2"
+    cost_model: str | None = None  # None: the backend's own, desilofhe's for the simulator
+    seed: int = 0
+    photo: Path | None = None  # None: the bundled obama3.jpg
+    random_input: bool = False
+    profile: bool = False  # the first run under cProfile (one engine thread)
+
+
+@dataclass(kw_only=True)
+class BenchHeader(Report):
+    """What every ``cryptoface bench`` report starts with."""
+
+    resolution: int
+    backend: str
+    family: str
+    key_mode: str
+    params: dict[str, int]
+
+
+@dataclass(kw_only=True)
+class PlanSummary(Report):
+    """The plan's counts: per-layer table, totals, rotation keys and their estimated bytes."""
+
+    cost_model: str
+    totals: dict[str, Any]
+    layers: list[dict[str, Any]]
+    rotation_keys: list[int]
+    template_stride: int
+    key_bytes_estimate: int
+
+
+@dataclass(kw_only=True)
+class PlanReport(BenchHeader):
+    """``bench --plan-only``: the plan, nothing encrypted."""
+
+    plan: PlanSummary
+
+
+@dataclass(kw_only=True)
+class InferenceRun(Report):
+    """One encrypted inference: client encryption, server evaluation, error of the decrypted template."""
+
+    run: int
+    encrypt_s: float
+    upload_bytes: int
+    infer_s: float
+    max_abs_error: float
+    rel_error: float
+    output_level: int
+    layers: list[dict[str, Any]]
+
+
+@dataclass(kw_only=True)
+class InferenceReport(PlanReport):
+    """Timed encrypted inferences; medians over runs, errors the worst run's."""
+
+    model: str
+    threads: int
+    keygen_s: float
+    evaluation_key_bytes: dict[str, Any]  # per key kind, or {"error": ...} where a backend cannot export
+    workers: int
+    input: str
+    profile: ProfileReport | None = field(default=None, metadata=OPTIONAL)
+    runs: list[InferenceRun]
+    encrypt_s: float
+    upload_bytes: int
+    infer_s_median: float
+    max_abs_error: float
+    rel_error: float
+    peak_rss_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        """The figures the CLI prints."""
+        return {k: getattr(self, k) for k in ("keygen_s", "encrypt_s", "upload_bytes", "infer_s_median",
+                                              "max_abs_error", "rel_error", "peak_rss_bytes")}
+
+
+def cost_model_name(options: InferenceOptions) -> str:
+    """The op costs the plan is priced with: the option, else the backend's own, else desilofhe's."""
+    from cryptoface.engine.linear import COST_MODELS
+
+    return options.cost_model or (options.backend if options.backend in COST_MODELS else "desilofhe")
+
+
+def bench_parameters(options: InferenceOptions) -> Any:
+    """The CKKS parameters of the benchmark (the 128-bit defaults for the resolution)."""
+    from cryptoface.params import default_parameters
+
+    return default_parameters(options.resolution)
+
+
+def header_fields(options: InferenceOptions, params: Any) -> dict[str, Any]:
+    """The :class:`BenchHeader` fields of a run with these options."""
+    return {"resolution": options.resolution, "backend": options.backend, "family": options.family,
+            "key_mode": options.key_mode, "params": params_summary(params)}
+
+
+def build_bench_plan(options: InferenceOptions) -> tuple[Any, Any, PlanSummary]:
+    """(parameters, plan, its summary): the plan the options select on the default parameters, with matching's
+    levels reserved, priced with :func:`cost_model_name`'s op costs."""
+    from cryptoface.engine.linear import COST_MODELS
+    from cryptoface.engine.plan import KEY_BYTES, build_plan
+    from cryptoface.params import LEVELS
+
+    params = bench_parameters(options)
+    name = cost_model_name(options)
+    plan = build_plan(options.resolution, params.slots, family=options.family, key_mode=options.key_mode,
+                      reserve=LEVELS.matching_reserve, cost_model=COST_MODELS[name])
+    summary = PlanSummary(cost_model=name, totals=plan.totals(), layers=plan.table(),
+                          rotation_keys=sorted(plan.rotation_keys), template_stride=plan.template.stride,
+                          key_bytes_estimate=len(plan.rotation_keys) * KEY_BYTES)
+    return params, plan, summary
+
+
+def plan_report(options: InferenceOptions) -> PlanReport:
+    """``bench --plan-only``: the plan's counts, nothing encrypted."""
+    params, _, summary = build_bench_plan(options)
+    return PlanReport(**header_fields(options, params), plan=summary)
+
+
+def _evaluation_key_bytes(backend: Any) -> dict[str, Any]:
+    try:
+        keys = backend.export_evaluation_keys()
+    except Exception as exc:  # a backend without key export still benchmarks; the report says why
+        return {"error": str(exc)}
+    return bytes_by_kind({name: len(blob) for name, blob in keys.items()})
+
+
+def run_inference(options: InferenceOptions, *, progress: bool = False) -> InferenceReport:
+    """Time ``options.runs`` encrypted inferences of one face (``progress``: engine bar and a line per run on
+    stderr). With ``profile`` the first run is profiled, which needs one engine thread."""
+    from cryptoface.backends import create_backend
+    from cryptoface.bench.inputs import bench_face, bench_model
+    from cryptoface.engine.evaluator import EncryptedModel
+    from cryptoface.model.reference import forward
+
+    workers = options.workers
+    if options.profile:  # cProfile sees only the thread that enabled it
+        if workers not in (None, 1):
+            raise ParameterError("--profile measures one engine thread: drop --workers or use --workers 1")
+        workers = 1
+    params, plan, summary = build_bench_plan(options)
+    model, model_name = bench_model(options.model, options.resolution, options.seed)
+    backend = create_backend(options.backend, params, threads=options.threads)
+    t0 = time.perf_counter()
+    backend.generate_keys(plan.rotation_keys)
+    keygen_s = time.perf_counter() - t0
+    key_bytes = _evaluation_key_bytes(backend)
+    em = EncryptedModel(model, backend, plan, workers=workers)
+    x, input_name = bench_face(options.resolution, options.photo, options.random_input, options.seed)
+    ref = forward(model, x)
+    runs: list[InferenceRun] = []
+    profile: ProfileReport | None = None
+    for i in range(max(1, options.runs)):
+        t0 = time.perf_counter()
+        cts = em.encrypt_input(x)
+        enc_s = time.perf_counter() - t0
+        upload = sum(len(backend.serialize(c)) for c in cts)
+        profiler = start_profile() if options.profile and i == 0 else None
+        t0 = time.perf_counter()
+        out, _ = em.infer(cts, progress=progress)
+        infer_s = time.perf_counter() - t0
+        if profiler is not None:
+            profile = profile_report(profiler, infer_s)
+        err = float(np.max(np.abs(em.decrypt_template(out) - ref)))
+        runs.append(InferenceRun(run=i, encrypt_s=enc_s, upload_bytes=upload, infer_s=infer_s, max_abs_error=err,
+                                 rel_error=err / float(np.max(np.abs(ref))), output_level=backend.level(out),
+                                 layers=[vars(r) for r in em.records]))
+        if progress:
+            print(f"run {i}: inference {infer_s:.1f} s, max abs error {err:.3g}", file=sys.stderr)
+        del cts, out  # one run's ciphertexts at a time
+    return InferenceReport(
+        **header_fields(options, params), plan=summary,
+        model=model_name, threads=options.threads, keygen_s=keygen_s, evaluation_key_bytes=key_bytes,
+        workers=em.workers, input=input_name, profile=profile, runs=runs,
+        encrypt_s=statistics.median(r.encrypt_s for r in runs), upload_bytes=runs[0].upload_bytes,
+        infer_s_median=statistics.median(r.infer_s for r in runs),
+        max_abs_error=max(r.max_abs_error for r in runs), rel_error=max(r.rel_error for r in runs),
+        peak_rss_bytes=peak_rss_bytes(),
+    )

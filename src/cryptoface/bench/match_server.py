@@ -1,0 +1,184 @@
+"""The server side of ``bench-match``: a spawned process holding only public and evaluation keys.
+
+It reads keys and ciphertexts as bytes from the exchange folder, writes result ciphertexts back, and reports
+timings and its own peak RSS through a queue: ``("keys" | "gallery" | "pair" | "store" | "done", dict)``, or
+``("error", text)`` before it fails.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptoface.backends.protocol import CkksParameters
+from cryptoface.bench.exchange import FileKeys
+from cryptoface.bench.memory import peak_rss_bytes
+from cryptoface.engine.layout import TemplateLayout
+
+
+@dataclass(frozen=True)
+class ServerJob:
+    """Everything the server process is told (pickled to the spawned child); ciphertexts are in ``workdir``."""
+
+    workdir: Path
+    backend: str
+    threads: int
+    params: CkksParameters
+    layout: TemplateLayout  # the raw templates' layout (the engine's)
+    gallery_sizes: list[int]
+    runs: int
+    pairs: list[tuple[int, int]]
+    model_id: str
+
+
+def server_main(job: ServerJob, out: Any) -> None:
+    """The server: public + evaluation keys only, ciphertexts in and out as bytes; reports through ``out``."""
+    try:
+        _serve(job, out)
+    except BaseException as exc:  # report, then let the parent fail cleanly
+        import traceback
+
+        out.put(("error", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        raise
+
+
+def _serve(job: ServerJob, out: Any) -> None:
+    from cryptoface.backends import backend_class
+    from cryptoface.match.layout import gallery_layout
+    from cryptoface.match.poly import inverse_sqrt_series
+
+    work = Path(job.workdir)
+    rss0 = peak_rss_bytes()
+    t0 = time.perf_counter()
+    keys = FileKeys(work / "keys")
+    be = backend_class(job.backend).from_public_keys(job.params, keys, threads=job.threads)
+    if be.has_secret_key:
+        raise RuntimeError("the server backend holds a secret key")
+    gallery = gallery_layout(be.slots)
+    load_s = time.perf_counter() - t0
+    rss_keys = peak_rss_bytes()
+    t0 = time.perf_counter()
+    inverse_sqrt_series()  # fitted once per process (lru_cache): paid at start-up, not inside the first match
+    out.put(("keys", {"load_s": load_s, "rss_before_keys_bytes": rss0, "rss_after_keys_bytes": rss_keys,
+                      "series_fit_s": time.perf_counter() - t0, "has_secret_key": bool(be.has_secret_key)}))
+    io = _Exchange(be, work)
+    if job.gallery_sizes:
+        _identify(job, be, io, gallery, out)
+    store, key_id = _verify_pairs(job, be, io, keys, out)
+    stored = _enrolled_gallery(job, be, io, store, key_id, gallery) if job.pairs else None
+    store.close()  # checkpoints SQLite's write-ahead log: the file sizes below are the store's own
+    if stored is not None:
+        stored["db_bytes"] = sum(p.stat().st_size for p in work.glob("store.db*"))
+        out.put(("store", stored))
+    out.put(("done", {"peak_rss_bytes": peak_rss_bytes()}))
+
+
+class _Exchange:
+    """Ciphertexts as files in the exchange folder."""
+
+    def __init__(self, backend: Any, folder: Path) -> None:
+        self.backend, self.folder = backend, folder
+
+    def read(self, name: str) -> Any:
+        return self.backend.deserialize((self.folder / name).read_bytes())
+
+    def write(self, name: str, ct: Any) -> int:
+        data = self.backend.serialize(ct)
+        (self.folder / name).write_bytes(data)
+        return len(data)
+
+
+def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) -> None:
+    """1:N on client-packed galleries: normalise the probe once, replicate it, score every gallery ciphertext."""
+    from cryptoface.match import homomorphic as hm
+
+    t = time.perf_counter()
+    probe = hm.normalise(be, io.read("probe.ct"), job.layout)
+    normalise_s = time.perf_counter() - t
+    t = time.perf_counter()
+    rep = hm.replicate_probe(be, probe, gallery)
+    replicate_s = time.perf_counter() - t
+    for size in job.gallery_sizes:
+        n_ct = -(-size // gallery.capacity)
+        runs = []
+        for r in range(job.runs):
+            t = time.perf_counter()
+            for k in range(n_ct):
+                count = min(gallery.capacity, size - k * gallery.capacity)
+                s = hm.gallery_scores(be, rep, io.read(f"gallery-{k:05d}.ct"), gallery, count)
+                if r == 0:
+                    io.write(f"scores-{size}-{k:05d}.ct", s)
+                else:
+                    be.serialize(s)  # every run pays the serialisation the first one wrote
+            runs.append(time.perf_counter() - t)
+        out.put(("gallery", {"size": size, "ciphertexts": n_ct, "score_s_runs": runs,
+                             "probe_normalise_s": normalise_s, "replicate_s": replicate_s,
+                             "rss_bytes": peak_rss_bytes()}))
+
+
+def _verify_pairs(job: ServerJob, be: Any, io: _Exchange, keys: FileKeys, out: Any) -> tuple[Any, str]:
+    """1:1: enrol the left template into a SQLite store, verify the right one against it; (store, key id)."""
+    from cryptoface.match import homomorphic as hm
+    from cryptoface.params import params_to_json
+    from cryptoface.store.base import NewTemplate
+    from cryptoface.store.sqlite import SQLiteStore
+
+    store = SQLiteStore(Path(job.workdir) / "store.db")
+    key_id = store.add_key_set(job.backend, params_to_json(job.params), {"public": keys["public"]}).key_id
+    params_id = store.get_key_set(key_id).params_id
+    for i, (left, right) in enumerate(job.pairs):
+        subject = f"pair-{i:04d}"
+        t = time.perf_counter()
+        tl = hm.normalise(be, io.read(f"img-{left:05d}.ct"), job.layout)
+        data = be.serialize(tl)
+        store.enroll(key_id, subject, [NewTemplate(data, be.level(tl), job.layout.stride, job.model_id, params_id)])
+        enroll_s = time.perf_counter() - t
+        t = time.perf_counter()
+        probe_ct = io.read(f"img-{right:05d}.ct")
+        t1 = time.perf_counter()
+        pn = hm.normalise(be, probe_ct, job.layout)
+        t2 = time.perf_counter()
+        (record,) = store.templates(key_id, subject)
+        s = hm.cosine(be, pn, be.deserialize(record.ciphertext))
+        t3 = time.perf_counter()
+        size = io.write(f"score-{i:05d}.ct", s)
+        verify_s = time.perf_counter() - t
+        out.put(("pair", {"i": i, "enroll_s": enroll_s, "verify_s": verify_s, "normalise_s": t2 - t1,
+                          "cosine_s": t3 - t2, "template_bytes": len(data), "template_level": be.level(tl),
+                          "result_bytes": size, "rss_bytes": peak_rss_bytes()}))
+    return store, key_id
+
+
+def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id: str, gallery: Any
+                      ) -> dict[str, Any]:
+    """The enrolled subjects packed into galleries by the server (the service's identify path) and scored;
+    the ``store`` message."""
+    from cryptoface.match import homomorphic as hm
+
+    records = store.templates(key_id)
+    t = time.perf_counter()
+    chunks = []
+    for start in range(0, len(records), gallery.capacity):
+        part = records[start: start + gallery.capacity]
+        packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
+        chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
+    # keyed by the enrolled templates' stride (the store checks the packed ids against templates of that stride)
+    store.replace_galleries(key_id, job.layout.stride, job.model_id, chunks)
+    pack_s = time.perf_counter() - t
+    probe = hm.normalise(be, io.read("probe.ct"), job.layout)
+    rep = hm.replicate_probe(be, probe, gallery)
+    t = time.perf_counter()
+    for k, g in enumerate(store.galleries(key_id, job.layout.stride, job.model_id)):
+        s = hm.gallery_scores(be, rep, be.deserialize(g.ciphertext), gallery, len(g.template_ids))
+        io.write(f"enrolled-scores-{k:05d}.ct", s)
+    score_s = time.perf_counter() - t
+    gallery_rows = store.galleries(key_id, job.layout.stride, job.model_id)
+    return {
+        "subjects": len(records), "template_bytes": [len(r.ciphertext) for r in records],
+        "gallery_ciphertexts": len(gallery_rows), "gallery_bytes": [len(g.ciphertext) for g in gallery_rows],
+        "gallery_template_ids": [list(g.template_ids) for g in gallery_rows],
+        "template_ids": [r.id for r in records], "pack_s": pack_s, "score_s": score_s,
+        "template_level": records[0].level,
+    }

@@ -1,0 +1,37 @@
+"""The parameter table's choices: secure digit counts that a real backend can also build."""
+
+from __future__ import annotations
+
+import pytest
+
+from cryptoface.backends.protocol import CkksParameters
+from cryptoface.errors import ParameterError
+from cryptoface.params import default_parameters, digits_fit, params_from_json, params_to_json, secure_parameters
+
+
+def test_digit_counts_leave_no_digit_empty():
+    assert digits_fit(8, 4) and digits_fit(8, 8) and digits_fit(31, 4) and digits_fit(40, 14)
+    assert not digits_fit(8, 6) and not digits_fit(8, 5) and not digits_fit(8, 9)
+
+
+def test_small_rings_get_a_secure_buildable_digit_count():
+    p = secure_parameters(7, log_ring=14)
+    p.check_security()
+    assert digits_fit(p.levels + 1, p.key_switch_digits) and p.key_switch_digits == 8
+
+
+def test_defaults_are_unchanged():
+    assert (default_parameters(64).levels, default_parameters(64).key_switch_digits) == (30, 4)
+    assert (default_parameters(64, mode="decision").levels, default_parameters(64, mode="decision").key_switch_digits) \
+        == (39, 14)
+
+
+@pytest.mark.parametrize("text", ["[]", "1", "null", '{"levels": "x"}', '{"bogus": 1}', "{", '{"log_ring": 40}'])
+def test_unreadable_parameters_are_parameter_errors(text):
+    with pytest.raises(ParameterError):
+        params_from_json(text)
+
+
+def test_json_round_trip():
+    p = CkksParameters(log_ring=13, levels=9, scale_bits=40, key_switch_digits=2)
+    assert params_from_json(params_to_json(p)) == p
