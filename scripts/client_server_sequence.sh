@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's client/server sequence, each command a separate process, timed:
-#   keygen -> serve (background) -> enroll obama -> verify obama (genuine) -> verify obama (chirac)
+#   serve (background, admin key file) -> admin tenant-create -> admin api-key-create -> login
+#   -> keygen -> enroll obama -> verify obama (genuine) -> verify obama (chirac)
 #   -> identify -> restart the server -> verify obama again.
-# Usage: scripts/client_server_sequence.sh [CRYPTOFACE_BIN] [WORKDIR]
+# Usage: scripts/client_server_sequence.sh [CRYPTOFACE_BIN] [WORKDIR] [KEYGEN_ARGS]
 #   CRYPTOFACE_BIN defaults to .venv-openfhe/bin/cryptoface (OpenFHE, default 128-bit parameters).
 # Prints one line per step with its wall time and the command's own last line; exits non-zero on any
 # unexpected decision.
@@ -11,6 +12,7 @@ cd "$(dirname "$0")/.."
 
 bin=${1:-.venv-openfhe/bin/cryptoface}
 work=${2:-$(mktemp -d)}
+read -r -a keygen_args <<<"${3:-}"  # e.g. "--backend simulator" for a quick rehearsal (not encryption)
 samples=src/cryptoface/assets/samples
 port=${CRYPTOFACE_PORT:-8765}
 export CRYPTOFACE_HOME="$work/home"
@@ -31,7 +33,7 @@ step() {  # step NAME EXPECTED_EXIT CMD...
 }
 
 start_server() {
-  "$bin" serve --db "$work/faces.db" --port "$port" >>"$work/server.log" 2>&1 &
+  "$bin" serve --db "$work/faces.db" --port "$port" --admin-key-file "$work/admin.key" >>"$work/server.log" 2>&1 &
   pid=$!
   local t0
   t0=$(date +%s.%N)
@@ -46,8 +48,12 @@ stop_server() { kill "$pid"; wait "$pid" 2>/dev/null || true; }
 trap '[ -n "$pid" ] && kill "$pid" 2>/dev/null || true' EXIT
 
 echo "== $bin, work folder $work"
-step "keygen" 0 "$bin" keygen
+(umask 077 && head -c 32 /dev/urandom | base64 | tr -d '/+=' >"$work/admin.key")
 start_server
+tenant=$("$bin" admin tenant-create "sequence" --server "$server" --admin-key-file "$work/admin.key" | awk '{print $2}')
+token=$("$bin" admin api-key-create "$tenant" --server "$server" --admin-key-file "$work/admin.key" | tail -n 1)
+step "login" 0 "$bin" login --server "$server" --api-key "$token"
+step "keygen" 0 "$bin" keygen "${keygen_args[@]}"
 step "enroll obama obama3.jpg" 0 "$bin" enroll obama "$samples/obama3.jpg" --server "$server"
 step "verify obama obama4.jpg" 0 "$bin" verify obama "$samples/obama4.jpg" --server "$server"
 step "verify obama chirac1.jpg" 1 "$bin" verify obama "$samples/chirac1.jpg" --server "$server"

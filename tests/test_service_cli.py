@@ -1,4 +1,4 @@
-"""CLI smoke tests: keygen writes a private home, demo --quick runs end to end on the simulator."""
+"""CLI smoke tests: keygen writes a private home, serve checks its flags, the demo runs end to end on the simulator."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import pytest
 
 from cryptoface.cli import main
 from cryptoface.client import ClientKeys
+from cryptoface.errors import CryptoFaceError
 
 
 def test_keygen_home_is_private(tmp_path, capsys):
@@ -28,3 +29,20 @@ def test_demo_runs_the_engine_end_to_end(capsys):
     assert "NOT ENCRYPTED (simulator)" in out
     assert "genuine: ACCEPT" in out and "impostor: REJECT" in out
     assert "identify: obama" in out
+
+
+def test_serve_refuses_half_a_tls_configuration_without_a_traceback(tmp_path, capsys):
+    cert = tmp_path / "cert.pem"
+    cert.write_text("x")
+    assert main(["serve", "--db", str(tmp_path / "f.db"), "--no-model", "--tls-cert", str(cert)]) == 2
+    assert "--tls-key" in capsys.readouterr().err
+
+
+def test_serve_helpers_read_byte_counts_and_hide_database_passwords():
+    from cryptoface.cli.service_cmd import _db_label, parse_bytes
+
+    assert parse_bytes("16G") == 16 * 1024**3 and parse_bytes("512MiB") == 512 * 1024**2 and parse_bytes("1000") == 1000
+    with pytest.raises(CryptoFaceError):
+        parse_bytes("lots")
+    assert _db_label("postgresql://u:hunter2@db.internal:5432/faces") == "postgresql://u@db.internal:5432/faces"
+    assert _db_label("faces.db") == "faces.db"

@@ -9,7 +9,9 @@ from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import TemplateLayout, place
 from cryptoface.params import params_to_json
+from cryptoface.service.auth import Caller
 from cryptoface.service.core import MatchService
+from cryptoface.service.proof import answer_challenge
 from cryptoface.store.sqlite import SQLiteStore
 
 
@@ -19,7 +21,14 @@ def test_identify_keeps_packed_galleries(tmp_path):
     lay = TemplateLayout(1, be.slots // 256)  # the engine's replicated template (stride 1)
     be.generate_keys(hm.rotation_steps(lay, be.slots))
     svc = MatchService(SQLiteStore(tmp_path / "s.db"))
-    kid = svc.register_keys("simulator", params_to_json(params), be.export_evaluation_keys())
+    tenant = svc.create_tenant(Caller(None, "admin"), "t")
+    me = Caller(tenant.tenant_id, "k1")
+    keys = be.export_evaluation_keys()
+    record, ch = svc.register(me, "simulator", params_to_json(params), keys.pop("public"))
+    svc.prove(me, record.key_id, answer_challenge(be.decrypt(be.deserialize(ch.ciphertext)), ch.count, ch.nonce))
+    for kind, data in keys.items():
+        svc.add_key(me, record.key_id, kind, data)
+    kid = record.key_id
     rng = np.random.default_rng(0)
 
     def probe() -> dict:
@@ -27,15 +36,20 @@ def test_identify_keeps_packed_galleries(tmp_path):
         return {"ciphertext": be.serialize(ct), "stride": 1, "replicas": lay.replicas}
 
     for name in ("a", "b", "c"):
-        svc.enroll(kid, name, [probe()])
-    first = svc.identify(kid, probe())
+        svc.create_subject(me, kid, name, [probe()])
+    first = svc.identify(me, kid, probe())
     assert svc.store.counts()["galleries"] == 1  # packed once and kept
     kept = svc.store.galleries(kid, 1, svc.model_id)[0]
     assert sorted(kept.template_ids) == sorted(r.id for r in svc.store.templates(kid))
-    second = svc.identify(kid, probe())
+    second = svc.identify(me, kid, probe())
     assert [names for _, _, names in second] == [names for _, _, names in first]
-    svc.enroll(kid, "d", [probe()])
+    svc.create_subject(me, kid, "d", [probe()])
     assert svc.store.counts()["galleries"] == 0  # stale galleries dropped on enrolment
-    (_, _, names), = svc.identify(kid, probe())
+    (_, _, names), = svc.identify(me, kid, probe())
     assert sorted(names) == ["a", "b", "c", "d"]
     assert svc.store.counts()["galleries"] == 1
+    d = next(s for s in svc.subjects(me, kid) if s.name == "d")
+    svc.delete_subject(me, kid, d.id)
+    assert svc.store.counts()["galleries"] == 0  # and on deletion
+    (_, _, names), = svc.identify(me, kid, probe())
+    assert sorted(names) == ["a", "b", "c"]

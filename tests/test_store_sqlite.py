@@ -1,124 +1,91 @@
-"""SQLiteStore: persistence, transactions (raise inside, process killed mid-enrolment), secret keys refused."""
+"""SQLite only: erasure really erases (the deleted bytes are in neither the file nor its -wal), the file rules.
+
+The store protocol itself, on SQLite and PostgreSQL, is tests/test_store.py.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
+import sqlite3
 from pathlib import Path
 
 import pytest
 
-from cryptoface.store import (
-    ConflictError,
-    NewTemplate,
-    SQLiteStore,
-    StoreError,
-    UnknownKeySetError,
-    UnknownSubjectError,
-    key_fingerprint,
-)
+from cryptoface.store import NewTemplate, SQLiteStore, StoreError, open_store
 
-KEYS = {"public": b"public-key-bytes", "relin": b"relin", "rotation:1": b"rot1"}
+PROOF = hashlib.sha256(b"proof").hexdigest()
 
 
-def tpl(i: int = 0) -> NewTemplate:
-    return NewTemplate(b"ct%d" % i, 5, 1, "model", "params")
+def _files(db: Path) -> bytes:
+    """The database file and its write-ahead log, as they are on disk now."""
+    return b"".join(p.read_bytes() for p in (db, Path(f"{db}-wal")) if p.exists())
 
 
-def test_persistence_across_reopen(tmp_path: Path):
-    db = tmp_path / "s.db"
+def _setup(db: Path) -> tuple[SQLiteStore, str, str]:
     store = SQLiteStore(db)
-    ks = store.add_key_set("simulator", '{"levels": 24}', KEYS)
-    assert ks.key_id == key_fingerprint(KEYS["public"])
-    store.enroll(ks.key_id, "alice", [tpl(1), tpl(2)])
-    store.enroll(ks.key_id, "bob", [tpl(3)])
-    store.close()
-    again = SQLiteStore(db)
-    assert again.subjects(ks.key_id) == ["alice", "bob"]
-    assert [t.ciphertext for t in again.templates(ks.key_id, "alice")] == [b"ct1", b"ct2"]
-    assert again.key_set_keys(ks.key_id) == KEYS
-    assert again.get_key_set(ks.key_id).backend == "simulator"
+    tenant = store.create_tenant("acme").tenant_id
+    key_id = store.create_key_set(tenant, "simulator", "{}", os.urandom(3000), PROOF, actor="k").key_id
+    store.activate_key_set(tenant, key_id, actor="k")
+    return store, tenant, key_id
 
 
-def test_errors(tmp_path: Path):
-    store = SQLiteStore(tmp_path / "s.db")
-    with pytest.raises(UnknownKeySetError):
-        store.enroll("nope", "x", [tpl()])
-    with pytest.raises(StoreError):
-        store.add_key_set("simulator", "{}", {**KEYS, "secret": b"sk"})
-    ks = store.add_key_set("simulator", '{"levels": 24}', KEYS)
-    with pytest.raises(ConflictError):
-        store.add_key_set("simulator", '{"levels": 12}', KEYS)
-    with pytest.raises(UnknownSubjectError):
-        store.templates(ks.key_id, "ghost")
-    assert store.counts()["key_sets"] == 1
+def _ct() -> bytes:
+    return os.urandom(6000)  # spans overflow pages, like a real (MB-sized) ciphertext
 
 
-def test_exception_inside_enrolment_leaves_nothing(tmp_path: Path, monkeypatch):
-    store = SQLiteStore(tmp_path / "s.db")
-    ks = store.add_key_set("simulator", '{"levels": 24}', KEYS)
-
-    def boom(*args, **kwargs):
-        raise RuntimeError("crash between the subject and the template")
-
-    monkeypatch.setattr(SQLiteStore, "_insert_template", staticmethod(boom))
-    with pytest.raises(RuntimeError):
-        store.enroll(ks.key_id, "carol", [tpl()])
-    monkeypatch.undo()
-    assert store.subjects(ks.key_id) == []
-    assert store.counts()["templates"] == 0
+def _present(blob: bytes, haystack: bytes) -> bool:
+    """Whether any 32-byte piece of ``blob`` is in ``haystack`` (random bytes: no false positives)."""
+    return any(blob[i : i + 32] in haystack for i in range(0, len(blob) - 32, 512))
 
 
-def test_killed_process_leaves_no_partial_record(tmp_path: Path):
+@pytest.mark.parametrize("how", ["template", "subject"])
+def test_deleted_template_bytes_are_gone_from_file_and_wal(tmp_path: Path, how: str):
     db = tmp_path / "s.db"
-    store = SQLiteStore(db)
-    ks = store.add_key_set("simulator", '{"levels": 24}', KEYS)
-    store.enroll(ks.key_id, "alice", [tpl()])
-    store.close()
-    marker = tmp_path / "between"
-    script = textwrap.dedent(
-        f"""
-        import time
-        from pathlib import Path
-        from cryptoface.store import SQLiteStore, NewTemplate
-        real = SQLiteStore._insert_template
-        def slow(cur, subject_id, t, now):
-            out = real(cur, subject_id, t, now)
-            Path({str(marker)!r}).write_text("x")
-            time.sleep(60)
-            return out
-        SQLiteStore._insert_template = staticmethod(slow)
-        store = SQLiteStore({str(db)!r})
-        store.enroll({ks.key_id!r}, "mallory", [NewTemplate(b"c", 5, 1, "m", "p")])
-        """
+    store, tenant, key_id = _setup(db)
+    gone, kept = _ct(), _ct()
+    sid, (gone_id, _) = store.create_subject(
+        tenant, key_id, "alice", [NewTemplate(gone, 5, 1, "m", "p"), NewTemplate(kept, 5, 1, "m", "p")], actor="k"
     )
-    proc = subprocess.Popen([sys.executable, "-c", script])
-    try:
-        deadline = time.time() + 60
-        while not marker.exists():
-            assert proc.poll() is None, "the enrolment process died early"
-            assert time.time() < deadline
-            time.sleep(0.05)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    after = SQLiteStore(db)
-    assert after.subjects(ks.key_id) == ["alice"]
-    assert after.counts()["templates"] == 1
+    store.replace_galleries(key_id, 1, "m", [(gone + kept, store.get_subject(key_id, sid).template_ids, 3)])
+    assert _present(gone, _files(db)) and _present(kept, _files(db))  # the probe finds what is there
+    if how == "template":
+        store.delete_template(tenant, key_id, gone_id, actor="k")
+        assert _present(kept, _files(db))
+    else:
+        store.delete_subject(tenant, key_id, sid, actor="k")
+    assert not _present(gone, _files(db))  # nor in the dropped gallery, nor in a freed page, nor in the log
+    store.close()
 
 
-def test_gallery_replacement_is_refused_when_stale(tmp_path: Path):
+def test_deleted_key_set_bytes_are_gone(tmp_path: Path):
+    db = tmp_path / "s.db"
+    store, tenant, key_id = _setup(db)
+    relin, ct = os.urandom(20000), _ct()
+    store.add_key(tenant, key_id, "relin", relin, actor="k")
+    store.create_subject(tenant, key_id, "alice", [NewTemplate(ct, 5, 1, "m", "p")], actor="k")
+    public = store.key_set_keys(key_id, kinds=("public",))["public"]
+    assert all(_present(b, _files(db)) for b in (relin, ct, public))
+    store.delete_key_set(tenant, key_id, actor="k")
+    assert not any(_present(b, _files(db)) for b in (relin, ct, public))
+
+
+def test_secure_delete_is_on_for_every_connection(tmp_path: Path):
     store = SQLiteStore(tmp_path / "s.db")
-    ks = store.add_key_set("simulator", '{"levels": 24}', KEYS)
-    (a,) = store.enroll(ks.key_id, "alice", [tpl()])
-    store.replace_galleries(ks.key_id, 1, "model", [(b"g", [a], 3)])
-    assert store.galleries(ks.key_id, 1, "model")[0].template_ids == (a,)
-    (b,) = store.enroll(ks.key_id, "bob", [tpl()])
-    assert store.galleries(ks.key_id, 1, "model") == []  # enrolment drops stale galleries
-    with pytest.raises(ConflictError):
-        store.replace_galleries(ks.key_id, 1, "model", [(b"g", [a], 3)])
-    store.replace_galleries(ks.key_id, 1, "model", [(b"g", [a, b], 3)])
+    assert store._conn().execute("PRAGMA secure_delete").fetchone()[0] == 1
+    assert store._conn().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_file_rules(tmp_path: Path):
+    with pytest.raises(ValueError):
+        SQLiteStore(":memory:")
+    other = tmp_path / "other.db"
+    conn = sqlite3.connect(other)
+    conn.execute("CREATE TABLE photos (id INTEGER)")
+    conn.commit()
+    conn.close()
+    with pytest.raises(StoreError, match="not a CryptoFace store"):
+        SQLiteStore(other)
+    assert isinstance(open_store(tmp_path / "new.db"), SQLiteStore)
+    with pytest.raises(StoreError):
+        open_store(tmp_path / "x.db", schema="s")

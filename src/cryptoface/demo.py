@@ -1,7 +1,9 @@
 """The demo: two people enrolled, a genuine and an impostor probe verified, one identification.
 
 Everything runs in one process through :class:`~cryptoface.client.Client` with the in-process transport, on
-the bundled sample faces: four encrypted inferences, each template reused for every request it serves.
+the bundled sample faces: four encrypted inferences, each template reused for every request it serves. The
+client acts as the service's implicit local tenant (no operator, no API key: nothing leaves the process), and
+goes through the same registration as over HTTP, proof of possession included.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def run_demo(backend: str, model: Any, *, mode: str = "score", say: Callable[[st
         with step("client: key generation (secret key stays here)"):
             keys = ClientKeys.generate(backend, params, resolution=model.resolution)
         client = Client.in_process(keys, service, threshold=tau)
-        with step("server: registers the public and evaluation keys"):
+        with step("server: registers the public key, checks the proof of possession, stores the evaluation keys"):
             client.register()
         inverse_sqrt_series()  # fitted once per process
 

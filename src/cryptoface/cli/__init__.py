@@ -13,6 +13,7 @@ COMMAND_MODULES = [
     "eval_cmd",
     "model_cmd",
     "service_cmd",
+    "admin_cmd",
     "bench_cmd",
     "bench_match_cmd",
     "train_cmd",

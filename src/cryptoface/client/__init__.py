@@ -1,22 +1,39 @@
 """The client role: owns the secret key, encrypts probes, decrypts results and decides.
 
-One :class:`Client` (keys + a transport: HTTP or in-process) serves the CLI, the demo and the benchmarks.
-Importing this package does not import FastAPI.
+One :class:`Client` (keys + a transport: HTTP as one tenant, or in-process) serves the CLI, the demo and the
+benchmarks. Importing this package does not import FastAPI.
 """
 
-from cryptoface.client.client import Client, IdentifyResult, TamperingError, VerifyResult, default_threshold
-from cryptoface.client.http import HTTPTransport
+from cryptoface.client.client import (
+    Client,
+    IdentifyResult,
+    SubjectExistsError,
+    TamperingError,
+    UnknownSubjectError,
+    VerifyResult,
+    default_threshold,
+    prove_possession,
+)
+from cryptoface.client.http import AdminClient, HTTPTransport
+from cryptoface.client.inprocess import InProcessTransport
 from cryptoface.client.keys import ClientKeys, KeyHomeError, home_dir
+from cryptoface.client.settings import ServerSettings, resolve_settings, write_server_file
 from cryptoface.client.transport import (
+    AuthError,
+    Challenge,
     ImageProbe,
-    InProcessTransport,
+    KeySetInfo,
     ScoreChunk,
     ServerError,
+    Subject,
     TemplateProbe,
     Transport,
 )
 
 __all__ = [
+    "AdminClient",
+    "AuthError",
+    "Challenge",
     "Client",
     "ClientKeys",
     "HTTPTransport",
@@ -24,12 +41,20 @@ __all__ = [
     "ImageProbe",
     "InProcessTransport",
     "KeyHomeError",
+    "KeySetInfo",
     "ScoreChunk",
     "ServerError",
+    "ServerSettings",
+    "Subject",
+    "SubjectExistsError",
     "TamperingError",
     "TemplateProbe",
     "Transport",
+    "UnknownSubjectError",
     "VerifyResult",
     "default_threshold",
     "home_dir",
+    "prove_possession",
+    "resolve_settings",
+    "write_server_file",
 ]

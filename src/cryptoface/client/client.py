@@ -1,15 +1,17 @@
 """The one client: a key set plus a transport; encrypts, asks the service, decrypts and decides.
 
 Every command-line verb, the demo and the benchmarks go through :class:`Client`; only the transport differs
-(HTTP to a server, or a :class:`~cryptoface.service.core.MatchService` in this process). The decision is the
-client's: the threshold comes from the client's configuration (the model card's default), never from the
-server, and a decrypted cosine outside [-1 - eps, 1 + eps] is reported as tampering, not as a decision.
-Decrypted values never go back to the service (CKKS is not IND-CPA-D secure).
+(HTTP to a server as one tenant, or a :class:`~cryptoface.service.core.MatchService` in this process). The
+decision is the client's: the threshold comes from the client's configuration (the model card's default), never
+from the server, and a decrypted cosine outside [-1 - eps, 1 + eps] is reported as tampering, not as a decision.
+Decrypted values never go back to the service (CKKS is not IND-CPA-D secure): registration proves possession of
+the secret key with a hash of *rounded* integers only. Subject names are checked here, before any computation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,15 +22,18 @@ import numpy as np
 
 from cryptoface.client.keys import ClientKeys
 from cryptoface.client.transport import (
+    Challenge,
     ImageProbe,
-    InProcessTransport,
     Probe,
     ScoreChunk,
     ServerError,
+    Subject,
     TemplateProbe,
     Transport,
 )
 from cryptoface.errors import CryptoFaceError
+from cryptoface.names import validate_name
+from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
 
 MODES = ("score", "decision")
 # A decrypted cosine may exceed 1 by CKKS noise and the encrypted 1/sqrt's error (measured max |enc - clear|
@@ -38,8 +43,23 @@ COSINE_MARGIN = 1e-2
 PhotoOrProbe = Probe | str | os.PathLike[str]
 
 
+# An honest challenge decrypts to integers give or take CKKS noise (~1e-6); a value this far from every integer
+# was not an encrypted integer, and rounding it would tell the server which way our noise went.
+CHALLENGE_TOLERANCE = 0.25
+MAX_CHALLENGE_COUNT = 4096
+MAX_CHALLENGE_VALUE = 2.0**20
+
+
 class TamperingError(CryptoFaceError):
     """A decrypted result cannot have come from honest matching (e.g. a cosine far outside [-1, 1])."""
+
+
+class SubjectExistsError(CryptoFaceError):
+    """Creating a subject whose name is enrolled already under this key set (add templates instead)."""
+
+
+class UnknownSubjectError(CryptoFaceError):
+    """No subject of that name is enrolled under this key set."""
 
 
 @dataclass(frozen=True)
@@ -87,16 +107,33 @@ class Client:
             raise CryptoFaceError(f"threshold {self.threshold} is not a cosine in (-1, 1)")
 
     @classmethod
-    def connect(cls, server: str, home: str | os.PathLike[str] | None = None, **kw: Any) -> Client:
-        """The saved key set in ``home`` talking HTTP to ``server``."""
+    def connect(
+        cls,
+        server: str | None = None,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        api_key: str | None = None,
+        ca_cert: str | os.PathLike[str] | None = None,
+        insecure_http: bool = False,
+        **kw: Any,
+    ) -> Client:
+        """The saved key set in ``home`` talking HTTP(S) to a server; unset settings come from the environment,
+        then ``<home>/server.json`` (:func:`cryptoface.client.settings.resolve_settings`)."""
         from cryptoface.client.http import HTTPTransport
+        from cryptoface.client.settings import resolve_settings
 
-        return cls(ClientKeys.load(home), HTTPTransport(server), **kw)
+        settings = resolve_settings(server, api_key, ca_cert, home)
+        keys = ClientKeys.load(home)
+        transport = HTTPTransport(settings.server, api_key=settings.api_key, ca_cert=settings.ca_cert,
+                                  insecure_http=insecure_http)
+        return cls(keys, transport, **kw)
 
     @classmethod
-    def in_process(cls, keys: ClientKeys, service: Any, **kw: Any) -> Client:
-        """``keys`` calling ``service`` (a MatchService) directly."""
-        return cls(keys, InProcessTransport(service), **kw)
+    def in_process(cls, keys: ClientKeys, service: Any, *, tenant_id: str | None = None, **kw: Any) -> Client:
+        """``keys`` calling ``service`` (a MatchService) directly, as ``tenant_id`` (default: a local tenant)."""
+        from cryptoface.client.inprocess import InProcessTransport
+
+        return cls(keys, InProcessTransport(service, tenant_id), **kw)
 
     def close(self) -> None:
         self.transport.close()
@@ -113,14 +150,45 @@ class Client:
 
     # -- keys -----------------------------------------------------------------------------------
     def register(self) -> bool:
-        """Upload the public and evaluation keys unless the service has them; True when uploaded now."""
-        if self.transport.has_key_set(self.key_id):
-            return False
-        got = self.transport.register(self.keys.backend_name, self.keys.params_json, self.keys.evaluation_keys())
-        if got != self.key_id:
-            raise ServerError(0, "key_id_mismatch", f"the service registered key set {got}, the client has "
-                              f"{self.key_id}")
-        return True
+        """Make sure the service holds this key set, proven and complete; True when it was created now.
+
+        New: the public key goes first, the service's challenge is answered (:func:`prove_possession`), then
+        each evaluation key is uploaded. A pending key set (an interrupted registration: its challenge is gone) is
+        erased and registered again; an active one only gets the kinds it lacks. A registration created here is
+        withdrawn if any later step fails."""
+        info = self.transport.key_set(self.key_id)
+        if info is not None and info.status == "pending":
+            self.transport.delete_key_set(self.key_id)
+            info = None
+        have = set() if info is None else set(info.key_kinds) | {"public"}
+        if info is not None and self.keys.key_kinds and not set(self.keys.key_kinds) - have:
+            return False  # complete: nothing is read or exported again
+        keys = self.keys.evaluation_keys(exclude=have)
+        created = False
+        try:
+            if info is None:
+                kind, public = next(keys)
+                if kind != "public":  # pragma: no cover - evaluation_keys yields the public key first
+                    raise CryptoFaceError("the key home's public key is missing")
+                challenge = self.transport.create_key_set(self.keys.backend_name, self.keys.params_json, public)
+                created = True
+                if challenge.key_id != self.key_id:
+                    raise ServerError(0, "key_id_mismatch", f"the service registered key set {challenge.key_id}, "
+                                      f"the client has {self.key_id}")
+                self.transport.prove(self.key_id, prove_possession(self.keys.backend, challenge))
+            for kind, data in keys:
+                self.transport.add_key(self.key_id, kind, data)
+        except BaseException:
+            if created:
+                with contextlib.suppress(CryptoFaceError):  # the registration's own error is the one to report
+                    self.transport.delete_key_set(self.key_id)
+            raise
+        return created
+
+    def delete_key_set(self, key_id: str | None = None) -> None:
+        """Erase a key set (default: this one) on the service with everything enrolled under it. The local keys
+        stay: registering them again starts from an empty key set."""
+        self.transport.delete_key_set(key_id or self.key_id)
 
     # -- probes ---------------------------------------------------------------------------------
     def encrypt_photo(self, photo: str | os.PathLike[str], *, packing: str = "monolithic") -> ImageProbe:
@@ -153,30 +221,86 @@ class Client:
             raise CryptoFaceError("the key set names no model resolution and the server has no model")
         return int(info["model_resolution"])
 
-    # -- requests -------------------------------------------------------------------------------
-    def enroll(self, subject: str, photos: Sequence[PhotoOrProbe]) -> list[int]:
-        """Enrol ``subject`` from photos or probes. Photos are encrypted before anything is registered, and a
-        key set registered by this call is withdrawn again if the enrolment fails."""
+    # -- subjects -------------------------------------------------------------------------------
+    def enroll(self, subject: str, photos: Sequence[PhotoOrProbe], *, add: bool = False) -> Subject:
+        """Create ``subject`` from photos or probes, or with ``add`` add templates to an enrolled one.
+
+        The name is checked and looked up before any photo is encrypted; photos are encrypted before anything is
+        registered, and a key set registered by this call is withdrawn again if the enrolment fails."""
+        name = validate_name(subject, "subject name")
         if not photos:
             raise CryptoFaceError("nothing to enrol: give at least one photo")
+        existing = self.find_subject(name)
+        if add and existing is None:
+            raise UnknownSubjectError(f"no subject {name!r} is enrolled under key set {self.key_id[:12]}; enrol it "
+                                      "without --add first")
+        if not add and existing is not None:
+            raise _exists(name)
+        held = 0 if existing is None else len(existing.template_ids)
+        if held + len(photos) > MAX_TEMPLATES_PER_SUBJECT:
+            raise CryptoFaceError(f"a subject holds at most {MAX_TEMPLATES_PER_SUBJECT} templates; {name!r} has {held} "
+                                  f"and {len(photos)} more were given")
         probes = [self._probe(p) for p in photos]
         registered = self.register()
         try:
-            return self.transport.enroll(self.key_id, subject, probes)
+            if existing is not None:
+                return self.transport.add_templates(self.key_id, existing.subject_id, probes)
+            return self.transport.create_subject(self.key_id, name, probes)
+        except ServerError as exc:
+            if registered:
+                with contextlib.suppress(CryptoFaceError):
+                    self.transport.delete_key_set(self.key_id)
+            if exc.status == 409 and not add and exc.code not in ("key_set_pending", "template_cap"):
+                raise _exists(name) from exc  # enrolled meanwhile by another client of this key set
+            if exc.code == "template_cap":
+                raise CryptoFaceError(f"{name!r} has as many templates as the server allows ({exc.detail}); "
+                                      "delete one first ('cryptoface delete template ID')") from exc
+            raise
         except BaseException:
             if registered:
                 with contextlib.suppress(CryptoFaceError):  # the enrolment's own error is the one to report
                     self.transport.delete_key_set(self.key_id)
             raise
 
+    def subjects(self) -> list[Subject]:
+        """The subjects enrolled under this key set (none when the service does not know the key set)."""
+        try:
+            return self.transport.subjects(self.key_id)
+        except ServerError as exc:
+            if exc.status == 404 or exc.code == "key_set_pending":
+                return []
+            raise
+
+    def find_subject(self, name: str) -> Subject | None:
+        """The enrolled subject called ``name`` (compared in NFC, as the service stores it), else None."""
+        name = validate_name(name, "subject name")
+        return next((s for s in self.subjects() if s.name == name), None)
+
+    def delete_subject(self, name: str) -> Subject:
+        """Erase the subject called ``name`` with all its templates; returns what was erased."""
+        found = self.find_subject(name)
+        if found is None:
+            raise UnknownSubjectError(f"no subject {validate_name(name)!r} is enrolled under key set "
+                                      f"{self.key_id[:12]}")
+        self.transport.delete_subject(self.key_id, found.subject_id)
+        return found
+
+    def delete_template(self, template_id: int) -> None:
+        """Erase one template (a subject left without templates is erased with it)."""
+        self.transport.delete_template(self.key_id, int(template_id))
+
+    # -- requests -------------------------------------------------------------------------------
     def verify(self, subject: str, probe: PhotoOrProbe, mode: str = "score") -> VerifyResult:
         """1:1: is the face ``subject``? Accepts when the best template's cosine exceeds the client's tau."""
         _check_mode(mode)
+        name = validate_name(subject, "subject name")
+        if not isinstance(probe, ImageProbe | TemplateProbe) and self.find_subject(name) is None:
+            raise UnknownSubjectError(f"no subject {name!r} is enrolled under this key set")  # before encrypting
         probe = self._probe(probe)
-        values = [self._value(c, 0, mode) for c in self.transport.verify(self.key_id, subject, probe, mode)]
+        values = [self._value(c, 0, mode) for c in self.transport.verify(self.key_id, name, probe, mode)]
         if not values:
-            raise ServerError(0, "empty_result", f"the service returned no score for {subject!r}")
-        return VerifyResult(subject, self.decide(max(values), mode), mode, values,
+            raise ServerError(0, "empty_result", f"the service returned no score for {name!r}")
+        return VerifyResult(name, self.decide(max(values), mode), mode, values,
                             self.threshold if mode == "score" else None)
 
     def identify(self, probe: PhotoOrProbe, mode: str = "score") -> IdentifyResult:
@@ -189,9 +313,6 @@ class Client:
             return IdentifyResult(None, None, mode, best, tau)
         name, value = max(best.items(), key=lambda kv: kv[1])
         return IdentifyResult(name if self.decide(value, mode) else None, value, mode, best, tau)
-
-    def subjects(self) -> list[str]:
-        return self.transport.subjects(self.key_id)
 
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, value: float, mode: str = "score") -> bool:
@@ -213,6 +334,31 @@ class Client:
             for slot, name in zip(chunk.slots, chunk.subjects, strict=True):
                 best[name] = max(best.get(name, -np.inf), checked_value(float(slots[slot]), mode))
         return best
+
+
+def _exists(name: str) -> SubjectExistsError:
+    return SubjectExistsError(f"{name!r} is enrolled already under this key set; use --add (add=True) to add "
+                              "templates to it, or 'cryptoface delete subject' first")
+
+
+def prove_possession(backend: Any, challenge: Challenge) -> str:
+    """The answer to a registration challenge: decrypt, round each of the ``count`` values to an integer and hash
+    them with the nonce. Only the hash leaves the client, never a decrypted value (whose noise depends on the
+    secret key); a challenge that does not decrypt to small integers is refused instead of rounded."""
+    if not 1 <= challenge.count <= min(MAX_CHALLENGE_COUNT, backend.slots):
+        raise TamperingError(f"registration challenge of {challenge.count} values refused")
+    try:
+        nonce = bytes.fromhex(challenge.nonce)
+    except ValueError as exc:
+        raise TamperingError("registration challenge nonce is not hex") from exc
+    values = np.asarray(backend.decrypt(backend.deserialize(challenge.ciphertext)), dtype=float)[: challenge.count]
+    ints = np.rint(values)
+    if (not np.all(np.isfinite(values)) or np.any(np.abs(values - ints) > CHALLENGE_TOLERANCE)
+            or np.any(np.abs(ints) > MAX_CHALLENGE_VALUE)):
+        raise TamperingError("the registration challenge does not decrypt to small integers: refused to answer "
+                             "(rounding arbitrary values would leak information about the secret key)")
+    text = ",".join(str(int(i)) for i in ints)
+    return hashlib.sha256(nonce + text.encode()).hexdigest()
 
 
 def checked_value(value: float, mode: str) -> float:

@@ -95,16 +95,20 @@ class ClientKeys:
     def params_json(self) -> str:
         return params_to_json(self.backend.params)
 
-    def evaluation_keys(self) -> Iterator[tuple[str, bytes]]:
-        """(kind, bytes) of the public and evaluation keys, "public" first, one key in memory at a time."""
+    def evaluation_keys(self, exclude: Iterable[str] = ()) -> Iterator[tuple[str, bytes]]:
+        """(kind, bytes) of the public and evaluation keys, "public" first, one key in memory at a time;
+        kinds in ``exclude`` (what the service holds already) are not read at all."""
+        skip = set(exclude)
         if self.home is None:
-            keys = self.backend.export_evaluation_keys()
-            yield "public", keys.pop("public")
+            keys = {k: v for k, v in self.backend.export_evaluation_keys().items() if k not in skip}
+            if "public" in keys:
+                yield "public", keys.pop("public")
             while keys:
                 yield keys.popitem()
             return
         for kind in ("public", *sorted(k for k in self.key_kinds if k != "public")):
-            yield kind, (self.home / "eval" / _kind_file(kind)).read_bytes()
+            if kind not in skip:
+                yield kind, (self.home / "eval" / _kind_file(kind)).read_bytes()
 
     def evaluation_key_bytes(self) -> int:
         """Total size of the public and evaluation keys (what registration uploads)."""

@@ -1,18 +1,20 @@
 """How a :class:`~cryptoface.client.client.Client` reaches the matching service: one protocol, two transports.
 
 The transport speaks the service's vocabulary in bytes (serialised ciphertexts and keys); the HTTP transport
-(:mod:`cryptoface.client.http`) adds base64 and JSON, the in-process one calls a
-:class:`~cryptoface.service.core.MatchService` directly (the demo, benchmarks, tests). Nothing that crosses a
-transport can decrypt anything: keys are public or evaluation keys, values are ciphertexts.
+(:mod:`cryptoface.client.http`) adds base64, JSON and the API key, the in-process one calls a
+:class:`~cryptoface.service.core.MatchService` directly for one tenant (the demo, benchmarks, tests). Nothing
+that crosses a transport can decrypt anything: keys are public or evaluation keys, values are ciphertexts, and
+the proof of possession is a hash of rounded integers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from cryptoface.errors import CryptoFaceError
+
+LOCAL_TENANT = "local"  # the in-process transport's tenant name when the caller names none (demo, tools)
 
 
 class ServerError(CryptoFaceError):
@@ -22,6 +24,10 @@ class ServerError(CryptoFaceError):
         where = f"server error {status} ({code})" if status else f"server {code}"
         super().__init__(f"{where}: {detail}")
         self.status, self.code, self.detail = status, code, detail
+
+
+class AuthError(ServerError):
+    """The service refused the credential (missing, unknown or revoked API key; wrong admin key)."""
 
 
 @dataclass(frozen=True)
@@ -60,74 +66,71 @@ class ScoreChunk:
     subjects: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Subject:
+    """An enrolled subject under one key set: the service's id for it, its name and its templates' ids."""
+
+    subject_id: int
+    name: str
+    template_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class KeySetInfo:
+    """What the service holds of a key set: ``status`` is "pending" until the proof of possession passes."""
+
+    key_id: str
+    backend: str
+    status: str
+    key_kinds: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Challenge:
+    """The service's proof-of-possession challenge: ``count`` small integers encrypted under our public key."""
+
+    key_id: str
+    ciphertext: bytes
+    count: int
+    nonce: str  # hex
+
+
 @runtime_checkable
 class Transport(Protocol):
     """The matching service as a client sees it (all keys public, all values encrypted)."""
 
     def health(self) -> dict[str, Any]: ...
 
-    def has_key_set(self, key_id: str) -> bool: ...
+    def key_set(self, key_id: str) -> KeySetInfo | None:
+        """The key set if this tenant owns it, else None (another tenant's key set looks absent)."""
 
-    def register(self, backend: str, params_json: str, keys: Iterable[tuple[str, bytes]]) -> str:
-        """Upload the public key first, then each evaluation key; returns the service's key-set id."""
+    def create_key_set(self, backend: str, params_json: str, public_key: bytes) -> Challenge:
+        """Register the public key alone; the key set stays pending until :meth:`prove` succeeds."""
+
+    def prove(self, key_id: str, proof: str) -> str:
+        """Answer the challenge with the hash of its rounded integers; returns the new status ("active")."""
+
+    def add_key(self, key_id: str, kind: str, data: bytes) -> None:
+        """Upload one evaluation key (create-only: a kind the service holds already is a conflict)."""
 
     def delete_key_set(self, key_id: str) -> None:
-        """Withdraw a registration that has no enrolled subject."""
+        """Erase the key set with its keys, subjects and templates."""
 
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe: ...
 
-    def enroll(self, key_id: str, subject: str, probes: list[Probe]) -> list[int]: ...
+    def create_subject(self, key_id: str, subject: str, probes: list[Probe]) -> Subject: ...
+
+    def add_templates(self, key_id: str, subject_id: int, probes: list[Probe]) -> Subject: ...
+
+    def subjects(self, key_id: str) -> list[Subject]: ...
+
+    def delete_subject(self, key_id: str, subject_id: int) -> None: ...
+
+    def delete_template(self, key_id: str, template_id: int) -> None: ...
 
     def verify(self, key_id: str, subject: str, probe: Probe, mode: str) -> list[bytes]:
         """One result ciphertext per enrolled template of ``subject``; the value is in slot 0."""
 
     def identify(self, key_id: str, probe: Probe, mode: str) -> list[ScoreChunk]: ...
 
-    def subjects(self, key_id: str) -> list[str]: ...
-
     def close(self) -> None: ...
-
-
-class InProcessTransport:
-    """Calls a :class:`~cryptoface.service.core.MatchService` in this process (no HTTP, same checks)."""
-
-    def __init__(self, service: Any) -> None:
-        self.service = service
-
-    def health(self) -> dict[str, Any]:
-        return {"status": "ok", **self.service.info()}
-
-    def has_key_set(self, key_id: str) -> bool:
-        from cryptoface.store.base import UnknownKeySetError
-
-        try:
-            self.service.store.get_key_set(key_id)
-        except UnknownKeySetError:
-            return False
-        return True
-
-    def register(self, backend: str, params_json: str, keys: Iterable[tuple[str, bytes]]) -> str:
-        return self.service.register_keys(backend, params_json, dict(keys))
-
-    def delete_key_set(self, key_id: str) -> None:
-        self.service.delete_key_set(key_id)
-
-    def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe:
-        out = self.service.infer(key_id, probe.to_request())
-        return TemplateProbe(out["ciphertext"], int(out["stride"]), int(out["replicas"]))
-
-    def enroll(self, key_id: str, subject: str, probes: list[Probe]) -> list[int]:
-        return self.service.enroll(key_id, subject, [p.to_request() for p in probes])
-
-    def verify(self, key_id: str, subject: str, probe: Probe, mode: str) -> list[bytes]:
-        return self.service.verify(key_id, subject, probe.to_request(), mode=mode)
-
-    def identify(self, key_id: str, probe: Probe, mode: str) -> list[ScoreChunk]:
-        chunks = self.service.identify(key_id, probe.to_request(), mode=mode)
-        return [ScoreChunk(ct, tuple(slots), tuple(names)) for ct, slots, names in chunks]
-
-    def subjects(self, key_id: str) -> list[str]:
-        return self.service.store.subjects(key_id)
-
-    def close(self) -> None:
-        """The service belongs to the caller; nothing to release here."""

@@ -1,61 +1,86 @@
-"""Server-side matching logic, independent of HTTP: the service holds public/evaluation keys only.
+"""Server-side logic, independent of HTTP: tenants' key sets, subjects and encrypted matching, public keys only.
 
 There is deliberately no code path here that creates, loads or accepts a secret key: backends are built with
-``from_public_keys`` and checked to hold no secret key; key kinds that look like a secret key are refused.
+``from_public_keys`` and checked to hold no secret key, and key kinds outside the parameters' allowed list are
+refused by name. Every method takes the :class:`~cryptoface.service.auth.Caller`: a key set belongs to the tenant
+that registered it and is invisible (UnknownKeySetError) to everyone else. Heavy work is admitted by the heavy
+slots and the memory budget (BusyError, HTTP 503) before it starts, and names are checked before any computation.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from cryptoface.backends import backend_class
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.engine import infer_template
-from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
+from cryptoface.errors import CiphertextError, ParameterError
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
+from cryptoface.names import validate_name
 from cryptoface.params import LEVELS, params_from_json, params_to_json
+from cryptoface.service import proof as pop
+from cryptoface.service.auth import Caller, new_api_token, token_hash
+from cryptoface.service.budget import MemoryBudget, key_set_cost, key_set_stored, working_set
+from cryptoface.service.errors import (
+    BadKeyKindError,
+    EngineUnavailableError,
+    ProofFailedError,
+    ServiceInputError,
+    UnauthorizedError,
+)
+from cryptoface.service.keycache import KeySetCache
+from cryptoface.service.kinds import allowed_kinds
+from cryptoface.service.limits import HeavySlots
 from cryptoface.store.base import (
+    MAX_TEMPLATES_PER_SUBJECT,
+    ApiKeyRecord,
+    AuditRecord,
     ConflictError,
+    KeySetPendingError,
+    KeySetRecord,
     NewTemplate,
     StoreError,
+    SubjectRecord,
+    TemplateCapError,
     TemplateRecord,
     TemplateStore,
+    TenantRecord,
+    UnknownKeySetError,
+    key_fingerprint,
 )
 
 MODES = ("score", "decision")
-
-
-class ServiceInputError(CryptoFaceError):
-    """A request that is well-formed JSON but cannot be served (HTTP 400)."""
-
-
-class EngineUnavailableError(CryptoFaceError):
-    """Encrypted inference is not available in this build (HTTP 501)."""
-
-
-def _is_secret_kind(kind: str) -> bool:
-    k = kind.lower()
-    return k.startswith("secret") or k in {"sk", "private"}
+# Backends whose evaluation keys live in a process-wide cache that dropping the backend does not free (OpenFHE:
+# keyed by the key tag, and its Python binding flushes only every tag at once): their key sets stay resident
+# and charged to the budget (keycache's ``sticky``). Found by scripts/load_test.py with real OpenFHE key sets.
+PROCESS_WIDE_KEYS = frozenset({"openfhe"})
+Probe = dict[str, Any]  # {"images": [bytes], "resolution", "packing"} or {"ciphertext": bytes, "stride", "replicas"}
 
 
 @dataclass
 class _KeySetState:
+    key_id: str
     backend: CkksBackend
     params: CkksParameters
     params_id: str
     lock: threading.Lock
-    backend_name: str = ""
+    backend_name: str
+    version: int
     handle: Any = None  # the executor's handle of this key set (put into Ray's object store once)
 
 
+def _has_images(probes: Sequence[Probe]) -> bool:
+    return any(p.get("images") is not None for p in probes)
+
+
 class MatchService:
-    """Enrol / verify / identify on encrypted templates for any number of client key sets."""
+    """Tenants' key sets, subjects and encrypted matching (enrol / verify / identify / infer)."""
 
     def __init__(
         self,
@@ -64,93 +89,215 @@ class MatchService:
         model: Any = None,
         model_id: str = "none",
         threshold: float = DEFAULT_THRESHOLD,
-        cache_size: int = 4,
         progress: bool = False,
         executor: Any = None,
+        memory_budget: int | None = None,
+        budget_baseline: int | None = None,
+        max_heavy: int = 1,
+        retry_after: int = 30,
     ) -> None:
-        """``executor`` (:mod:`cryptoface.engine.executor`, e.g. a RayExecutor): encrypted inference runs as
-        patch-parallel units on it and 1:N scoring is sharded over its workers; the store stays the single
-        source of truth (workers only cache keys, weights and gallery chunks by content id)."""
+        """``executor`` (:mod:`cryptoface.engine.executor`, e.g. a RayExecutor): inference runs as patch-parallel
+        units on it and 1:N scoring is sharded over its workers. ``memory_budget`` (bytes, default 70 % of the
+        machine's memory) bounds loaded key sets and concurrent work; ``max_heavy`` bounds concurrent heavy
+        requests; a refusal says to retry after ``retry_after`` seconds."""
         self.store = store
         self.executor = executor
-        self._engine: Any = None
-        self._key_versions: dict[str, int] = {}
         self.model = model
         self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
         self.threshold = float(threshold)
-        self._cache: OrderedDict[str, _KeySetState] = OrderedDict()
-        self._cache_size = cache_size
-        self._cache_lock = threading.Lock()
+        self.budget = MemoryBudget(memory_budget, baseline=budget_baseline, retry_after=retry_after)
+        self.slots = HeavySlots(max_heavy, retry_after)
+        self.cache = KeySetCache(self.budget)
+        self._engine: Any = None
+        self._units_executor: Any = None  # in-process executor for unit-packed probes when none was configured
+        self._versions: dict[str, int] = {}
+        self._versions_lock = threading.Lock()
 
-    # -- key sets -----------------------------------------------------------------------------
-    def register_keys(self, backend_name: str, params_json: str, keys: dict[str, bytes]) -> str:
-        if any(_is_secret_kind(k) for k in keys):
-            raise ServiceInputError("refused: the request carries a secret key; the server accepts public keys only")
+    # -- admin: tenants and API keys ------------------------------------------------------------------
+    @staticmethod
+    def _admin(caller: Caller) -> None:
+        if not caller.is_admin:
+            raise UnauthorizedError("this needs the admin credential")
+
+    def create_tenant(self, caller: Caller, name: str) -> TenantRecord:
+        self._admin(caller)
+        return self.store.create_tenant(validate_name(name, "tenant name"), actor=caller.actor)
+
+    def tenants(self, caller: Caller) -> list[TenantRecord]:
+        self._admin(caller)
+        return self.store.list_tenants()
+
+    def create_api_key(self, caller: Caller, tenant_id: str) -> tuple[ApiKeyRecord, str]:
+        """A new API key of ``tenant_id``: its record and the token (returned once; only its hash is stored)."""
+        self._admin(caller)
+        self.store.get_tenant(tenant_id)
+        key_id, token = new_api_token()
+        return self.store.add_api_key(tenant_id, key_id, token_hash(token), actor=caller.actor), token
+
+    def revoke_api_key(self, caller: Caller, key_id: str) -> None:
+        self._admin(caller)
+        self.store.revoke_api_key(key_id, actor=caller.actor)
+
+    def audit(self, caller: Caller, after: int = 0, limit: int = 1000) -> list[AuditRecord]:
+        """The caller's audit rows (the admin's: every tenant's) with id > ``after``."""
+        return self.store.audit(caller.tenant_id, after, limit)
+
+    # -- key sets -----------------------------------------------------------------------------------
+    @staticmethod
+    def _tenant(caller: Caller) -> str:
+        if caller.tenant_id is None:
+            raise UnauthorizedError("key sets belong to tenants: use a tenant's API key")
+        return caller.tenant_id
+
+    def _owned(self, caller: Caller, key_id: str) -> KeySetRecord:
+        """The caller's key set; another tenant's is UnknownKeySetError, exactly like one that does not exist."""
+        return self.store.get_key_set(key_id, self._tenant(caller))
+
+    def _active(self, caller: Caller, key_id: str, probes: Sequence[Probe] = ()) -> KeySetRecord:
+        """The caller's active key set, after the checks that need no computation (state, model for images)."""
+        record = self._owned(caller, key_id)
+        if record.status != "active":
+            raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
+        if self.model is None and _has_images(probes):
+            raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
+        return record
+
+    def key_set(self, caller: Caller, key_id: str) -> KeySetRecord:
+        return self._owned(caller, key_id)
+
+    def key_sets(self, caller: Caller) -> list[KeySetRecord]:
+        return self.store.list_key_sets(self._tenant(caller))
+
+    def register(self, caller: Caller, backend_name: str, params_json: str,
+                 public: bytes) -> tuple[KeySetRecord, pop.Challenge]:
+        """A pending key set holding only ``public``, and the proof-of-possession challenge to answer."""
+        tenant = self._tenant(caller)
         params = params_from_json(params_json)
         cls = backend_class(backend_name)
-        server_backend = cls.from_public_keys(params, keys)  # raises MissingKeyError on unreadable keys
-        if server_backend.has_secret_key:  # pragma: no cover - guarded by the backends themselves
+        if not public:
+            raise ServiceInputError("empty public key")
+        key_id = key_fingerprint(public)
+        with contextlib.suppress(UnknownKeySetError):
+            self.store.get_key_set(key_id)
+            raise ConflictError(f"key set {key_id[:12]} is registered already; key sets are create-only")
+        backend = cls.from_public_keys(params, {"public": public})  # MissingKeyError on unreadable keys
+        if backend.has_secret_key:  # pragma: no cover - guarded by the backends themselves
             raise ServiceInputError("refused: these keys give the server a secret key")
-        record = self.store.add_key_set(backend_name, params_to_json(params), keys)
-        self._forget(record.key_id)
-        return record.key_id
+        challenge, expected = pop.make_challenge(backend)
+        record = self.store.create_key_set(tenant, backend_name, params_to_json(params), public, expected,
+                                           actor=caller.actor)
+        return record, challenge
 
-    def add_key(self, key_id: str, kind: str, data: bytes) -> None:
-        """Add one evaluation key, checked against the key set's public key alone (not the whole key set)."""
-        if _is_secret_kind(kind) or kind == "public":
-            raise ServiceInputError(f"refused key kind {kind!r}: add evaluation keys (relin, rotation:<k>) only")
-        if not (kind == "relin" or kind.startswith("rotation:")):
-            raise ServiceInputError(f"unknown key kind {kind!r}; expected 'relin' or 'rotation:<step>'")
-        record = self.store.get_key_set(key_id)
-        public = self.store.key_set_keys(key_id, kinds=("public",))["public"]
+    def prove(self, caller: Caller, key_id: str, proof: str) -> KeySetRecord:
+        """Activate a pending key set if ``proof`` answers its challenge; too many wrong answers delete it."""
+        tenant = self._tenant(caller)
+        record = self._owned(caller, key_id)
+        if record.status == "active":
+            raise ConflictError("the key set is active already; there is no challenge to answer")
+        if pop.proof_matches(record.proof_hash, proof):
+            return self.store.activate_key_set(tenant, key_id, actor=caller.actor)
+        attempts = self.store.record_failed_proof(tenant, key_id, actor=caller.actor)
+        if attempts >= pop.MAX_FAILED_PROOFS:
+            with contextlib.suppress(UnknownKeySetError):
+                self.store.delete_key_set(tenant, key_id, actor=caller.actor)
+            self._forget(key_id)
+            raise ProofFailedError(f"wrong proof of possession {attempts} times: the key set was deleted; "
+                                   "register it again")
+        raise ProofFailedError(f"wrong proof of possession ({pop.MAX_FAILED_PROOFS - attempts} attempts left): "
+                               "decrypt the challenge, round each value, hash them with the nonce")
+
+    def allowed_kinds(self, params: CkksParameters) -> frozenset[str]:
+        """Evaluation-key kinds a key set with ``params`` may hold on this server (its model's plan included)."""
+        resolution = None if self.model is None else int(self.model.resolution)
+        units = self.model is not None and int(self.model.n_patches) > 4
+        return allowed_kinds(params.slots, params.levels, resolution, units)
+
+    def add_key(self, caller: Caller, key_id: str, kind: str, data: bytes) -> KeySetRecord:
+        """Store one evaluation key, create-only, checked against the key set's public key alone."""
+        tenant = self._tenant(caller)
+        record = self._owned(caller, key_id)
         params = params_from_json(record.params_json)
+        if kind not in self.allowed_kinds(params):
+            raise BadKeyKindError(f"key kind {kind[:80]!r} is not one this key set can hold: 'relin' or "
+                                  "'rotation:<k>' for a step of the matching or engine plan of these parameters")
+        if kind in record.key_kinds:
+            raise ConflictError(f"key {kind!r} is stored already; key sets are create-only (register a new one)")
+        if not data:
+            raise ServiceInputError("empty key body")
+        public = self.store.key_set_keys(key_id, kinds=("public",))["public"]
         backend = backend_class(record.backend).from_public_keys(params, {"public": public, kind: data})
         if backend.has_secret_key:  # pragma: no cover
             raise ServiceInputError("refused: these keys give the server a secret key")
-        self.store.add_key_set(record.backend, record.params_json, {kind: data, "public": public})
+        del backend
+        out = self.store.add_key(tenant, key_id, kind, data, actor=caller.actor)
         self._forget(key_id)
+        return out
 
-    def delete_key_set(self, key_id: str) -> None:
-        """Withdraw a registration that has no enrolled subject (a client rolling back a failed enrolment)."""
-        self.store.delete_key_set(key_id, only_if_empty=True)
+    def delete_key_set(self, caller: Caller, key_id: str) -> None:
+        """Erase the key set with its keys, subjects, templates and galleries (pending or active)."""
+        self.store.delete_key_set(self._tenant(caller), key_id, actor=caller.actor)
         self._forget(key_id)
 
     def _forget(self, key_id: str) -> None:
-        with self._cache_lock:
-            self._cache.pop(key_id, None)
-            self._key_versions[key_id] = self._key_versions.get(key_id, 0) + 1  # workers' handle id changes too
+        with self._versions_lock:
+            self._versions[key_id] = self._versions.get(key_id, 0) + 1  # workers' handle id changes too
+        self.cache.forget(key_id)
 
-    def _state(self, key_id: str) -> _KeySetState:
-        with self._cache_lock:
-            state = self._cache.get(key_id)
-            if state is not None:
-                self._cache.move_to_end(key_id)
-                return state
-        record = self.store.get_key_set(key_id)
+    def _load(self, record: KeySetRecord) -> _KeySetState:
+        with self._versions_lock:
+            version = self._versions.get(record.key_id, 0)
         params = params_from_json(record.params_json)
-        backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(key_id))
+        backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(record.key_id))
         if backend.has_secret_key:  # pragma: no cover
             raise ServiceInputError("refused: stored keys give the server a secret key")
-        state = _KeySetState(backend, params, record.params_id, threading.Lock(), record.backend)
-        with self._cache_lock:
-            self._cache[key_id] = state
-            while len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
-        return state
+        return _KeySetState(record.key_id, backend, params, record.params_id, threading.Lock(), record.backend,
+                            version)
+
+    def _key_cost(self, record: KeySetRecord) -> tuple[int, int]:
+        """(bytes charged while the key set is loaded, bytes charged on top while it is being read)."""
+        params = params_from_json(record.params_json)
+        n_eval = len([k for k in record.key_kinds if k != "public"])
+        stored = self.store.key_set_bytes(record.key_id)
+        return (key_set_cost(record.backend, params, stored, n_eval),
+                key_set_stored(record.backend, params, stored, n_eval))
+
+    @contextlib.contextmanager
+    def _serving(self, record: KeySetRecord, heavy: bool) -> Iterator[_KeySetState]:
+        """The loaded key set, admitted: a heavy slot if ``heavy``, its keys and the working set in the budget."""
+        if record.status != "active":
+            raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
+        params = params_from_json(record.params_json)
+        patches = 4 if self.model is None else int(self.model.n_patches)
+        need = working_set(params, "infer" if heavy else "match", patches)
+        reading = [0]
+
+        def cost() -> int:  # on a cache miss only
+            loaded, reading[0] = self._key_cost(record)
+            return loaded
+
+        def load() -> _KeySetState:
+            with self.budget.reserve(reading[0], "reading a key set"):
+                return self._load(record)
+
+        sticky = record.backend in PROCESS_WIDE_KEYS
+        with self.slots.hold(heavy), self.cache.use(record.key_id, cost, load, sticky=sticky) as state, \
+                self.budget.reserve(need, "an inference" if heavy else "matching"):
+            yield state
 
     def backends_hold_secret_keys(self) -> bool:
-        """True if any cached server backend can decrypt (tests assert False)."""
-        with self._cache_lock:
-            return any(s.backend.has_secret_key for s in self._cache.values())
+        """True if any loaded server backend can decrypt (tests assert False)."""
+        return any(s.backend.has_secret_key for s in self.cache.states())
 
-    # -- templates ----------------------------------------------------------------------------
-    def _template_from_probe(self, state: _KeySetState, probe: dict[str, Any]) -> tuple[Any, TemplateLayout]:
+    # -- templates ----------------------------------------------------------------------------------
+    def _template_from_probe(self, state: _KeySetState, probe: Probe) -> tuple[Any, TemplateLayout]:
         """Raw template ciphertext + layout from a request probe: images (engine) or an encrypted template."""
         be = state.backend
         if probe.get("images") is not None:
             if self.model is None:
                 raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
+            if not probe["images"]:
+                raise ServiceInputError("an image probe needs at least one ciphertext")
             resolution = probe.get("resolution")
             if resolution is not None and int(resolution) != int(self.model.resolution):
                 raise ServiceInputError(
@@ -158,7 +305,7 @@ class MatchService:
                     f"{self.model.resolution} inputs"
                 )
             cts = [be.deserialize(b) for b in probe["images"]]
-            return self._infer(be, cts, state=state, packing=probe.get("packing") or "monolithic")
+            return self._infer(state, cts, packing=probe.get("packing") or "monolithic")
         ct = be.deserialize(probe["ciphertext"])
         try:
             layout = TemplateLayout(int(probe.get("stride", 1)), int(probe.get("replicas", 1)))
@@ -167,70 +314,69 @@ class MatchService:
             raise ServiceInputError(str(exc)) from exc
         return ct, layout
 
-    def _infer(self, backend: CkksBackend, cts: list[Any], state: _KeySetState | None = None,
-               packing: str = "monolithic") -> tuple[Any, TemplateLayout]:
+    def _infer(self, state: _KeySetState, cts: list[Any], packing: str = "monolithic") -> tuple[Any, TemplateLayout]:
         """The template: monolithic plan in process, or patch-parallel units on the executor.
 
         ``packing="units"``: the client packed each unit's patches by the Net4 plan (engine.units.encrypt_units,
         concatenated in unit order). A Net4 model is one unit whose packing is the monolithic one, so with an
-        executor it always runs there. Without an executor, unit-packed probes run on an in-process executor."""
+        executor it always runs there. Without an executor, unit-packed probes run on an in-process executor kept
+        for them alone: the packing of one request never changes how the server runs the next."""
         from cryptoface.engine.units import unit_patches, unit_plan
 
         if packing not in ("monolithic", "units"):
             raise ServiceInputError(f"unknown input packing {packing!r}; expected 'monolithic' or 'units'")
         n_units = len(unit_patches(self.model.n_patches))
         use_units = packing == "units" or (self.executor is not None and n_units == 1)
-        if not use_units or state is None:
-            return infer_template(backend, self.model, cts, progress=self.progress)
-        per = unit_plan(backend.slots, backend.params.levels).input_layout.n_cts
+        if not use_units:
+            return infer_template(state.backend, self.model, cts, progress=self.progress)
+        per = unit_plan(state.backend.slots, state.backend.params.levels).input_layout.n_cts
         if len(cts) != per * n_units:
             raise ServiceInputError(f"unit packing: expected {n_units} x {per} image ciphertexts, got {len(cts)}")
         engine, handle = self._engine_for(state)
-        ct, layout = engine.infer(backend, handle, [cts[u * per:(u + 1) * per] for u in range(n_units)])
-        return ct, layout
+        return engine.infer(state.backend, handle, [cts[u * per:(u + 1) * per] for u in range(n_units)])
 
-    def _executor(self) -> Any:
-        if self.executor is None:
+    def _units_runner(self) -> Any:
+        """The executor unit-packed probes run on: the configured one, else a private in-process one."""
+        if self.executor is not None:
+            return self.executor
+        if self._units_executor is None:
             from cryptoface.engine.executor import LocalExecutor
 
-            self.executor = LocalExecutor()
-        return self.executor
+            self._units_executor = LocalExecutor()
+        return self._units_executor
 
     def _engine_for(self, state: _KeySetState) -> tuple[Any, Any]:
         """The patch-parallel engine (one per service) and the executor's handle of this key set."""
         from cryptoface.engine.parallel import PatchParallelEngine
 
-        ex = self._executor()
+        ex = self._units_runner()
         if self._engine is None:
             self._engine = PatchParallelEngine(ex, self.model, f"{self.model_id}:{self.model.architecture}")
         return self._engine, self._handle(ex, state)
 
     def _handle(self, ex: Any, state: _KeySetState) -> Any:
         if state.handle is None:
-            with self._cache_lock:
-                key_id = next((k for k, v in self._cache.items() if v is state), None)
-            if key_id is None:  # pragma: no cover - states come from the cache
-                raise ServiceInputError("unknown key set")
-            hid = f"{key_id}#{self._key_versions.get(key_id, 0)}"
+            hid = f"{state.key_id}#{state.version}"
             if getattr(ex, "kind", "local") == "local":
                 state.handle = ex.keys(hid, state.backend_name, state.params, backend=state.backend)
             else:  # the store's keys, put into the object store once for this key set version
-                state.handle = ex.keys(hid, state.backend_name, state.params, keys=self.store.key_set_keys(key_id))
+                state.handle = ex.keys(hid, state.backend_name, state.params,
+                                       keys=self.store.key_set_keys(state.key_id))
         return state.handle
 
-    def infer(self, key_id: str, probe: dict[str, Any]) -> dict[str, Any]:
+    def infer(self, caller: Caller, key_id: str, probe: Probe) -> dict[str, Any]:
         """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
 
         Lets a client reuse one inference for several requests (e.g. verify, then identify)."""
         if probe.get("images") is None:
             raise ServiceInputError("infer takes an image probe")
-        state = self._state(key_id)
-        with state.lock:
+        record = self._active(caller, key_id, [probe])
+        with self._serving(record, heavy=True) as state, state.lock:
             ct, layout = self._template_from_probe(state, probe)
             data = state.backend.serialize(ct)
         return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas}
 
-    def _normalised(self, state: _KeySetState, probe: dict[str, Any], extra_levels: int) -> tuple[Any, int]:
+    def _normalised(self, state: _KeySetState, probe: Probe, extra_levels: int) -> tuple[Any, int]:
         ct, layout = self._template_from_probe(state, probe)
         need = hm.normalise_levels(layout) + extra_levels
         level = state.backend.level(ct)
@@ -238,22 +384,55 @@ class MatchService:
             raise CiphertextError(f"the template is at level {level}; normalising and scoring it needs {need} levels")
         return hm.normalise(state.backend, ct, layout), int(layout.stride)
 
-    def enroll(self, key_id: str, subject: str, probes: list[dict[str, Any]]) -> list[int]:
-        """Normalise each encrypted template (or infer it from images) and store them, all or nothing."""
+    def _new_templates(self, record: KeySetRecord, probes: Sequence[Probe]) -> list[NewTemplate]:
+        """Normalise each encrypted template (or infer it from images), ready to store."""
         if not probes:
             raise ServiceInputError("nothing to enrol")
-        state = self._state(key_id)
         new = []
-        with state.lock:
+        with self._serving(record, heavy=_has_images(probes)) as state, state.lock:
             for probe in probes:
                 ct, stride = self._normalised(state, probe, LEVELS.score)
-                new.append(
-                    NewTemplate(
-                        state.backend.serialize(ct), state.backend.level(ct), stride, self.model_id, state.params_id
-                    )
-                )
-        return self.store.enroll(key_id, subject, new)
+                be = state.backend
+                new.append(NewTemplate(be.serialize(ct), be.level(ct), stride, self.model_id, state.params_id))
+        return new
 
+    def create_subject(self, caller: Caller, key_id: str, subject: str,
+                       probes: Sequence[Probe]) -> SubjectRecord:
+        """A new subject with its first templates, all or nothing; ConflictError if the name is enrolled."""
+        subject = validate_name(subject, "subject")
+        record = self._active(caller, key_id, probes)
+        if len(probes) > MAX_TEMPLATES_PER_SUBJECT:
+            raise TemplateCapError(f"a subject holds at most {MAX_TEMPLATES_PER_SUBJECT} templates")
+        if any(s.name == subject for s in self.store.subjects(key_id)):
+            raise ConflictError("this subject is enrolled already under the key set; add templates to it instead")
+        new = self._new_templates(record, probes)  # checked before this expensive step: ownership, name, state
+        subject_id, _ = self.store.create_subject(self._tenant(caller), key_id, subject, new, actor=caller.actor)
+        return self.store.get_subject(key_id, subject_id)
+
+    def add_templates(self, caller: Caller, key_id: str, subject_id: int,
+                      probes: Sequence[Probe]) -> SubjectRecord:
+        """More templates for an existing subject, all or nothing; TemplateCapError past the cap."""
+        record = self._active(caller, key_id, probes)
+        current = self.store.get_subject(key_id, subject_id)
+        if len(current.template_ids) + len(probes) > MAX_TEMPLATES_PER_SUBJECT:
+            raise TemplateCapError(f"a subject holds at most {MAX_TEMPLATES_PER_SUBJECT} templates; it has "
+                                   f"{len(current.template_ids)} and {len(probes)} more were sent")
+        new = self._new_templates(record, probes)
+        self.store.add_templates(self._tenant(caller), key_id, subject_id, new, MAX_TEMPLATES_PER_SUBJECT,
+                                 actor=caller.actor)
+        return self.store.get_subject(key_id, subject_id)
+
+    def subjects(self, caller: Caller, key_id: str) -> list[SubjectRecord]:
+        self._owned(caller, key_id)
+        return self.store.subjects(key_id)
+
+    def delete_subject(self, caller: Caller, key_id: str, subject_id: int) -> None:
+        self.store.delete_subject(self._tenant(caller), key_id, subject_id, actor=caller.actor)
+
+    def delete_template(self, caller: Caller, key_id: str, template_id: int) -> None:
+        self.store.delete_template(self._tenant(caller), key_id, template_id, actor=caller.actor)
+
+    # -- matching -----------------------------------------------------------------------------------
     def _check_mode(self, mode: str, template_level: int) -> int:
         if mode not in MODES:
             raise ServiceInputError(f"mode must be one of {MODES}")
@@ -267,14 +446,14 @@ class MatchService:
             return LEVELS.decision
         return 0
 
-    def verify(self, key_id: str, subject: str, probe: dict[str, Any], mode: str = "score") -> list[bytes]:
+    def verify(self, caller: Caller, key_id: str, subject: str, probe: Probe, mode: str = "score") -> list[bytes]:
         """One result ciphertext per enrolled template of ``subject``: the cosine (or F(cos - tau)) in slot 0."""
-        state = self._state(key_id)
-        records = self.store.templates(key_id, subject)
-        be = state.backend
+        record = self._active(caller, key_id, [probe])
+        records = self.store.templates(key_id, validate_name(subject, "subject"))
         extra = self._check_mode(mode, min(r.level for r in records))
         out = []
-        with state.lock:
+        with self._serving(record, heavy=_has_images([probe])) as state, state.lock:
+            be = state.backend
             p, stride = self._normalised(state, probe, LEVELS.score + extra)
             for r in records:
                 self._check_compatible(r, stride, state)
@@ -289,15 +468,16 @@ class MatchService:
             raise ServiceInputError("the enrolled template was made under other CKKS parameters")
 
     def identify(
-        self, key_id: str, probe: dict[str, Any], mode: str = "score"
+        self, caller: Caller, key_id: str, probe: Probe, mode: str = "score"
     ) -> list[tuple[bytes, list[int], list[str]]]:
         """Score the probe against every enrolled template: (result ciphertext, score slots, subject per slot)."""
-        state = self._state(key_id)
-        be = state.backend
+        record = self._active(caller, key_id, [probe])
         records = self.store.templates(key_id)
         if not records:
             raise ServiceInputError("no subject is enrolled under this key set")
-        with state.lock:
+        self._check_mode(mode, 10**9)
+        with self._serving(record, heavy=_has_images([probe])) as state, state.lock:
+            be = state.backend
             p, stride = self._normalised(state, probe, LEVELS.score + self._check_mode(mode, 10**9))
             records = [r for r in records if r.stride == stride and r.model_id == self.model_id]
             if not records:
@@ -343,25 +523,26 @@ class MatchService:
             part = records[start : start + gallery.capacity]
             packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
             chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
-        with contextlib.suppress(ConflictError):  # enrolled meanwhile: serve from this packing, the next one repacks
+        # enrolled or deleted meanwhile: serve from this packing, the next request repacks
+        with contextlib.suppress(ConflictError, UnknownKeySetError):
             self.store.replace_galleries(key_id, stride, self.model_id, chunks)
         return [(c, ids_) for c, ids_, _ in chunks]
 
     def info(self) -> dict[str, Any]:
         return {
-            "threshold": self.threshold,
             "model_id": self.model_id,
             "model_resolution": None if self.model is None else int(self.model.resolution),
             "normalise_levels": LEVELS.normalise,
             "score_levels": LEVELS.score,
             "decision_levels": LEVELS.decision,
+            "max_heavy": self.slots.n,
+            "memory": self.budget.snapshot(),
         }
 
 
 __all__ = [
     "EngineUnavailableError",
     "MatchService",
-    "MissingKeyError",
     "ServiceInputError",
     "StoreError",
 ]

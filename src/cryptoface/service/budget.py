@@ -1,0 +1,195 @@
+"""The server's memory budget: loaded key sets, request bodies and working sets are charged in bytes.
+
+A reservation that does not fit first evicts idle key sets (through the registered evictors), then is refused
+with :class:`BusyError` (HTTP 503 + Retry-After): the server answers "later" instead of being killed for memory.
+The budget is for the whole process: what the process holds when the budget is made (interpreter, libraries,
+the model's weights) is measured once and set aside as the baseline.
+
+The charges are estimates, modelled on OpenFHE at the project's parameters and checked against what was measured:
+
+* a CKKS ciphertext is 2 polynomials x N coefficients x (levels + 1) RNS towers x 8 bytes (32.5 MB at N = 2^16,
+  30 levels: the measured upload); a switching key is ``2 x dnum`` such polynomials over Q and the special
+  primes (155 MB: the measured rotation-key size);
+* a loaded key set costs its stored bytes x :data:`KEY_LOAD_FACTOR`, and while it is being loaded its stored bytes
+  once more (they are read from the store and held until the backend is built);
+* one encrypted Net4 inference needs ~7 GB beyond its keys (11.5 GB peak RSS - 4.38 GB of keys, README), i.e.
+  :data:`INFER_CIPHERTEXTS` top-level ciphertexts; larger models are charged in proportion to their patches (an
+  assumption: only Net4 was measured); matching (normalise, score, 1:N) ~0.5 GB = :data:`MATCH_CIPHERTEXTS`.
+
+Freed memory is handed back to the operating system (glibc's ``malloc_trim``) whenever a large charge is given
+back: glibc raises its mmap threshold to the size of the last large block freed (up to 32 MB), so the buffers of a
+key set being read (~22 MB each) come from per-thread heaps that keep them after they are freed. Without the trim,
+real OpenFHE key sets loaded by several worker threads left the process 0.7 GB above its budget
+(scripts/load_test.py, N = 2^14, 3 tenants).
+
+The simulator holds almost nothing, so it is charged what OpenFHE would hold at the same parameters: a simulator
+load test then makes the same admission decisions as a real one (its RSS stays far below the budget).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+from cryptoface.backends.protocol import CkksParameters
+from cryptoface.service.errors import BusyError
+
+# Loaded / stored bytes of a key set: OpenFHE deserialises each key into polynomials of exactly the serialised
+# coefficients plus object headers and allocator slack. Measured by `scripts/load_test.py --backend openfhe
+# --log-ring 14 --levels 7 measure-keys` (a fresh process loads a saved key set as the server does): 527 MB stored,
+# RSS +548 MB once loaded (1.04), +1.07 GB at the peak of loading (2.04: the bytes read are still held); 1.1 leaves
+# room for allocator slack at other sizes.
+KEY_LOAD_FACTOR = 1.1
+INFER_CIPHERTEXTS = 215
+MATCH_CIPHERTEXTS = 16
+NET4_PATCHES = 4
+DEFAULT_BUDGET_FRACTION = 0.70
+TRIM_AT = 32 * 1024 * 1024  # a charge this large given back: return free heap memory to the OS
+Evictor = Callable[[int], int]  # asked to free at least n bytes of idle cache; returns the bytes it freed
+
+
+def ciphertext_bytes(params: CkksParameters) -> int:
+    """Bytes of one fresh ciphertext at these parameters (2 x N x (levels + 1) x 8)."""
+    return 2 * params.ring_degree * (params.levels + 1) * 8
+
+
+def switching_key_bytes(params: CkksParameters) -> int:
+    """Bytes of one relinearisation or rotation key (hybrid key switching: 2 x dnum polynomials over Q*P)."""
+    return 2 * params.key_switch_digits * params.ring_degree * (params.levels + 1 + params.special_primes) * 8
+
+
+def key_set_stored(backend: str, params: CkksParameters, stored_bytes: int, n_evaluation_keys: int) -> int:
+    """The key set's stored bytes (simulator: what OpenFHE would store for the same keys)."""
+    if backend == "simulator":
+        return n_evaluation_keys * switching_key_bytes(params) + 2 * ciphertext_bytes(params)
+    return int(stored_bytes)
+
+
+def key_set_cost(backend: str, params: CkksParameters, stored_bytes: int, n_evaluation_keys: int) -> int:
+    """Bytes charged while a key set is loaded (simulator: what OpenFHE would hold)."""
+    return int(key_set_stored(backend, params, stored_bytes, n_evaluation_keys) * KEY_LOAD_FACTOR)
+
+
+def working_set(params: CkksParameters, kind: str, patches: int = NET4_PATCHES) -> int:
+    """Bytes one request of ``kind`` ("infer" or "match") needs beyond its key set and body."""
+    if kind == "infer":
+        return INFER_CIPHERTEXTS * ciphertext_bytes(params) * max(patches, NET4_PATCHES) // NET4_PATCHES
+    return MATCH_CIPHERTEXTS * ciphertext_bytes(params)
+
+
+def _libc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _libc_trim()
+
+
+def trim_heap() -> None:
+    """Give free heap pages back to the operating system (glibc; a no-op elsewhere)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (0 where /proc is missing)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def default_budget() -> int:
+    """70 % of the machine's memory (MemTotal), the default of ``cryptoface serve --memory-budget``."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(int(line.split()[1]) * 1024 * DEFAULT_BUDGET_FRACTION)
+    except (OSError, ValueError):
+        pass
+    return 8 * 1024**3
+
+
+class MemoryBudget:
+    """Byte accounting with eviction; ``lock`` is shared with the key-set cache so eviction never deadlocks."""
+
+    def __init__(self, limit: int | None = None, *, baseline: int | None = None, retry_after: int = 30) -> None:
+        self.limit = default_budget() if limit is None else int(limit)
+        self.baseline = rss_bytes() if baseline is None else int(baseline)
+        self.retry_after = retry_after
+        self.lock = threading.RLock()
+        self.used = 0
+        self.peak = 0
+        self.refusals = 0
+        self._evictors: list[Evictor] = []
+
+    @property
+    def capacity(self) -> int:
+        """Bytes that reservations may use: the limit less the baseline."""
+        return max(0, self.limit - self.baseline)
+
+    def add_evictor(self, evictor: Evictor) -> None:
+        self._evictors.append(evictor)
+
+    def take(self, nbytes: int, what: str) -> None:
+        """Charge ``nbytes`` (evicting idle caches if needed) or raise BusyError."""
+        if nbytes <= 0:
+            return
+        with self.lock:
+            if self.used + nbytes > self.capacity:
+                for evict in self._evictors:
+                    evict(self.used + nbytes - self.capacity)
+                    if self.used + nbytes <= self.capacity:
+                        break
+            if self.used + nbytes > self.capacity:
+                self.refusals += 1
+                raise BusyError(
+                    f"the server's memory budget is spent ({what} needs {nbytes / 1e6:.0f} MB, "
+                    f"{max(0, self.capacity - self.used) / 1e6:.0f} MB free); retry later", self.retry_after)
+            self.used += nbytes
+            self.peak = max(self.peak, self.used)
+
+    def give(self, nbytes: int) -> None:
+        with self.lock:
+            self.used = max(0, self.used - nbytes)
+        if nbytes >= TRIM_AT:
+            trim_heap()
+
+    @contextmanager
+    def reserve(self, nbytes: int, what: str) -> Iterator[None]:
+        """Hold ``nbytes`` for the duration of a block."""
+        self.take(nbytes, what)
+        try:
+            yield
+        finally:
+            self.give(nbytes)
+
+    def snapshot(self) -> dict[str, int]:
+        """Figures for /v1/health (read without the lock: health must answer while a reservation evicts)."""
+        return {"limit": self.limit, "baseline": self.baseline, "used": self.used, "peak": self.peak,
+                "refusals": self.refusals}
+
+
+__all__ = [
+    "INFER_CIPHERTEXTS",
+    "KEY_LOAD_FACTOR",
+    "MATCH_CIPHERTEXTS",
+    "MemoryBudget",
+    "ciphertext_bytes",
+    "default_budget",
+    "key_set_cost",
+    "key_set_stored",
+    "rss_bytes",
+    "switching_key_bytes",
+    "trim_heap",
+    "working_set",
+]

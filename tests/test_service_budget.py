@@ -1,0 +1,94 @@
+"""The memory budget and the key-set cache on their own: byte accounting, eviction of idle entries only, one load
+shared by concurrent requests, and every charge given back (also when a load fails or a key set is forgotten)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from cryptoface.params import default_parameters
+from cryptoface.service.budget import MemoryBudget, ciphertext_bytes, switching_key_bytes
+from cryptoface.service.errors import BusyError
+from cryptoface.service.keycache import KeySetCache
+from cryptoface.service.limits import HeavySlots
+
+
+def test_estimates_match_the_measured_openfhe_sizes():
+    p = default_parameters(64)  # N = 2^16, 30 levels, dnum 4 (README: 32.5 MB ciphertext, 155 MB rotation key)
+    assert abs(ciphertext_bytes(p) / 32.5e6 - 1) < 0.01
+    assert abs(switching_key_bytes(p) / 155e6 - 1) < 0.01
+
+
+def test_budget_refuses_with_retry_after_and_evicts_idle_key_sets():
+    budget = MemoryBudget(1000, baseline=0, retry_after=9)
+    cache = KeySetCache(budget)
+    with cache.use("a", lambda: 600, lambda: "A") as state:
+        assert state == "A" and budget.used == 600
+        with pytest.raises(BusyError) as err:  # "a" is in use: it cannot be evicted
+            budget.take(500, "x")
+        assert err.value.retry_after == 9 and budget.refusals == 1
+    with budget.reserve(500, "x"):  # now idle: evicted to make room
+        assert len(cache) == 0 and budget.used == 500
+    assert budget.used == 0 and budget.peak <= budget.limit
+    budget.take(0, "nothing")  # a zero charge always fits
+
+
+def test_one_load_is_shared_and_failures_give_the_bytes_back():
+    budget = MemoryBudget(10_000, baseline=0)
+    cache = KeySetCache(budget)
+    loads = []
+
+    def slow_load():
+        loads.append(1)
+        time.sleep(0.2)
+        return object()
+
+    seen = []
+
+    def request():
+        with cache.use("k", lambda: 100, slow_load) as state:
+            seen.append(state)
+
+    threads = [threading.Thread(target=request) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len({id(s) for s in seen}) == 1 and budget.used == 100
+
+    def broken():
+        raise RuntimeError("unreadable keys")
+
+    with pytest.raises(RuntimeError), cache.use("bad", lambda: 300, broken):
+        pass
+    assert budget.used == 100 and len(cache) == 1
+    with cache.use("k", lambda: 100, slow_load):
+        cache.forget("k")  # keys changed while in use: charged until the request ends
+        assert budget.used == 100
+    assert budget.used == 0 and len(cache) == 0
+
+
+def test_heavy_slots_never_wait():
+    slots = HeavySlots(1, retry_after=4)
+    with slots.hold():
+        with pytest.raises(BusyError) as err, slots.hold():
+            pass
+        assert err.value.retry_after == 4
+        with slots.hold(False):  # not heavy: no slot needed
+            pass
+    with slots.hold():
+        pass
+
+
+def test_resident_key_sets_are_never_evicted_nor_given_back():
+    """OpenFHE keeps evaluation keys process-wide: dropping its backend frees nothing, so the charge stays."""
+    budget = MemoryBudget(1000, baseline=0)
+    cache = KeySetCache(budget)
+    with cache.use("ofh", lambda: 600, lambda: "A", sticky=True):
+        pass
+    with pytest.raises(BusyError):  # idle, but resident: not evicted
+        budget.take(500, "another key set")
+    cache.forget("ofh")  # deleted: no longer served, still resident in the process
+    assert budget.used == 600 and len(cache) == 0
