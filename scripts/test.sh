@@ -20,6 +20,6 @@ if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
   # openfhe-venv.sh has just checked that openfhe imports there, so these tests cannot all be skipped.
   # plus the product's multi-process flow (keygen, serve, enroll, verify, identify, restart) on OpenFHE.
   run .venv-openfhe/bin/python -m pytest -q -m "not slow" tests/test_backends_conformance.py tests/test_backends_params.py \
-    tests/test_backends_wire.py tests/test_client_keys.py tests/test_cli_sequence.py
+    tests/test_backends_wire.py tests/test_client_keys.py tests/test_cli_sequence.py tests/test_service_fuzz.py
 fi
 echo "== all test stages passed"
