@@ -5,6 +5,9 @@ There is deliberately no code path here that creates, loads or accepts a secret 
 refused by name. Every method takes the :class:`~cryptoface.service.auth.Caller`: a key set belongs to the tenant
 that registered it and is invisible (UnknownKeySetError) to everyone else. Heavy work is admitted by the heavy
 slots and the memory budget (BusyError, HTTP 503) before it starts, and names are checked before any computation.
+
+One module (~550 lines) because every request path shares the same admission, ownership and key-set loading
+steps; authentication, proofs, key kinds, limits, the budget and the key cache are modules of their own.
 """
 
 from __future__ import annotations

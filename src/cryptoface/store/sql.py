@@ -7,6 +7,9 @@ and what happens after a delete (SQLite truncates its write-ahead log). Each pub
 Lock order, the same in every write so that PostgreSQL never deadlocks: tenant row, key-set row (shared by
 writers of its subjects, exclusive for activation, proof counting, gallery replacement and deletion), subject row
 (exclusive: template cap and last-template deletion), and the audit row last of all.
+
+One module on purpose (~600 lines): the lock order above must hold across every write, and keeping all of them
+in one file is what lets a reader check it; the engine-specific parts live in sqlite.py and postgres.py.
 """
 
 from __future__ import annotations
