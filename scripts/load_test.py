@@ -46,6 +46,8 @@ from typing import Any
 import httpx
 import numpy as np
 
+from cryptoface.match.clear import synthetic_embedding
+
 ADMIN_ENV = "CRYPTOFACE_ADMIN_KEY"
 HEALTH_PERIOD_S = 0.2
 RSS_PERIOD_S = 0.1
@@ -234,15 +236,7 @@ def _probe(tenant: Tenant, e: np.ndarray, level: int) -> dict[str, Any]:
     return {"ciphertext": _b64(be.serialize(ct)), "stride": 1, "replicas": 1}
 
 
-def _embedding(rng: np.random.Generator, like: np.ndarray | None = None, cos: float = 0.8) -> np.ndarray:
-    if like is None:
-        e = rng.standard_normal(256)
-    else:
-        u = like / np.linalg.norm(like)
-        v = rng.standard_normal(256)
-        v -= (v @ u) * u
-        e = cos * u + np.sqrt(1 - cos**2) * v / np.linalg.norm(v)
-    return e * np.sqrt(rng.uniform(100, 550)) / np.linalg.norm(e)
+_embedding = synthetic_embedding  # one definition: cryptoface.match.clear
 
 
 def _register(http: httpx.Client, tenant: Tenant, params_json: dict[str, int], stats: Stats, deadline: float) -> None:

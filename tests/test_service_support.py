@@ -19,7 +19,7 @@ import uvicorn
 
 from cryptoface.backends.protocol import CkksParameters
 from cryptoface.client import ClientKeys
-from cryptoface.match.clear import encrypt_embedding_for_tests
+from cryptoface.match.clear import encrypt_embedding_for_tests, synthetic_embedding
 from cryptoface.service import create_app
 from cryptoface.service.proof import answer_challenge
 from cryptoface.store import SQLiteStore
@@ -126,15 +126,7 @@ def register(http: httpx.Client, keys: ClientKeys) -> str:
     return keys.key_id
 
 
-def embedding(rng: np.random.Generator, like: np.ndarray | None = None, cos: float = 0.8) -> np.ndarray:
-    if like is None:
-        e = rng.standard_normal(256)
-    else:
-        u = like / np.linalg.norm(like)
-        v = rng.standard_normal(256)
-        v -= (v @ u) * u
-        e = cos * u + np.sqrt(1 - cos**2) * v / np.linalg.norm(v)
-    return e * np.sqrt(rng.uniform(100, 550)) / np.linalg.norm(e)
+embedding = synthetic_embedding  # one definition: cryptoface.match.clear
 
 
 def probe(keys: ClientKeys, e: np.ndarray, level: int = LEVEL) -> dict[str, Any]:

@@ -35,3 +35,16 @@ def encrypt_embedding_for_tests(backend: CkksBackend, embedding: np.ndarray, lay
     real deployment never has the embedding in the clear on either side.
     """
     return backend.encrypt(place(embedding, layout, backend.slots), level)
+
+
+def synthetic_embedding(rng: np.random.Generator, like: np.ndarray | None = None, cos: float = 0.8) -> np.ndarray:
+    """TEST/LOAD STAND-IN: a random 256-d template, or one at cosine ``cos`` to ``like``, with ||t||^2 in the
+    range the normalisation is fitted for (100..550)."""
+    if like is None:
+        e = rng.standard_normal(256)
+    else:
+        u = like / np.linalg.norm(like)
+        v = rng.standard_normal(256)
+        v -= (v @ u) * u
+        e = cos * u + np.sqrt(1 - cos**2) * v / np.linalg.norm(v)
+    return e * np.sqrt(rng.uniform(100, 550)) / np.linalg.norm(e)
