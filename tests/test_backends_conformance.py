@@ -705,3 +705,28 @@ def test_fuzzed_bytes_raise_only_our_errors(client, data):
     for i, (what, bad) in enumerate(_mutations(keys[names[-1]], rng, 90)):
         name = names[i % len(names)]
         _only_our_errors(f"{name} {what}", lambda bad=bad, name=name: cls.from_public_keys(PARAMS, {**keys, name: bad}))
+
+
+def test_export_of_chosen_kinds_is_the_same_bytes_and_nothing_else(client):
+    everything = client.export_evaluation_keys()
+    kinds = {"public", "relin", *(f"rotation:{k}" for k in client.rotation_steps())}
+    assert set(everything) == kinds  # ClientKeys.generate names the kinds by this rule without exporting them
+    one = client.export_evaluation_keys(["relin"])
+    assert list(one) == ["relin"] and one["relin"] == everything["relin"]
+    with pytest.raises(MissingKeyError):
+        client.export_evaluation_keys(["rotation:99999"])
+
+
+def test_desilofhe_server_loads_top_level_keys_at_seven_levels():
+    """desilofhe reports a top-level rotation key one level low at N = 2^14, 7 levels (dnum 8); the server must
+    still load it (the load test's key-size measurement failed on exactly this) and rotate top-level ciphertexts."""
+    if "desilofhe" not in available_backends():
+        pytest.skip("desilofhe is not importable here")
+    from cryptoface.params import secure_parameters
+
+    params = secure_parameters(7, 14)
+    client = create_backend("desilofhe", params)
+    client.generate_keys([1])
+    server = backend_class("desilofhe").from_public_keys(params, client.export_evaluation_keys())
+    ct = server.rotate(server.deserialize(client.serialize(client.encrypt(np.arange(8.0)))), 1)
+    assert np.allclose(client.decrypt(client.deserialize(server.serialize(ct)))[:4], [1, 2, 3, 4], atol=1e-3)

@@ -50,6 +50,10 @@ def test_saving_never_replaces_a_key_set_unless_asked(tmp_path):
     assert ClientKeys.load(tmp_path).key_id == first.key_id
     second.save(tmp_path, overwrite=True)
     assert ClientKeys.load(tmp_path).key_id == second.key_id
+    loaded = ClientKeys.load(tmp_path)
+    before = dict(loaded.evaluation_keys())
+    assert loaded.save(tmp_path, overwrite=True) == tmp_path  # onto its own home: nothing is lost
+    assert dict(ClientKeys.load(tmp_path).evaluation_keys()) == before
 
 
 def test_loading_refuses_open_or_tampered_homes(tmp_path):

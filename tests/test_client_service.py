@@ -147,3 +147,34 @@ def test_in_process_transport_matches_http(tmp_path, keys):
     local.delete_subject("alice")
     assert local.subjects() == []
     store.close()
+
+
+def test_compare_scores_pairs_without_enrolling_anything(tmp_path, keys):
+    """Pair scoring (the HE benchmark's 1:1 verification): a batch of pairs in one request, scores in pair order,
+    the decision the client's own; nothing is stored, and another tenant cannot use the key set."""
+    rng = np.random.default_rng(5)
+    faces = [embedding(rng) for _ in range(3)]
+    pairs = [(faces[0], embedding(rng, faces[0], 0.8)), (faces[1], faces[2]), (faces[2], embedding(rng, faces[2], 0.6))]
+    with running(tmp_path / "s.db") as srv:
+        token = tenant(srv.url, "acme")["token"]
+        with connect(srv.url, keys, token) as c:
+            c.register()
+            before = srv.snapshot()
+            results = c.compare_pairs([(tp(c, keys, a), tp(c, keys, b)) for a, b in pairs])
+            assert [r.same for r in results] == [True, False, True]
+            for r, (a, b) in zip(results, pairs, strict=True):
+                assert abs(r.score - cosine_clear(a, b)) < 1e-3 and r.threshold == 0.23
+            one = c.compare(tp(c, keys, faces[1]), tp(c, keys, faces[1]))
+            assert one.same and abs(one.score - 1.0) < 1e-3
+            counts, audit = srv.snapshot()
+            assert counts == before[0] and audit == before[1]  # nothing enrolled, nothing audited
+            other = tenant(srv.url, "intruder")["token"]
+            with connect(srv.url, keys, other) as intruder, pytest.raises(ServerError) as e:
+                intruder.compare(tp(c, keys, faces[0]), tp(c, keys, faces[0]))
+            assert e.value.status == 404
+        with httpx.Client(base_url=srv.url, headers={"x-api-key": token}) as http:
+            p = {"ciphertext": "AAAA", "stride": 1, "replicas": 1}
+            r = http.post(f"/v1/keysets/{keys.key_id}/compare", json={"pairs": [{"a": p, "b": p}] * 129})
+            assert r.status_code == 422  # more pairs than one score ciphertext holds
+            r = http.post(f"/v1/keysets/{keys.key_id}/compare", json={"pairs": []})
+            assert r.status_code == 422

@@ -187,13 +187,27 @@ def test_someone_elses_public_key_cannot_be_registered_as_ones_own(server, victi
     assert r.status_code == 409 and r.json()["error"] == "key_set_pending"
     r = attacker.post(f"/v1/keysets/{kid}/verify", json={"subject": "victim", "probe": planted})
     assert r.status_code == 409 and r.json()["error"] == "key_set_pending"
-    for attempt in range(1, MAX_FAILED_PROOFS + 1):
+    for attempt in range(1, MAX_FAILED_PROOFS):
         guess = f"{attempt:064x}"  # guessing: the challenge has 1000^16 answers
         r = attacker.post(f"/v1/keysets/{kid}/proof", json={"proof": guess})
         assert r.status_code == 403 and r.json()["error"] == "proof_failed"
-    assert attacker.get(f"/v1/keysets/{kid}").status_code == 404  # deleted after the last failed attempt
-    register(victim, victim_keys)  # the real owner registers it now
+    # squatting: the attacker's registration is still pending, and it does not stand in the owner's way
+    register(victim, victim_keys)
     assert victim.get(f"/v1/keysets/{kid}").json()["status"] == "active"
+    assert attacker.get(f"/v1/keysets/{kid}").status_code == 404  # the owner's proof dropped the squatter's
+    r = attacker.post(f"/v1/keysets/{kid}/proof", json={"proof": "0" * 64})
+    assert r.status_code == 404
+    assert attacker.post("/v1/keysets", json=register_body(victim_keys)).status_code == 409  # active now
+
+
+def test_wrong_proofs_delete_the_registration(server, victim_keys):
+    _, attacker = server.tenant("attacker-co")
+    kid = attacker.post("/v1/keysets", json=register_body(victim_keys)).json()["key_id"]
+    for attempt in range(1, MAX_FAILED_PROOFS + 1):
+        r = attacker.post(f"/v1/keysets/{kid}/proof", json={"proof": f"{attempt:064x}"})
+        assert r.status_code == 403 and r.json()["error"] == "proof_failed"
+    assert attacker.get(f"/v1/keysets/{kid}").status_code == 404  # deleted after the last failed attempt
+    assert server.store.counts()["registrations"] == 0
 
 
 def test_proof_is_a_hash_of_rounded_integers(server, victim_keys):
@@ -226,20 +240,20 @@ def test_key_sets_are_create_only(server, victim_keys):
     assert server.store.key_set_keys(kid, ("relin",))["relin"] == relin
 
 
-def test_pending_key_sets_take_keys_but_refuse_matching(server, victim_keys):
+def test_pending_key_sets_take_no_keys_and_refuse_matching(server, victim_keys):
     _, http = server.tenant("acme")
     kid = http.post("/v1/keysets", json=register_body(victim_keys)).json()["key_id"]
     relin = dict(victim_keys.evaluation_keys())["relin"]
-    assert http.put(f"/v1/keysets/{kid}/keys/relin", content=relin).status_code == 201
-    assert http.put(f"/v1/keysets/{kid}/keys/relin", content=relin).status_code == 409
-    assert http.put(f"/v1/keysets/{kid}/keys/rotation:1", content=b"\x00junk").status_code == 400
+    for kind, body in (("relin", relin), ("rotation:1", b"\x00junk")):  # keys come after the proof
+        r = http.put(f"/v1/keysets/{kid}/keys/{kind}", content=body)
+        assert r.status_code == 409 and r.json()["error"] == "key_set_pending", kind
     p = probe(victim_keys, embedding(np.random.default_rng(2)))
     for path, body in ((f"/v1/keysets/{kid}/subjects", {"subject": "a", "probes": [p]}),
                        (f"/v1/keysets/{kid}/identify", {"probe": p})):
         r = http.post(path, json=body)
         assert r.status_code == 409 and r.json()["error"] == "key_set_pending", path
     assert http.delete(f"/v1/keysets/{kid}").status_code == 204
-    assert server.store.counts()["key_sets"] == 0
+    assert server.store.counts()["key_sets"] == server.store.counts()["registrations"] == 0
 
 
 def test_audit_log_holds_ids_not_names(server, victim_keys, attacker_keys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import ClassVar
 
 import pytest
 
@@ -82,13 +83,26 @@ def test_heavy_slots_never_wait():
         pass
 
 
-def test_resident_key_sets_are_never_evicted_nor_given_back():
-    """OpenFHE keeps evaluation keys process-wide: dropping its backend frees nothing, so the charge stays."""
+def test_evicted_key_sets_are_closed_before_their_bytes_are_given_back():
+    """OpenFHE keeps rotation keys process-wide: dropping a state must unload them (its ``close``), or evicting it
+    would free nothing while the budget believed otherwise."""
+
+    class State:
+        closed = 0
+        charged: ClassVar[list[int]] = []
+
+        def close(self) -> None:
+            State.closed += 1
+            State.charged.append(budget.used)  # still charged while its memory is being freed
+
     budget = MemoryBudget(1000, baseline=0)
     cache = KeySetCache(budget)
-    with cache.use("ofh", lambda: 600, lambda: "A", sticky=True):
+    with cache.use("ofh", lambda: 600, State):
         pass
-    with pytest.raises(BusyError):  # idle, but resident: not evicted
-        budget.take(500, "another key set")
-    cache.forget("ofh")  # deleted: no longer served, still resident in the process
-    assert budget.used == 600 and len(cache) == 0
+    assert State.closed == 0
+    budget.take(500, "another key set")  # evicts the idle one: closed, then its 600 bytes given back
+    assert State.closed == 1 and State.charged == [600] and budget.used == 500 and len(cache) == 0
+    with cache.use("ofh2", lambda: 400, State):
+        cache.forget("ofh2")  # deleted while in use: closed when its last request ends
+        assert State.closed == 1
+    assert State.closed == 2 and State.charged == [600, 900] and budget.used == 500

@@ -3,9 +3,9 @@ schema-violating requests on every operation (>= 2,000 cases in all, derandomise
 4 minutes whatever the count), with no 5xx but 501/503, and every answer's status, content type and body as the
 document says. Schema-violating cases include the credentials (a missing or forged API key: 401).
 
-The simulator backend only: OpenFHE can abort the whole process on crafted ciphertext bytes whose checksum is
-valid (a known limitation of the library), and schemathesis would find such bytes; OpenFHE's deserialisers are
-fuzzed with header-level mutations in test_service_fuzz.py instead.
+The simulator backend: schemathesis explores the HTTP surface, which is the same for every backend. OpenFHE's
+deserialisers, reached through that surface, are fuzzed in test_service_fuzz.py and attacked directly in
+test_openfhe_screen.py.
 """
 
 from __future__ import annotations

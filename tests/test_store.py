@@ -105,6 +105,13 @@ class SQLiteBackend(Backend):
     def source(self) -> str:
         return f"from cryptoface.store import SQLiteStore\nstore = SQLiteStore({str(self.path)!r})"
 
+    def run_sql(self, *statements: str) -> None:
+        conn = sqlite3.connect(self.path)
+        for stmt in statements:
+            conn.execute(stmt)
+        conn.commit()
+        conn.close()
+
     def make_v1(self) -> None:
         conn = sqlite3.connect(self.path)
         conn.executescript(
@@ -139,6 +146,9 @@ class PostgresBackend(Backend):
         with psycopg.connect(PG_URL, autocommit=True) as conn:
             for s in statements:
                 conn.execute(sql.SQL(s).format(schema=sql.Identifier(self.schema)))
+
+    def run_sql(self, *statements: str) -> None:
+        self._admin("SET search_path TO {schema}", *statements)
 
     def make_v1(self) -> None:
         self._admin(
@@ -400,10 +410,11 @@ def test_key_sets_are_tenant_scoped_and_create_only(store):
         store.create_key_set(a, "simulator", "{not json", PUBLIC, PROOF, actor="k")
     ks = store.create_key_set(a, "simulator", PARAMS, PUBLIC, PROOF, actor="ka")
     assert (ks.key_id, ks.status, ks.tenant_id, ks.key_kinds) == (key_fingerprint(PUBLIC), "pending", a, ("public",))
-    assert store.get_key_set(ks.key_id) == store.get_key_set(ks.key_id, a) == ks
-    for tenant in (a, b):  # the same public key again, by its owner or anyone else: create-only
-        with pytest.raises(ConflictError):
-            store.create_key_set(tenant, "simulator", PARAMS, PUBLIC, PROOF, actor="k")
+    assert store.get_key_set(ks.key_id, a) == ks
+    with pytest.raises(UnknownKeySetError):  # only active key sets exist outside their tenant's registration
+        store.get_key_set(ks.key_id)
+    with pytest.raises(ConflictError):  # the same tenant again: answer the challenge, or delete and register anew
+        store.create_key_set(a, "simulator", PARAMS, PUBLIC, PROOF, actor="k")
     # another tenant sees nothing: every tenant-scoped call says "unknown", as for a key set that does not exist
     with pytest.raises(UnknownKeySetError):
         store.get_key_set(ks.key_id, b)
@@ -416,8 +427,13 @@ def test_key_sets_are_tenant_scoped_and_create_only(store):
         with pytest.raises(UnknownKeySetError):
             call()
     assert store.list_key_sets(b) == [] and [k.key_id for k in store.list_key_sets(a)] == [ks.key_id]
-    # keys are added to a pending key set too, once each
-    store.add_key(a, ks.key_id, "relin", b"R" * 10, actor="ka")
+    with pytest.raises(KeySetPendingError):  # keys come after the proof
+        store.add_key(a, ks.key_id, "relin", b"R" * 10, actor="ka")
+    store.activate_key_set(a, ks.key_id, actor="ka")
+    for tenant in (a, b):  # the same public key again, by its owner or anyone else: create-only once active
+        with pytest.raises(ConflictError):
+            store.create_key_set(tenant, "simulator", PARAMS, PUBLIC, PROOF, actor="k")
+    store.add_key(a, ks.key_id, "relin", b"R" * 10, actor="ka")  # once each
     with pytest.raises(ConflictError):
         store.add_key(a, ks.key_id, "relin", b"other", actor="ka")
     for bad in ("public", "secret", "sk", "Secret_key", "private_key", "sk ", ""):
@@ -431,12 +447,42 @@ def test_key_sets_are_tenant_scoped_and_create_only(store):
     assert [k.key_id for k in store.list_key_sets()] == [ks.key_id]
 
 
+def test_a_registration_nobody_proves_never_blocks_the_owner(store):
+    """Squatting: a tenant registers someone else's public key and never answers. The owner registers the same
+    key in its own tenant, proves first and gets it; the squatter's registration is gone."""
+    squatter = store.create_tenant("squatter").tenant_id
+    owner = store.create_tenant("owner").tenant_id
+    squat = store.create_key_set(squatter, "simulator", PARAMS, PUBLIC, PROOF, actor="ks")
+    mine = store.create_key_set(owner, "simulator", PARAMS, PUBLIC, PROOF, actor="ko")
+    assert squat.key_id == mine.key_id and mine.tenant_id == owner and mine.status == "pending"
+    assert store.activate_key_set(owner, mine.key_id, actor="ko").tenant_id == owner
+    assert store.get_key_set(mine.key_id).tenant_id == owner
+    for call in (lambda: store.get_key_set(mine.key_id, squatter),
+                 lambda: store.activate_key_set(squatter, mine.key_id, actor="ks")):
+        with pytest.raises(UnknownKeySetError):
+            call()
+    assert store.counts()["registrations"] == 0
+
+
+def test_unproven_registrations_expire(store, monkeypatch):
+    import cryptoface.store.sql as sql
+
+    t = store.create_tenant("slow").tenant_id
+    ks = store.create_key_set(t, "simulator", PARAMS, PUBLIC, PROOF, actor="k")
+    monkeypatch.setattr(sql, "PENDING_TTL_S", -1.0)  # every registration is now older than the TTL
+    with pytest.raises(UnknownKeySetError):
+        store.activate_key_set(t, ks.key_id, actor="k")
+    assert store.list_key_sets(t) == []
+    store.create_key_set(t, "simulator", PARAMS, PUBLIC, PROOF, actor="k")  # purges the expired row first
+    assert store.counts()["registrations"] == 1
+
+
 def test_proof_attempts_and_activation(store):
     t = store.create_tenant("acme").tenant_id
     ks = store.create_key_set(t, "simulator", PARAMS, PUBLIC, PROOF, actor="k1")
     assert store.record_failed_proof(t, ks.key_id, actor="k1") == 1
     assert store.record_failed_proof(t, ks.key_id, actor="k1") == 2
-    assert store.get_key_set(ks.key_id).failed_proofs == 2
+    assert store.get_key_set(ks.key_id, t).failed_proofs == 2
     with pytest.raises(KeySetPendingError):  # a pending key set takes no subject
         store.create_subject(t, ks.key_id, "alice", [tpl()], actor="k1")
     active = store.activate_key_set(t, ks.key_id, actor="k1")
@@ -459,9 +505,8 @@ def test_delete_key_set_erases_everything_under_it(store):
     store.delete_key_set(tenant, key_id, actor="k1")
     store.delete_key_set(other_t, pending.key_id, actor="k2")  # any state
     counts = store.counts()
-    assert {k: counts[k] for k in ("key_sets", "key_blobs", "subjects", "templates", "galleries")} == dict.fromkeys(
-        ("key_sets", "key_blobs", "subjects", "templates", "galleries"), 0
-    )
+    erased = ("registrations", "key_sets", "key_blobs", "subjects", "templates", "galleries")
+    assert {k: counts[k] for k in erased} == dict.fromkeys(erased, 0)
     with pytest.raises(UnknownKeySetError):
         store.get_key_set(key_id)
     with pytest.raises(UnknownKeySetError):
@@ -711,15 +756,39 @@ def test_meta_and_counts(store):
     assert store.get_meta("norm") == {"lo": 1.0}
     with pytest.raises(StoreError):
         store.set_meta("schema_version", 3)
-    assert store.get_meta("schema_version") == 2
+    assert store.get_meta("schema_version") == 3
     assert set(store.counts()) == {
-        "tenants", "api_keys", "key_sets", "key_blobs", "subjects", "templates", "galleries", "audit"
+        "tenants", "api_keys", "registrations", "key_sets", "key_blobs", "subjects", "templates", "galleries", "audit"
     }
+
+
+def test_a_version_2_store_is_migrated(backend: Backend):
+    """Version 2 kept pending key sets in ``key_sets``; opening it moves them to ``registrations``."""
+    first = backend.open()
+    tenant, key_id = active_key_set(first)
+    pending = first.create_key_set(tenant, "simulator", PARAMS, b"other-public", PROOF, actor="k1")
+    first.close()
+    backend.run_sql(  # the version-2 layout of the same content
+        "INSERT INTO key_sets (key_id, tenant_id, backend, params_json, params_id, created_at, status, proof_hash, "
+        "failed_proofs) SELECT key_id, tenant_id, backend, params_json, params_id, created_at, 'pending', "
+        "proof_hash, 1 FROM registrations",
+        "INSERT INTO key_blobs (key_id, kind, data, size) SELECT key_id, 'public', public_key, 12 FROM registrations",
+        "DROP TABLE registrations",
+        "UPDATE meta SET value = '2' WHERE name = 'schema_version'",
+    )
+    store = backend.open()
+    assert store.get_meta("schema_version") == 3
+    assert store.get_key_set(key_id, tenant).status == "active"
+    moved = store.get_key_set(pending.key_id, tenant)
+    assert (moved.status, moved.failed_proofs, moved.proof_hash) == ("pending", 1, PROOF)
+    assert store.activate_key_set(tenant, pending.key_id, actor="k1").status == "active"
+    assert store.key_set_keys(pending.key_id) == {"public": b"other-public"}
+    assert store.counts()["registrations"] == 0
 
 
 def test_schema_version_1_is_refused(backend: Backend):
     backend.make_v1()
-    with pytest.raises(SchemaVersionError, match=r"schema version 1, this build reads version 2 only"):
+    with pytest.raises(SchemaVersionError, match=r"schema version 1, this build reads version 3 only"):
         backend.open()
 
 
@@ -728,4 +797,23 @@ def test_reopening_checks_the_version_and_keeps_data(backend: Backend):
     second = backend.open()  # a second replica on the same database
     tenant, key_id = active_key_set(first)
     assert second.get_key_set(key_id, tenant).status == "active"
-    assert second.get_meta("schema_version") == 2
+    assert second.get_meta("schema_version") == 3
+
+
+def test_a_lost_postgres_connection_is_unavailable_not_a_crash(backend: Backend):
+    """The database drops the connection mid-session (restart, failover): the call raises StoreUnavailableError,
+    which the server answers with 503 + Retry-After, and the next call reconnects."""
+    if backend.kind != "postgres":
+        pytest.skip("PostgreSQL only: a SQLite file has no connection to lose")
+    from cryptoface.service.app import error_status
+    from cryptoface.store import StoreUnavailableError
+
+    store = backend.open()
+    t = store.create_tenant("acme").tenant_id
+    with store._pool.connection() as conn:  # the pooled connection the next call will reuse
+        pid = conn.info.backend_pid
+    backend._admin(f"SELECT pg_terminate_backend({int(pid)})")
+    with pytest.raises(StoreUnavailableError) as e:
+        store.get_tenant(t)
+    assert error_status(e.value) == (503, "store_unavailable")
+    assert store.get_tenant(t).tenant_id == t

@@ -32,6 +32,12 @@ def create_backend(name: str, params: CkksParameters | None = None, **options: A
     return backend_class(name)(params or CkksParameters(), **options)
 
 
+def read_untrusted(backend: CkksBackend, data: bytes) -> Any:
+    """A ciphertext from the other side of a connection: screened (:meth:`CkksBackend.screen`), then read."""
+    type(backend).screen(backend.params, "ciphertext", data)
+    return backend.deserialize(data)
+
+
 def available_backends() -> list[str]:
     """Names of the backends importable in this environment."""
     out = []
@@ -64,4 +70,5 @@ __all__ = [
     "backend_class",
     "create_backend",
     "default_backend",
+    "read_untrusted",
 ]

@@ -21,14 +21,17 @@ How the protocol maps onto OpenFHE:
   with ``EvalAutomorphismKeyGen`` so that each step can be exported on its own; hoisting uses
   ``EvalFastRotationPrecompute`` + ``EvalFastRotation``.
 * OpenFHE keeps evaluation keys in a process-wide cache keyed by the secret key's tag, and deduplicates
-  crypto contexts on deserialisation. A server backend made with :meth:`from_public_keys` rebuilds the
+  crypto contexts on deserialisation. :mod:`cryptoface.backends.openfhe_keys` makes that cache safe to share
+  (a readers-writer lock around every key lookup and insertion) and lets a server evict one key set's rotation
+  keys (:meth:`OpenFHEBackend.unload_keys`). A server backend made with :meth:`from_public_keys` rebuilds the
   context from the serialised one (checked against ``params``) and loads the keys into that cache; it
   holds no secret key object until :meth:`OpenFHEBackend.load_secret_key` attaches one. The key tag is the
   key-set id: ciphertexts, keys and secret keys under another tag are rejected.
 * Bytes use the shared framing (:mod:`cryptoface.backends.wire`). Its CRC keeps corrupted bytes away from
-  OpenFHE's deserialisers, which abort the whole process on some malformed payloads (a flipped modulus, for
-  one); crafted bytes with a valid CRC can still do that, so a server should only load key sets and
-  ciphertexts from clients it lets in.
+  OpenFHE's deserialisers, which kill the whole process on some malformed payloads (a crafted modulus dies
+  of SIGFPE). Crafted bytes with a valid CRC can still do that, so bytes from an untrusted sender go through
+  :meth:`OpenFHEBackend.screen` first: the same deserialiser runs in a child process
+  (:mod:`cryptoface.backends.openfhe_screen`), and only bytes it read cleanly reach this process's parser.
 * Threads: OpenFHE parallelises inside each operation with OpenMP, with a thread limit it reads once when
   the library loads. So ``openfhe`` is imported lazily by the first backend, after libgomp's default has
   been set to its ``threads``; later backends in the same process share that count (a warning says so).
@@ -53,7 +56,7 @@ from typing import Any
 
 import numpy as np
 
-from cryptoface.backends import wire
+from cryptoface.backends import openfhe_keys, openfhe_screen, wire
 from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
 from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
@@ -228,17 +231,18 @@ class OpenFHEBackend:
         kp = self.cc.KeyGen()
         self._secret, self._public = kp.secretKey, kp.publicKey
         self._tag = self._secret.GetKeyTag()
-        self.cc.EvalMultKeyGen(self._secret)
-        self._has_relin = True
         self._steps, self._rot_maps = set(), {}
         self._zeros = {}  # made under the previous key pair
-        for k in steps:
-            first = not self._tag_has_rotation_keys()
-            m = self.cc.EvalAutomorphismKeyGen(self._secret, [self.cc.FindAutomorphismIndex(k)])
-            # EvalAutomorphismKeyGen inserts into the global cache; the first map for a tag *becomes* the
-            # cache's map and later keys are merged into it, so serialise that one now while it holds one key.
-            self._rot_maps[k] = openfhe.Serialize(m, openfhe.BINARY) if first else m
-            self._steps.add(k)
+        with openfhe_keys.KEY_MAPS.writing():  # key generation inserts into the process-wide maps
+            self.cc.EvalMultKeyGen(self._secret)
+            self._has_relin = True
+            for k in steps:
+                first = not self._tag_has_rotation_keys()
+                m = self.cc.EvalAutomorphismKeyGen(self._secret, [self.cc.FindAutomorphismIndex(k)])
+                # EvalAutomorphismKeyGen inserts into the global cache; the first map for a tag *becomes* the
+                # cache's map and later keys are merged into it, so serialise that one now while it holds one key.
+                self._rot_maps[k] = openfhe.Serialize(m, openfhe.BINARY) if first else m
+                self._steps.add(k)
 
     def _tag_has_rotation_keys(self) -> bool:
         try:
@@ -253,25 +257,33 @@ class OpenFHEBackend:
     def release_rotation_keys(self) -> None:
         """Free the rotation keys a client generated, once exported (it never rotates itself).
 
-        OpenFHE keeps them in a process-wide cache, so this clears that cache for every context in the process.
-        """
-        self._rot_maps.clear()
-        self.cc.ClearEvalAutomorphismKeys()
+        OpenFHE keeps them in a process-wide cache that can only be flushed whole; server backends loaded in this
+        process get theirs back (:func:`cryptoface.backends.openfhe_keys.unload`)."""
+        openfhe_keys.unload(self)
+        self._steps.clear()
 
-    def export_evaluation_keys(self) -> dict[str, bytes]:
+    def unload_keys(self) -> None:
+        """Server side: free this key set's rotation keys from the process (the key cache evicted it)."""
+        openfhe_keys.unload(self)
+        self._steps.clear()
+
+    def export_evaluation_keys(self, kinds: Iterable[str] | None = None) -> dict[str, bytes]:
         self._require_keys()
         if self._secret is None:
             raise MissingKeyError("only the client backend that generated the keys can export them")
         b = openfhe.BINARY
-        keys = {
-            "public": self._pack("public", {}, openfhe.Serialize(self.cc, b), openfhe.Serialize(self._public, b)),
-            "relin": self._pack("relin", {}, openfhe.SerializeEvalMultKeyString(b, self._tag)),
+        exporters = {
+            "public": lambda: self._pack("public", {}, openfhe.Serialize(self.cc, b),
+                                         openfhe.Serialize(self._public, b)),
+            "relin": lambda: self._pack("relin", {}, openfhe.SerializeEvalMultKeyString(b, self._tag)),
         }
         for k in sorted(self._rot_maps):
-            m = self._rot_maps[k]
-            blob = m if isinstance(m, bytes) else openfhe.Serialize(m, b)
-            keys[f"rotation:{k}"] = self._pack("rotation", {"step": k}, blob)
-        return keys
+            exporters[f"rotation:{k}"] = lambda k=k: self._pack("rotation", {"step": k}, self._rotation_blob(k))
+        return wire.export_kinds(exporters, kinds)
+
+    def _rotation_blob(self, k: int) -> bytes:
+        m = self._rot_maps[k]
+        return m if isinstance(m, bytes) else openfhe.Serialize(m, openfhe.BINARY)
 
     @classmethod
     def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1) -> OpenFHEBackend:
@@ -293,6 +305,25 @@ class OpenFHEBackend:
         backend._load_evaluation_keys(public.payloads[1], relin, rotations)
         return backend
 
+    @classmethod
+    def screen(cls, params: CkksParameters, kind: str, data: bytes) -> None:
+        """Vet bytes from an untrusted sender: frame checks here, OpenFHE's own parse in a child process."""
+        fp = _fingerprint(params)
+        if kind == "ciphertext":
+            frame = _unpack(data, "ciphertext", fp, CiphertextError, "OpenFHE ciphertext", schema=_CT_FIELDS)
+            openfhe_screen.screen("ciphertext", frame.payloads, CiphertextError, "ciphertext")
+            return
+        if kind == "public":
+            frame = _unpack(data, "public", fp, MissingKeyError, "OpenFHE public key", payloads=2)
+        elif kind == "relin":
+            frame = _unpack(data, "relin", fp, MissingKeyError, "OpenFHE relinearisation key")
+        elif kind.startswith("rotation:"):
+            frame = _unpack(data, "rotation", fp, MissingKeyError, f"OpenFHE {kind} key", schema={"step": int})
+            kind = "rotation"
+        else:
+            raise MissingKeyError(f"unknown OpenFHE key kind {kind[:80]!r}")
+        openfhe_screen.screen(kind, frame.payloads, MissingKeyError, f"{kind} key")
+
     def _load_evaluation_keys(
         self, public: bytes, relin: wire.Frame | None, rotations: Mapping[int, wire.Frame]
     ) -> None:
@@ -301,12 +332,13 @@ class OpenFHEBackend:
             raise MissingKeyError("the public key does not belong to the key set named in its header")
         try:
             if relin is not None:
-                if self._tag not in self.cc.GetAllEvalMultKeys():  # cached when client and server share a process
-                    openfhe.DeserializeEvalMultKeyString(relin.payloads[0], openfhe.BINARY)
+                with openfhe_keys.KEY_MAPS.writing():  # deserialising inserts into the process-wide map
+                    if self._tag not in self.cc.GetAllEvalMultKeys():  # cached when client and server share a process
+                        openfhe.DeserializeEvalMultKeyString(relin.payloads[0], openfhe.BINARY)
                 self._has_relin = True
             for step, frame in rotations.items():
                 key_map = _read(openfhe.DeserializeEvalKeyMapString, frame.payloads[0], MissingKeyError, "rotation key")
-                self.cc.InsertEvalAutomorphismKey(key_map, self._tag)
+                openfhe_keys.insert(self, step, key_map)
                 self._steps.add(step)
         except (RuntimeError, ValueError, TypeError) as exc:
             raise MissingKeyError(f"unreadable key in the key set: {exc}") from exc
@@ -385,7 +417,8 @@ class OpenFHEBackend:
         a, b = self._align(a, b)
         if not self._has_relin:
             raise MissingKeyError("no relinearisation key in this key set")
-        return self.cc.EvalMult(a, b)
+        with openfhe_keys.KEY_MAPS.reading():
+            return self.cc.EvalMult(a, b)
 
     def rescale(self, ct: Any) -> Any:
         self._check_ct(ct)
@@ -413,7 +446,8 @@ class OpenFHEBackend:
         if k == 0:
             return ct
         self._require_step(k)
-        return self.cc.EvalRotate(ct, k)
+        with openfhe_keys.KEY_MAPS.reading():
+            return self.cc.EvalRotate(ct, k)
 
     def rotate_many(self, ct: Any, steps: Sequence[int]) -> list[Any]:
         self._check_ct(ct)
@@ -422,12 +456,13 @@ class OpenFHEBackend:
         for k in nonzero:
             self._require_step(k)
         out: dict[int, Any] = {0: ct}
-        if len(nonzero) == 1:
-            out[nonzero[0]] = self.cc.EvalRotate(ct, nonzero[0])
-        elif nonzero:
-            pre = self.cc.EvalFastRotationPrecompute(ct)
-            for k in nonzero:
-                out[k] = self.cc.EvalFastRotation(ct, k, self._order, pre)
+        with openfhe_keys.KEY_MAPS.reading():
+            if len(nonzero) == 1:
+                out[nonzero[0]] = self.cc.EvalRotate(ct, nonzero[0])
+            elif nonzero:
+                pre = self.cc.EvalFastRotationPrecompute(ct)
+                for k in nonzero:
+                    out[k] = self.cc.EvalFastRotation(ct, k, self._order, pre)
         return [out[k] for k in ks]
 
     def level_down(self, ct: Any, level: int) -> Any:

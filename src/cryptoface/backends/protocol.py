@@ -121,13 +121,21 @@ class CkksBackend(Protocol):
         """Rotation steps (normalised to 0..slots-1) that have a key."""
         ...
 
-    def export_evaluation_keys(self) -> dict[str, bytes]:
-        """Public and evaluation keys by kind ("public", "relin", "rotation:<k>"), never the secret."""
+    def export_evaluation_keys(self, kinds: Iterable[str] | None = None) -> dict[str, bytes]:
+        """Public and evaluation keys by kind ("public", "relin", "rotation:<k>"), never the secret; only
+        ``kinds`` when given (one key at a time keeps gigabytes of rotation keys out of memory)."""
         ...
 
     @classmethod
     def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes], *, threads: int = 1) -> CkksBackend:
         """Server side: evaluate under a client's exported keys, holding no secret key."""
+        ...
+
+    @classmethod
+    def screen(cls, params: CkksParameters, kind: str, data: bytes) -> None:
+        """Vet bytes from an untrusted sender (``kind``: "ciphertext" or a key kind) before this process parses
+        them; raises the kind's error. A no-op where the parser cannot take the process down (pure Python, or
+        fuzzed bindings); OpenFHE runs its parse in a child process first."""
         ...
 
     def export_secret_key(self) -> bytes:

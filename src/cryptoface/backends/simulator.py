@@ -79,12 +79,16 @@ class SimulatorBackend:
     def rotation_steps(self) -> frozenset[int]:
         return self._steps
 
-    def export_evaluation_keys(self) -> dict[str, bytes]:
+    def export_evaluation_keys(self, kinds: Iterable[str] | None = None) -> dict[str, bytes]:
         """Key frames without payloads: the simulator's keys are only the key-set id and the steps."""
-        keys = {"public": self._pack("public", {}), "relin": self._pack("relin", {})}
+        exporters = {"public": lambda: self._pack("public", {}), "relin": lambda: self._pack("relin", {})}
         for k in sorted(self._steps):
-            keys[f"rotation:{k}"] = self._pack("rotation", {"step": k})
-        return keys
+            exporters[f"rotation:{k}"] = lambda k=k: self._pack("rotation", {"step": k})
+        return wire.export_kinds(exporters, kinds)
+
+    @classmethod
+    def screen(cls, params: CkksParameters, kind: str, data: bytes) -> None:
+        """Nothing to vet out of process: pure Python: a malformed frame can only raise."""
 
     @classmethod
     def from_public_keys(

@@ -22,7 +22,7 @@ import hashlib
 import json
 import struct
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -193,6 +193,15 @@ def _int_list(header: dict[str, Any], name: str, count: int, error: type[CryptoF
 
 
 # -- key sets (the dict that export_evaluation_keys makes and from_public_keys reads) ---------------------
+def export_kinds(exporters: Mapping[str, Callable[[], bytes]], kinds: Iterable[str] | None) -> dict[str, bytes]:
+    """Run the exporters of ``kinds`` (all when None), so a caller asking for one key never serialises the rest."""
+    names = list(exporters) if kinds is None else list(kinds)
+    unknown = [k for k in names if k not in exporters]
+    if unknown:
+        raise MissingKeyError(f"this key set has no {unknown[0][:80]!r} key; it holds {sorted(exporters)}")
+    return {k: exporters[k]() for k in names}
+
+
 def key_entry(keys: object, name: str) -> object:
     """The bytes of key ``name``; MissingKeyError when ``keys`` is not a mapping or lacks that key."""
     if not isinstance(keys, Mapping):

@@ -17,6 +17,7 @@ COMMAND_MODULES = [
     "bench_cmd",
     "bench_match_cmd",
     "train_cmd",
+    "prepare_cmd",
 ]
 
 

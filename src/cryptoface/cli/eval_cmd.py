@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from cryptoface.errors import ModelFileError
+from cryptoface.eval.pairs import DEFAULT_NO_FACE_POLICY, NO_FACE_POLICIES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,6 +65,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.add_argument("--csv", type=Path, required=True, help="CSV; image paths are relative to it")
     common(pairs)
     pairs.add_argument("--threshold", type=float, default=None, help="also report accuracy at this cosine threshold")
+    pairs.add_argument(
+        "--no-face",
+        choices=NO_FACE_POLICIES,
+        default=DEFAULT_NO_FACE_POLICY,
+        help="photo without a detected face: 'skip' counts it as a failure to acquire and leaves its pairs "
+        "unscored (default), 'centre-crop' scores it on a centre crop and flags its pairs, 'error' aborts",
+    )
     pairs.set_defaults(func=run_pairs)
 
 
@@ -140,7 +148,7 @@ def run_pairs(args: argparse.Namespace) -> int:
     from cryptoface.eval.pairs import evaluate_pairs
 
     emb, model_name = _embedder(args.model, args.resolution)
-    result = evaluate_pairs(args.csv, emb, threshold=args.threshold)
+    result = evaluate_pairs(args.csv, emb, threshold=args.threshold, no_face=args.no_face)
     title = f"{args.csv.name}, {emb.name} ({result['n_pairs']} pairs)"
     return _finish(
         args,

@@ -38,6 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace a key set already in --home (it stays registered on the server: run 'cryptoface "
                         "delete keyset' first, or use 'cryptoface rotate-keys')")
+    p.add_argument("--public-out", type=Path, default=None, metavar="DIR",
+                   help="also write a public key folder (public, relinearisation and rotation keys, no secret key) "
+                        "for a server process to load")
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("serve", help="server: run the matching HTTP server (public keys only)")
@@ -85,6 +88,11 @@ def register(sub: Any) -> None:
     p.add_argument("photo", type=Path)
     _client_args(p)
     p.set_defaults(func=cmd_verify)
+    p = sub.add_parser("compare", help="client: are two photos the same person? (nothing is enrolled)")
+    p.add_argument("photo_a", type=Path)
+    p.add_argument("photo_b", type=Path)
+    _client_args(p)
+    p.set_defaults(func=cmd_compare)
     p = sub.add_parser("identify", help="client: find who a photo shows among the enrolled subjects")
     p.add_argument("photo", type=Path)
     _client_args(p)
@@ -167,10 +175,12 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"generating a {backend} key set: {backend_label(backend)}; N = 2^{params.log_ring}, {params.levels} levels")
     t = time.perf_counter()
     keys = ClientKeys.generate(backend, params, stride=args.stride, resolution=resolution, threads=args.threads)
-    root = keys.save(args.home, overwrite=args.force)
+    root = keys.save(args.home, overwrite=args.force, public_out=args.public_out)
     print(f"key id {keys.key_id}; {len(keys.backend.rotation_steps())} rotation keys "
           f"({keys.evaluation_key_bytes() / 1e9:.2f} GB of evaluation keys); saved to {root} "
           f"({time.perf_counter() - t:.1f} s)")
+    if args.public_out is not None:
+        print(f"public key folder (no secret key): {args.public_out}")
     return 0
 
 
@@ -322,6 +332,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
     detail = f"score {r.score:.4f} vs threshold {r.threshold:.4f}" if r.mode == "score" else "decision only"
     print(f"{'ACCEPT' if r.accepted else 'REJECT'} {name} ({detail})")
     return 0 if r.accepted else 1
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    if args.mode != "score":
+        raise CryptoFaceError("compare answers in score mode only (the client decides with its own threshold)")
+    with _connect(args) as c:
+        r = c.compare(_probe(args, c, args.photo_a), _probe(args, c, args.photo_b))
+    print(f"{'SAME' if r.same else 'DIFFERENT'} (score {r.score:.4f} vs threshold {r.threshold:.4f})")
+    return 0 if r.same else 1
 
 
 def cmd_identify(args: argparse.Namespace) -> int:

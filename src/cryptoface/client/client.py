@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cryptoface.backends import read_untrusted
 from cryptoface.client.keys import ClientKeys
 from cryptoface.client.transport import (
     Challenge,
@@ -82,6 +83,15 @@ class IdentifyResult:
     mode: str
     scores: dict[str, float] = field(default_factory=dict)  # best value per subject
     threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """One compared pair: the decrypted cosine and the client's decision (same person when score > tau)."""
+
+    score: float
+    same: bool
+    threshold: float
 
 
 def default_threshold() -> float:
@@ -314,6 +324,23 @@ class Client:
         name, value = max(best.items(), key=lambda kv: kv[1])
         return IdentifyResult(name if self.decide(value, mode) else None, value, mode, best, tau)
 
+    def compare(self, a: PhotoOrProbe, b: PhotoOrProbe) -> CompareResult:
+        """1:1 without enrolment: are the faces of ``a`` and ``b`` the same person?"""
+        return self.compare_pairs([(a, b)])[0]
+
+    def compare_pairs(self, pairs: Sequence[tuple[PhotoOrProbe, PhotoOrProbe]]) -> list[CompareResult]:
+        """Score a batch of pairs in one request (the server packs their cosines); results in pair order."""
+        if not pairs:
+            return []
+        probes = [(self._probe(a), self._probe(b)) for a, b in pairs]
+        values: list[float] = []
+        for chunk in self.transport.compare(self.key_id, probes):
+            slots = self.decrypt_slots(chunk.ciphertext)
+            values += [checked_value(float(slots[i]), "score") for i in chunk.slots]
+        if len(values) != len(pairs):
+            raise ServerError(0, "wrong_count", f"the service returned {len(values)} scores for {len(pairs)} pairs")
+        return [CompareResult(v, self.decide(v), self.threshold) for v in values]
+
     # -- decisions ------------------------------------------------------------------------------
     def decide(self, value: float, mode: str = "score") -> bool:
         """Accept a decrypted value: cosine > tau (score mode), or a positive sign (decision mode)."""
@@ -321,7 +348,7 @@ class Client:
 
     def decrypt_slots(self, ciphertext: bytes) -> np.ndarray:
         be = self.keys.backend
-        return be.decrypt(be.deserialize(ciphertext))
+        return be.decrypt(read_untrusted(be, ciphertext))
 
     def _value(self, ciphertext: bytes, slot: int, mode: str) -> float:
         return checked_value(float(self.decrypt_slots(ciphertext)[slot]), mode)
@@ -351,7 +378,8 @@ def prove_possession(backend: Any, challenge: Challenge) -> str:
         nonce = bytes.fromhex(challenge.nonce)
     except ValueError as exc:
         raise TamperingError("registration challenge nonce is not hex") from exc
-    values = np.asarray(backend.decrypt(backend.deserialize(challenge.ciphertext)), dtype=float)[: challenge.count]
+    values = np.asarray(backend.decrypt(read_untrusted(backend, challenge.ciphertext)), dtype=float)
+    values = values[: challenge.count]
     ints = np.rint(values)
     if (not np.all(np.isfinite(values)) or np.any(np.abs(values - ints) > CHALLENGE_TOLERANCE)
             or np.any(np.abs(ints) > MAX_CHALLENGE_VALUE)):

@@ -27,6 +27,7 @@ from cryptoface.client.transport import (
     Challenge,
     ImageProbe,
     KeySetInfo,
+    PairChunk,
     Probe,
     ScoreChunk,
     ServerError,
@@ -221,6 +222,11 @@ class HTTPTransport:
         out = self._call("POST", f"{self._keyset(key_id)}/identify", json={"probe": _probe_json(probe), "mode": mode})
         return [ScoreChunk(base64.b64decode(c["ciphertext"]), tuple(int(s) for s in c["slots"]),
                            tuple(str(n) for n in c["subjects"])) for c in out["chunks"]]
+
+    def compare(self, key_id: str, pairs: list[tuple[Probe, Probe]]) -> list[PairChunk]:
+        body = {"pairs": [{"a": _probe_json(a), "b": _probe_json(b)} for a, b in pairs]}
+        out = self._call("POST", f"{self._keyset(key_id)}/compare", json=body)
+        return [PairChunk(base64.b64decode(c["ciphertext"]), tuple(int(s) for s in c["slots"])) for c in out["chunks"]]
 
     def audit(self, after: int = 0) -> list[dict[str, Any]]:
         """This tenant's audit rows after id ``after`` (ids, actions, times: no names, no ciphertexts)."""

@@ -18,6 +18,7 @@ from cryptoface.client.transport import (
     Challenge,
     ImageProbe,
     KeySetInfo,
+    PairChunk,
     Probe,
     ScoreChunk,
     ServerError,
@@ -142,6 +143,11 @@ class InProcessTransport:
     def identify(self, key_id: str, probe: Probe, mode: str) -> list[ScoreChunk]:
         chunks = self.service.identify(self.caller, key_id, probe.to_request(), mode=mode)
         return [ScoreChunk(ct, tuple(slots), tuple(names)) for ct, slots, names in chunks]
+
+    @_translated
+    def compare(self, key_id: str, pairs: list[tuple[Probe, Probe]]) -> list[PairChunk]:
+        chunks = self.service.compare(self.caller, key_id, [(a.to_request(), b.to_request()) for a, b in pairs])
+        return [PairChunk(ct, tuple(slots)) for ct, slots in chunks]
 
     @_translated
     def audit(self, after: int = 0) -> list[dict[str, Any]]:

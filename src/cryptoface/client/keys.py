@@ -1,4 +1,5 @@
-"""Client key material: generation, and a private key home (``--home`` or ``$CRYPTOFACE_HOME``).
+"""Client key material: generation, a private key home (``--home`` or ``$CRYPTOFACE_HOME``) and, optionally, a
+public key folder for a server that must never hold the secret key.
 
 Layout of the home directory (mode 0700, files 0600)::
 
@@ -6,9 +7,21 @@ Layout of the home directory (mode 0700, files 0600)::
     secret.key            the secret key, in the backend's own framed format - never sent anywhere
     eval/<kind>.bin       public and evaluation keys (what the server receives)
 
+Layout of a public key folder (``save(public_out=DIR)``, ``keygen --public-out DIR``; mode 0755, files 0644)::
+
+    keyset.json           the same fields as the home's plus ``"public_only": true``; nothing secret
+    eval/<kind>.bin       public, relinearisation and rotation keys
+
+It holds no ``secret.key``, and :class:`PublicKeys` refuses a folder that does. The home stays self-contained:
+its ``eval/`` files are hard links to the public folder's when both are on one file system (no second copy
+of gigabytes of rotation keys; the links then share the public files' 0644 mode, inside the 0700 home), else
+copies. Deleting or moving either folder leaves the other whole.
+
 The key id is computed once, when the keys are made, and stored; a loaded key set never re-exports its
 evaluation keys to learn it. Loading builds the backend from the public key alone plus the secret key: the
 client encrypts and decrypts, it never rotates, so gigabytes of rotation keys stay on disk until uploaded.
+The server side (:class:`PublicKeys`, :func:`load_public_backend`) builds its backend from every key in a
+public folder with ``from_public_keys``: it encrypts and evaluates, it cannot decrypt.
 """
 
 from __future__ import annotations
@@ -29,12 +42,13 @@ from cryptoface.errors import CryptoFaceError, MissingKeyError
 from cryptoface.match.homomorphic import rotation_steps as matching_rotation_steps
 from cryptoface.match.layout import TemplateLayout
 from cryptoface.params import params_from_json, params_to_json
-from cryptoface.store.base import key_fingerprint
+from cryptoface.store.base import is_secret_kind, key_fingerprint
 
 HOME_ENV = "CRYPTOFACE_HOME"
 DEFAULT_HOME = Path.home() / ".cryptoface"
 KEYSET_FILE = "keyset.json"
 SECRET_FILE = "secret.key"
+EVAL_DIR = "eval"
 KEYSET_FORMAT = 2  # keyset.json carries key_id and resolution
 
 
@@ -99,21 +113,18 @@ class ClientKeys:
         """(kind, bytes) of the public and evaluation keys, "public" first, one key in memory at a time;
         kinds in ``exclude`` (what the service holds already) are not read at all."""
         skip = set(exclude)
-        if self.home is None:
-            keys = {k: v for k, v in self.backend.export_evaluation_keys().items() if k not in skip}
-            if "public" in keys:
-                yield "public", keys.pop("public")
-            while keys:
-                yield keys.popitem()
-            return
         for kind in ("public", *sorted(k for k in self.key_kinds if k != "public")):
-            if kind not in skip:
+            if kind in skip:
+                continue
+            if self.home is None:  # fresh keys: exported from the backend one kind at a time
+                yield kind, self.backend.export_evaluation_keys([kind])[kind]
+            else:
                 yield kind, (self.home / "eval" / _kind_file(kind)).read_bytes()
 
     def evaluation_key_bytes(self) -> int:
         """Total size of the public and evaluation keys (what registration uploads)."""
         if self.home is None:
-            return sum(len(v) for v in self.backend.export_evaluation_keys().values())
+            return sum(len(data) for _, data in self.evaluation_keys())
         return sum((self.home / "eval" / _kind_file(k)).stat().st_size for k in self.key_kinds)
 
     @classmethod
@@ -133,30 +144,14 @@ class ClientKeys:
         steps |= engine_rotation_steps(resolution, backend.slots, backend.params.levels)
         steps |= {int(k) % backend.slots for k in extra_rotations}
         backend.generate_keys(sorted(steps))
-        public = backend.export_evaluation_keys()
-        kinds = tuple(sorted(public))
-        return cls(backend, key_fingerprint(public["public"]), stride, resolution, None, kinds)
+        public = backend.export_evaluation_keys(["public"])["public"]  # not gigabytes of rotation keys
+        kinds = tuple(sorted({"public", "relin", *(f"rotation:{k}" for k in backend.rotation_steps())}))
+        return cls(backend, key_fingerprint(public), stride, resolution, None, kinds)
 
     # -- persistence ----------------------------------------------------------------------------
-    def save(self, home: str | os.PathLike[str] | None = None, *, overwrite: bool = False) -> Path:
-        """Write the key set to a private home; refuses to replace an existing key set unless ``overwrite``."""
-        root = home_dir(home)
-        if (root / KEYSET_FILE).exists() or (root / SECRET_FILE).exists():
-            if not overwrite:
-                raise KeyHomeError(f"{root} already holds a key set; pass --force to replace it (its secret key "
-                                   "is lost, and whatever was enrolled under it can no longer be matched)")
-            shutil.rmtree(root / "eval", ignore_errors=True)
-        secret = self.backend.export_secret_key()
-        root.mkdir(parents=True, exist_ok=True)
-        os.chmod(root, 0o700)
-        (root / "eval").mkdir(exist_ok=True)
-        os.chmod(root / "eval", 0o700)
-        kinds = []
-        for kind, data in self.evaluation_keys():
-            _write_private(root / "eval" / _kind_file(kind), data)
-            kinds.append(kind)
-        _write_private(root / SECRET_FILE, secret)
-        meta = {
+    def _meta(self, kinds: Iterable[str]) -> dict[str, Any]:
+        """keyset.json's fields (nothing secret: the secret key has its own file)."""
+        return {
             "format": KEYSET_FORMAT,
             "backend": self.backend_name,
             "params": json.loads(self.params_json),
@@ -165,10 +160,76 @@ class ClientKeys:
             "resolution": self.resolution,
             "key_kinds": sorted(kinds),
         }
+
+    def save(
+        self,
+        home: str | os.PathLike[str] | None = None,
+        *,
+        overwrite: bool = False,
+        public_out: str | os.PathLike[str] | None = None,
+    ) -> Path:
+        """Write the key set to a private home; refuses to replace an existing key set unless ``overwrite``.
+
+        With ``public_out``, also write a public key folder (no secret key) for a server; the home's
+        ``eval/`` files are then hard links to it where the file system allows. Keys already saved in
+        ``home`` only get their public folder written."""
+        root = home_dir(home)
+        public = None if public_out is None else Path(public_out).expanduser()
+        if public is not None:
+            _check_public_target(public, root, overwrite)
+            if self.home is not None and self.home.resolve() == root.resolve():
+                self.save_public(public, overwrite=overwrite, home=root)
+                return root
+        if self.home is not None and self.home.resolve() == root.resolve():
+            return root  # saved there already: rewriting would delete eval/ before reading it back
+        if (root / KEYSET_FILE).exists() or (root / SECRET_FILE).exists():
+            if not overwrite:
+                raise KeyHomeError(f"{root} already holds a key set; pass --force to replace it (its secret key "
+                                   "is lost, and whatever was enrolled under it can no longer be matched)")
+            shutil.rmtree(root / EVAL_DIR, ignore_errors=True)
+        secret = self.backend.export_secret_key()
+        if public is not None:
+            self.save_public(public, overwrite=overwrite, home=root)
+        root.mkdir(parents=True, exist_ok=True)
+        os.chmod(root, 0o700)
+        (root / EVAL_DIR).mkdir(exist_ok=True)
+        os.chmod(root / EVAL_DIR, 0o700)
+        kinds = []
+        if public is None:
+            for kind, data in self.evaluation_keys():
+                _write_private(root / EVAL_DIR / _kind_file(kind), data)
+                kinds.append(kind)
+        else:
+            for src in sorted((public / EVAL_DIR).iterdir()):
+                _link_or_copy(src, root / EVAL_DIR / src.name)
+            kinds = list(PublicKeys.load(public).key_kinds)
+        _write_private(root / SECRET_FILE, secret)
         # written last: a home with keyset.json is complete
-        _write_private(root / KEYSET_FILE, json.dumps(meta, indent=2).encode())
+        _write_private(root / KEYSET_FILE, json.dumps(self._meta(kinds), indent=2).encode())
         self.home, self.key_kinds = root, tuple(sorted(kinds))
         return root
+
+    def save_public(
+        self, public_out: str | os.PathLike[str], *, overwrite: bool = False, home: Path | None = None
+    ) -> Path:
+        """Write the public key folder (keyset.json + eval/, never the secret key) for a server to load."""
+        out = Path(public_out).expanduser()
+        _check_public_target(out, home if home is not None else self.home, overwrite)
+        shutil.rmtree(out / EVAL_DIR, ignore_errors=True)
+        (out / KEYSET_FILE).unlink(missing_ok=True)
+        out.mkdir(parents=True, exist_ok=True)
+        os.chmod(out, 0o755)
+        (out / EVAL_DIR).mkdir()
+        os.chmod(out / EVAL_DIR, 0o755)
+        kinds = []
+        for kind, data in self.evaluation_keys():
+            if is_secret_kind(kind):  # never: export_evaluation_keys holds no secret; cheap to be sure
+                raise KeyHomeError(f"refusing to write a key of kind {kind!r} to the public folder {out}")
+            _write_public(out / EVAL_DIR / _kind_file(kind), data)
+            kinds.append(kind)
+        meta = {**self._meta(kinds), "public_only": True}
+        _write_public(out / KEYSET_FILE, json.dumps(meta, indent=2).encode())  # last: the folder is complete
+        return out
 
     @classmethod
     def load(cls, home: str | os.PathLike[str] | None = None, **options: Any) -> ClientKeys:
@@ -178,21 +239,142 @@ class ClientKeys:
         if not meta_path.is_file():
             raise MissingKeyError(f"no keys in {root}; run 'cryptoface keygen --home {root}' first")
         secret_path = root / SECRET_FILE
+        if not secret_path.is_file():
+            raise MissingKeyError(f"{root} holds no secret key (a public key folder?); point --home at the "
+                                  "key home that 'cryptoface keygen' wrote")
         mode = stat.S_IMODE(secret_path.stat().st_mode)
         if mode & 0o077:
             raise KeyHomeError(f"{secret_path} is readable by others (mode {mode:o}); chmod 600 it")
-        try:
-            meta = json.loads(meta_path.read_text())
-            params = params_from_json(json.dumps(meta["params"]))
-            backend_name, key_id = str(meta["backend"]), str(meta["key_id"])
-            kinds = tuple(str(k) for k in meta["key_kinds"])
-        except (ValueError, KeyError, TypeError) as exc:
-            raise KeyHomeError(f"{meta_path} is not a CryptoFace key set ({exc}); run 'cryptoface keygen'") from exc
-        public = (root / "eval" / _kind_file("public")).read_bytes()
+        meta = _read_meta(meta_path)
+        params, backend_name, key_id = meta["params"], meta["backend"], meta["key_id"]
+        public = (root / EVAL_DIR / _kind_file("public")).read_bytes()
         if key_fingerprint(public) != key_id:
             raise KeyHomeError(f"the public key in {root} does not match the key id in {meta_path}")
         backend = backend_class(backend_name).from_public_keys(params, {"public": public}, **options)
         backend.load_secret_key(secret_path.read_bytes())
+        return cls(backend, key_id, meta["stride"], meta["resolution"], root, meta["key_kinds"])
+
+
+@dataclass(frozen=True)
+class PublicKeys:
+    """A public key folder as the server sees it: what the keys are for, and a loader for its backend.
+
+    ``backend`` is the backend's name; :meth:`load_backend` builds the backend object (no secret key)."""
+
+    root: Path
+    backend: str
+    key_id: str
+    params: CkksParameters
+    stride: int
+    resolution: int | None
+    key_kinds: tuple[str, ...]
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend
+
+    @classmethod
+    def load(cls, public_dir: str | os.PathLike[str]) -> PublicKeys:
+        """Read a public key folder's keyset.json; refuses a folder that holds a secret key."""
+        root = Path(public_dir).expanduser()
+        _refuse_secrets(root)
+        meta_path = root / KEYSET_FILE
+        if not meta_path.is_file():
+            raise MissingKeyError(f"no public keys in {root}; run 'cryptoface keygen --public-out {root}' first")
+        meta = _read_meta(meta_path)
+        secret_kinds = [k for k in meta["key_kinds"] if is_secret_kind(k)]
+        if secret_kinds:
+            raise KeyHomeError(f"{meta_path} lists secret key kinds {secret_kinds}; a server loads public keys only")
+        return cls(root, meta["backend"], meta["key_id"], meta["params"], meta["stride"], meta["resolution"],
+                   meta["key_kinds"])
+
+    def key_bytes(self, kind: str) -> bytes:
+        """The bytes of one key of the folder (MissingKeyError when its file is missing)."""
+        path = self.root / EVAL_DIR / _kind_file(kind)
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise MissingKeyError(f"the public key folder {self.root} lacks {path.name} ({exc.strerror}); "
+                                  "write it again with 'cryptoface keygen --public-out'") from exc
+
+    def keys(self, kinds: Iterable[str] | None = None) -> dict[str, bytes]:
+        """{kind: bytes} of ``kinds`` (default: every key of the folder); the public key's id is checked."""
+        wanted = tuple(self.key_kinds if kinds is None else kinds)
+        out = {kind: self.key_bytes(kind) for kind in dict.fromkeys(("public", *wanted))}
+        if key_fingerprint(out["public"]) != self.key_id:
+            raise KeyHomeError(f"the public key in {self.root} does not match the key id in its {KEYSET_FILE}")
+        return out
+
+    def load_backend(self, *, kinds: Iterable[str] | None = None, **options: Any) -> CkksBackend:
+        """The server-side backend: every key of the folder (or ``kinds``), no secret key (``threads=`` etc.)."""
+        _refuse_secrets(self.root)  # again: the folder may have changed since load()
+        backend = backend_class(self.backend).from_public_keys(self.params, self.keys(kinds), **options)
+        if backend.has_secret_key:
+            raise KeyHomeError(f"the backend loaded from {self.root} holds a secret key; refusing to use it")
+        return backend
+
+    def info(self) -> dict[str, Any]:
+        """What :func:`load_public_backend` returns beside the backend."""
+        return {"dir": str(self.root), "backend": self.backend, "key_id": self.key_id, "params": self.params,
+                "stride": self.stride, "resolution": self.resolution, "key_kinds": list(self.key_kinds)}
+
+
+def load_public_backend(public_dir: str | os.PathLike[str], **options: Any) -> tuple[CkksBackend, dict[str, Any]]:
+    """Server side: (backend from every key of the public folder, :meth:`PublicKeys.info`); never a secret."""
+    keys = PublicKeys.load(public_dir)
+    return keys.load_backend(**options), keys.info()
+
+
+# -- helpers ------------------------------------------------------------------------------------------------
+def _write_public(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(path, 0o644)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy of the keys), else a private copy."""
+    dst.unlink(missing_ok=True)
+    try:
+        os.link(src, dst)
+    except OSError:  # another file system, or links not allowed
+        _write_private(dst, src.read_bytes())
+
+
+def _check_public_target(out: Path, home: Path | None, overwrite: bool) -> None:
+    """Refuse a public folder that is the home, holds a secret key, or holds keys and ``overwrite`` is off."""
+    if home is not None and out.resolve() == home.resolve():
+        raise KeyHomeError(f"the public key folder must not be the key home {home}: it would sit beside the "
+                           "secret key; choose another folder")
+    _refuse_secrets(out)
+    if (out / KEYSET_FILE).exists() and not overwrite:
+        raise KeyHomeError(f"{out} already holds public keys; pass --force to replace them")
+
+
+def _refuse_secrets(root: Path) -> None:
+    """KeyHomeError when ``root`` (or its eval/) holds a file that is or looks like a secret key."""
+    names = [p.name for p in (root.iterdir() if root.is_dir() else ())]
+    names += [f"{EVAL_DIR}/{p.name}" for p in ((root / EVAL_DIR).iterdir() if (root / EVAL_DIR).is_dir() else ())]
+    found = [n for n in names if n == SECRET_FILE or is_secret_kind(n.rsplit("/", 1)[-1].removesuffix(".bin"))]
+    if found:
+        raise KeyHomeError(f"{root} holds a secret key ({', '.join(found)}): it is a client's key home, not a "
+                           "public key folder; give the server only the folder written by --public-out")
+
+
+def _read_meta(meta_path: Path) -> dict[str, Any]:
+    """keyset.json's fields, typed (KeyHomeError when it is not a CryptoFace key set)."""
+    try:
+        meta = json.loads(meta_path.read_text())
+        params = params_from_json(json.dumps(meta["params"]))
         resolution = meta.get("resolution")
-        return cls(backend, key_id, int(meta.get("stride", 1)), None if resolution is None else int(resolution),
-                   root, kinds)
+        return {
+            "backend": str(meta["backend"]),
+            "key_id": str(meta["key_id"]),
+            "params": params,
+            "stride": int(meta.get("stride", 1)),
+            "resolution": None if resolution is None else int(resolution),
+            "key_kinds": tuple(str(k) for k in meta["key_kinds"]),
+        }
+    except (ValueError, KeyError, TypeError, AttributeError, CryptoFaceError) as exc:
+        raise KeyHomeError(f"{meta_path} is not a CryptoFace key set ({exc}); run 'cryptoface keygen'") from exc

@@ -67,6 +67,14 @@ class ScoreChunk:
 
 
 @dataclass(frozen=True)
+class PairChunk:
+    """Scores of consecutive compared pairs: the i-th pair's cosine is in slot ``slots[i]``."""
+
+    ciphertext: bytes
+    slots: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Subject:
     """An enrolled subject under one key set: the service's id for it, its name and its templates' ids."""
 
@@ -132,5 +140,8 @@ class Transport(Protocol):
         """One result ciphertext per enrolled template of ``subject``; the value is in slot 0."""
 
     def identify(self, key_id: str, probe: Probe, mode: str) -> list[ScoreChunk]: ...
+
+    def compare(self, key_id: str, pairs: list[tuple[Probe, Probe]]) -> list[PairChunk]:
+        """Encrypted cosines of probe pairs (nothing enrolled), in pair order across the chunks."""
 
     def close(self) -> None: ...

@@ -85,6 +85,18 @@ _STRUCTURES: weakref.WeakKeyDictionary[PlanLayer, list[ConvStructure]] = weakref
 _STRUCTURE_LOCK = threading.Lock()
 
 
+@dataclass
+class EngineCaches:
+    """What an engine would otherwise build before its first inference, by plan layer name: the weight-free
+    conv structures (per plan) and the weighted diagonals of the other linear layers (pool+head, per model).
+
+    Made once by :mod:`cryptoface.engine.artefact` and loaded from its files; must come from the same plan
+    and model as the engine that receives it."""
+
+    structures: dict[str, list[ConvStructure]]
+    diagonals: dict[str, list[Diagonals]]
+
+
 def weighted_terms(model: FusedModel, layer: PlanLayer) -> tuple:
     """The layer's terms with the model's per-patch weights filled in."""
     nets = model.patches
@@ -126,7 +138,7 @@ class EncryptedModel:
     """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
 
     def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int | None = None,
-                 family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2") -> None:
+                 family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2", caches: EngineCaches | None = None) -> None:
         self.model = model
         self.backend = backend
         if plan is None:
@@ -150,6 +162,17 @@ class EncryptedModel:
                                  f"threads at once; use workers=1 (--workers 1), not {workers}")
         self.workers = max(1, int(workers))
         self.records: list[LayerRecord] = []
+        self._weighted: dict[str, list[Diagonals]] = {}
+        if caches is not None:
+            self._use_caches(caches)
+
+    def _use_caches(self, caches: EngineCaches) -> None:
+        """Seed the plan's structure cache and this engine's weighted diagonals from prepared ones."""
+        for layer in self.plan.layers:
+            if layer.name in caches.structures:
+                with _STRUCTURE_LOCK:
+                    _STRUCTURES[layer] = caches.structures[layer.name]
+        self._weighted = dict(caches.diagonals)
 
     # -- client side --------------------------------------------------------------------------------------
     def pack_input(self, x: np.ndarray) -> list[np.ndarray]:
@@ -332,7 +355,11 @@ class EncryptedModel:
                 pre.append(c)
             ins = pre
         conv = not isinstance(layer.out_layout, lay.TemplateLayout)
-        structure = self._conv_structures(layer) if conv else layer_diagonals(layer, slots, with_weights=False)
+        weighted = None if conv else self._weighted.get(layer.name)  # prepared: structure and weights in one
+        if conv:
+            structure = self._conv_structures(layer)
+        else:
+            structure = weighted or layer_diagonals(layer, slots, with_weights=False)
         split = layer.split
         need: dict[int, set[int]] = {}
         for d in structure:
@@ -351,7 +378,7 @@ class EncryptedModel:
                 outs.append(self._giants(st, babies, split, level,
                                          lambda ks, gg, st=st: st.rows(ks, wflat, slots, gg)))
         for j in range(n_out if not conv else 0):
-            diag = self._diagonals(wlayer, j)
+            diag = weighted[j] if weighted else self._diagonals(wlayer, j)
             outs.append(self._giants(diag, babies, layer.split, level))
             del diag
         for step in layer.post_steps:  # replicated template: sum the replica classes (no level)

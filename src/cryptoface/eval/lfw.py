@@ -18,14 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from cryptoface.errors import DataError, FaceTooSmallError, ImageError, NoFaceError
 from cryptoface.eval import metrics
 from cryptoface.eval.embedders import Embedder, cosine_scores
-from cryptoface.face.align import CROP_SIZE
+from cryptoface.face.fallback import centre_crop
 from cryptoface.face.image import load_image_file
 from cryptoface.face.pipeline import PIPELINE_VERSION, align_face
 
@@ -123,11 +122,7 @@ def crop_cache_path(
 
 def _centre_crop(path: Path) -> np.ndarray:
     """Fallback when no face is detected: the central half of the photo, resized to 112x112."""
-    img = load_image_file(path)
-    h, w = img.shape[:2]
-    side = max(1, min(h, w) // 2)
-    y0, x0 = (h - side) // 2, (w - side) // 2
-    return cv2.resize(img[y0 : y0 + side, x0 : x0 + side], (CROP_SIZE, CROP_SIZE), interpolation=cv2.INTER_AREA)
+    return centre_crop(load_image_file(path))
 
 
 def _read_cache(path: Path, version: str) -> dict[str, tuple[np.ndarray, bool]]:

@@ -4,10 +4,15 @@ The JSON always has the keys ``accuracy``, ``accuracy_std``, ``eer``, ``tar_at_f
 ``tar_at_far_1e-3``, ``n_pairs``, ``model`` and ``resolution``, plus extras such as ``fold_accuracies``,
 ``thresholds`` and ``seconds``. Every accuracy and rate is a FRACTION in [0, 1] (0.9925 means 99.25 %);
 only the printed summary uses percent.
+
+``eval pairs`` adds ``n_pairs_total``, ``no_face_policy``, ``failure_to_acquire`` (ISO/IEC 19795-1 FTA:
+photos, photo_rate, pairs_unscored, examples ...) and, under the centre-crop policy, ``centre_crop``
+(the flagged pairs); ``n_pairs`` and the metrics then cover the scored pairs only.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +36,9 @@ _NOT_SERIALISED = ("scores", "labels")
 
 
 def _plain(value: Any) -> Any:
+    """JSON-ready copy of ``value``: dataclasses and numpy values as plain Python, non-finite floats as None."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -67,13 +75,44 @@ def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.2f} %"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _acquisition_lines(report: dict[str, Any]) -> list[str]:
+    """Failure-to-acquire and centre-crop lines of an ``eval pairs`` report (none for other reports)."""
+    lines = []
+    fta = report.get("failure_to_acquire")
+    if fta is not None:
+        lines.append(
+            f"  failure to acquire (FTA, no-face policy {fta['policy']}): {fta['photos']} of "
+            f"{_plural(fta['photos_total'], 'photo')} ({_pct(fta['photo_rate'])}), {fta['pairs_unscored']} of "
+            f"{_plural(fta['pairs_total'], 'pair')} unscored"
+        )
+        if fta["pairs_unscored"]:
+            lines.append(f"    metrics over the {_plural(report['n_pairs'], 'scored pair')} only")
+        lines += [f"    {e['error']}: {e['path']}" for e in fta["examples"]]
+        if fta["photos"] > len(fta["examples"]):
+            lines.append(f"    ... and {fta['photos'] - len(fta['examples'])} more")
+    crop = report.get("centre_crop")
+    if crop is not None:
+        lines.append(
+            f"  centre-crop fallback: {_plural(crop['photos'], 'photo')} without a detected face scored on a centre "
+            f"crop, {_plural(crop['pairs'], 'pair')} flagged (listed in the JSON)"
+        )
+    return lines
+
+
 def format_summary(report: dict[str, Any]) -> str:
     """A few human-readable lines, in percent."""
     acc = _pct(report["accuracy"])
     if report.get("accuracy_std") is not None:
         acc += f" ± {100 * report['accuracy_std']:.2f}"
+    pairs = f"{report['n_pairs']} pairs"
+    if report.get("n_pairs_total", report["n_pairs"]) != report["n_pairs"]:
+        pairs = f"{report['n_pairs']} of {report['n_pairs_total']} pairs scored"
     lines = [
-        f"model {report['model']} at {report['resolution']}x{report['resolution']}, {report['n_pairs']} pairs",
+        f"model {report['model']} at {report['resolution']}x{report['resolution']}, {pairs}",
         f"  accuracy        {acc}",
         f"  EER             {_pct(report['eer'])}",
         f"  TAR @ FAR 1e-2  {_pct(report['tar_at_far_1e-2'])}",
@@ -83,6 +122,7 @@ def format_summary(report: dict[str, Any]) -> str:
         lines.append(f"  accuracy at threshold {report['threshold']:g}: {_pct(report['accuracy_at_threshold'])}")
     if report.get("n_fallback"):
         lines.append(f"  {report['n_fallback']} photos had no detected face (centre crop used)")
+    lines += _acquisition_lines(report)
     if report.get("seconds") is not None:
         lines.append(f"  {report['seconds']:.1f} s")
     return "\n".join(lines)

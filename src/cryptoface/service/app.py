@@ -49,6 +49,9 @@ from cryptoface.service.models import (
     ApiKeyOut,
     AuditOut,
     ChallengeOut,
+    CompareChunk,
+    CompareIn,
+    CompareOut,
     ErrorOut,
     IdentifyChunk,
     IdentifyIn,
@@ -75,6 +78,7 @@ from cryptoface.store.base import (
     KeySetPendingError,
     KeySetRecord,
     StoreError,
+    StoreUnavailableError,
     SubjectRecord,
     TemplateCapError,
     TemplateStore,
@@ -105,6 +109,7 @@ ERRORS: list[tuple[type[BaseException], int, str]] = [
     (EngineUnavailableError, 501, "engine_unavailable"),
     (AdminDisabledError, 503, "admin_disabled"),
     (BusyError, 503, "busy"),
+    (StoreUnavailableError, 503, "store_unavailable"),
     (BadKeyKindError, 400, "bad_key_kind"),
     (CiphertextError, 400, "bad_ciphertext"),
     (ParameterError, 400, "bad_parameters"),
@@ -189,7 +194,8 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 def _error(request: Request, exc: Exception) -> JSONResponse:
     status, code = error_status(exc)
-    headers = {"Retry-After": str(exc.retry_after)} if isinstance(exc, BusyError) else None
+    retry = isinstance(exc, BusyError | StoreUnavailableError)
+    headers = {"Retry-After": str(exc.retry_after)} if retry else None  # type: ignore[attr-defined]
     return JSONResponse({"error": code, "detail": str(exc)}, status_code=status, headers=headers)
 
 
@@ -386,6 +392,12 @@ def create_app(
         results = service.verify(caller, key_id, body.subject, _probe(body.probe), body.mode)
         return VerifyOut(subject=body.subject, mode=body.mode, results=[base64.b64encode(r).decode() for r in results],
                          threshold=service.threshold if body.mode == "decision" else None)
+
+    @app.post("/v1/keysets/{key_id}/compare", response_model=CompareOut, responses=_err(*MATCH))
+    @limits.policy("json")
+    def compare(key_id: KeyId, body: CompareIn, caller: Tenant) -> CompareOut:
+        chunks = service.compare(caller, key_id, [(_probe(p.a), _probe(p.b)) for p in body.pairs])
+        return CompareOut(chunks=[CompareChunk(ciphertext=base64.b64encode(c).decode(), slots=s) for c, s in chunks])
 
     @app.post("/v1/keysets/{key_id}/identify", response_model=IdentifyOut, responses=_err(*MATCH))
     @limits.policy("json")

@@ -18,12 +18,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptoface.backends import backend_class
+from cryptoface.backends import backend_class, read_untrusted
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.engine import infer_template
 from cryptoface.errors import CiphertextError, ParameterError
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
+from cryptoface.match.pairs import score_pairs, score_slots
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
 from cryptoface.names import validate_name
 from cryptoface.params import LEVELS, params_from_json, params_to_json
@@ -39,7 +40,7 @@ from cryptoface.service.errors import (
 )
 from cryptoface.service.keycache import KeySetCache
 from cryptoface.service.kinds import allowed_kinds
-from cryptoface.service.limits import HeavySlots
+from cryptoface.service.limits import MAX_COMPARE_PAIRS, HeavySlots
 from cryptoface.store.base import (
     MAX_TEMPLATES_PER_SUBJECT,
     ApiKeyRecord,
@@ -59,10 +60,6 @@ from cryptoface.store.base import (
 )
 
 MODES = ("score", "decision")
-# Backends whose evaluation keys live in a process-wide cache that dropping the backend does not free (OpenFHE:
-# keyed by the key tag, and its Python binding flushes only every tag at once): their key sets stay resident
-# and charged to the budget (keycache's ``sticky``). Found by scripts/load_test.py with real OpenFHE key sets.
-PROCESS_WIDE_KEYS = frozenset({"openfhe"})
 Probe = dict[str, Any]  # {"images": [bytes], "resolution", "packing"} or {"ciphertext": bytes, "stride", "replicas"}
 
 
@@ -76,6 +73,17 @@ class _KeySetState:
     backend_name: str
     version: int
     handle: Any = None  # the executor's handle of this key set (put into Ray's object store once)
+
+    def close(self) -> None:
+        """Free what dropping the backend does not (the key cache calls this when it drops the state)."""
+        _discard(self.backend)
+
+
+def _discard(backend: CkksBackend) -> None:
+    """Unload a server backend's keys from the process: OpenFHE keeps them in process-wide maps, not in the object."""
+    unload = getattr(backend, "unload_keys", None)
+    if unload is not None:
+        unload()
 
 
 def _has_images(probes: Sequence[Probe]) -> bool:
@@ -184,6 +192,7 @@ class MatchService:
         with contextlib.suppress(UnknownKeySetError):
             self.store.get_key_set(key_id)
             raise ConflictError(f"key set {key_id[:12]} is registered already; key sets are create-only")
+        cls.screen(params, "public", public)  # hostile bytes die in a child process, not in the server
         backend = cls.from_public_keys(params, {"public": public})  # MissingKeyError on unreadable keys
         if backend.has_secret_key:  # pragma: no cover - guarded by the backends themselves
             raise ServiceInputError("refused: these keys give the server a secret key")
@@ -220,6 +229,8 @@ class MatchService:
         """Store one evaluation key, create-only, checked against the key set's public key alone."""
         tenant = self._tenant(caller)
         record = self._owned(caller, key_id)
+        if record.status != "active":
+            raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
         params = params_from_json(record.params_json)
         if kind not in self.allowed_kinds(params):
             raise BadKeyKindError(f"key kind {kind[:80]!r} is not one this key set can hold: 'relin' or "
@@ -229,10 +240,14 @@ class MatchService:
         if not data:
             raise ServiceInputError("empty key body")
         public = self.store.key_set_keys(key_id, kinds=("public",))["public"]
-        backend = backend_class(record.backend).from_public_keys(params, {"public": public, kind: data})
-        if backend.has_secret_key:  # pragma: no cover
-            raise ServiceInputError("refused: these keys give the server a secret key")
-        del backend
+        cls = backend_class(record.backend)
+        cls.screen(params, kind, data)
+        backend = cls.from_public_keys(params, {"public": public, kind: data})
+        try:
+            if backend.has_secret_key:  # pragma: no cover
+                raise ServiceInputError("refused: these keys give the server a secret key")
+        finally:
+            _discard(backend)  # only a check: the key is loaded for serving later, from the store
         out = self.store.add_key(tenant, key_id, kind, data, actor=caller.actor)
         self._forget(key_id)
         return out
@@ -283,8 +298,7 @@ class MatchService:
             with self.budget.reserve(reading[0], "reading a key set"):
                 return self._load(record)
 
-        sticky = record.backend in PROCESS_WIDE_KEYS
-        with self.slots.hold(heavy), self.cache.use(record.key_id, cost, load, sticky=sticky) as state, \
+        with self.slots.hold(heavy), self.cache.use(record.key_id, cost, load) as state, \
                 self.budget.reserve(need, "an inference" if heavy else "matching"):
             yield state
 
@@ -307,9 +321,9 @@ class MatchService:
                     f"wrong resolution {resolution}: this server's model takes {self.model.resolution}x"
                     f"{self.model.resolution} inputs"
                 )
-            cts = [be.deserialize(b) for b in probe["images"]]
+            cts = [read_untrusted(be, b) for b in probe["images"]]
             return self._infer(state, cts, packing=probe.get("packing") or "monolithic")
-        ct = be.deserialize(probe["ciphertext"])
+        ct = read_untrusted(be, probe["ciphertext"])
         try:
             layout = TemplateLayout(int(probe.get("stride", 1)), int(probe.get("replicas", 1)))
             check_layout(layout, be.slots)
@@ -469,6 +483,28 @@ class MatchService:
             raise ServiceInputError(f"probe stride {stride} differs from the enrolled template's {r.stride}")
         if r.params_id != state.params_id:
             raise ServiceInputError("the enrolled template was made under other CKKS parameters")
+
+    def compare(
+        self, caller: Caller, key_id: str, pairs: Sequence[tuple[Probe, Probe]]
+    ) -> list[tuple[bytes, list[int]]]:
+        """Encrypted cosines of probe pairs, nothing enrolled: (score ciphertext, slot of each pair) per batch,
+        pairs in order. Both probes of every pair must come out of the engine (or the client) in one layout."""
+        if not 1 <= len(pairs) <= MAX_COMPARE_PAIRS:
+            raise ServiceInputError(f"send 1 to {MAX_COMPARE_PAIRS} pairs per request, not {len(pairs)}")
+        probes = [p for pair in pairs for p in pair]
+        record = self._active(caller, key_id, probes)
+        with self._serving(record, heavy=_has_images(probes)) as state, state.lock:
+            be = state.backend
+            templates = [self._template_from_probe(state, p) for p in probes]
+            layouts = {layout for _, layout in templates}
+            if len(layouts) != 1:
+                raise ServiceInputError("the probes of one compare request must share one template layout")
+            cts = [ct for ct, _ in templates]
+            try:
+                batches = list(score_pairs(be, zip(cts[0::2], cts[1::2], strict=True), layouts.pop()))
+            except ParameterError as exc:
+                raise ServiceInputError(str(exc)) from exc
+            return [(be.serialize(b.ciphertext), [int(i) for i in score_slots(be.slots, b.count)]) for b in batches]
 
     def identify(
         self, caller: Caller, key_id: str, probe: Probe, mode: str = "score"

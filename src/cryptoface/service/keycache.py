@@ -4,10 +4,9 @@ A request pins the key set it uses; only unpinned (idle) key sets are evicted, l
 reservation does not fit. Two requests for a key set that is not loaded yet share one load. A key set whose keys
 change or that is deleted is forgotten at once; its bytes stay charged until its last request ends.
 
-A *resident* key set (``sticky``) is one whose memory dropping the backend does not free: OpenFHE keeps evaluation
-keys in a process-wide cache keyed by the key tag, and its Python binding can only flush every tag at once. Such a
-key set is never evicted, and its charge is never given back (forgetting it only stops serving the old state), so
-the budget keeps telling the truth about the process and new key sets get 503 once it is spent.
+A state's memory is freed when the cache drops it: its ``close()`` runs first (OpenFHE keeps rotation keys in a
+process-wide map, not in the backend object, so the state must unload them: see
+:mod:`cryptoface.backends.openfhe_keys`), then the last reference goes, then the budget gets the bytes back.
 """
 
 from __future__ import annotations
@@ -29,7 +28,6 @@ class _Entry:
     state: Any = None
     error: BaseException | None = None
     charged: bool = True
-    sticky: bool = False  # its memory outlives the entry (see the module docstring): never evicted or released
     ready: threading.Event = field(default_factory=threading.Event)
 
 
@@ -44,12 +42,11 @@ class KeySetCache:
         budget.add_evictor(self.evict)
 
     @contextmanager
-    def use(self, key_id: str, cost: Callable[[], int], load: Callable[[], Any], *,
-            sticky: bool = False) -> Iterator[Any]:
+    def use(self, key_id: str, cost: Callable[[], int], load: Callable[[], Any]) -> Iterator[Any]:
         """The loaded state of ``key_id``, pinned for the block; ``cost()`` and ``load()`` run only on a miss.
 
         Raises BusyError when the key set cannot be charged even after evicting every idle one."""
-        entry, loader = self._pin(key_id, cost, sticky)
+        entry, loader = self._pin(key_id, cost)
         try:
             if loader:
                 try:
@@ -74,7 +71,7 @@ class KeySetCache:
                 if entry.pins == 0 and self._entries.get(key_id) is not entry:
                     self._release(entry)  # forgotten (or failed) while in use: its bytes go back now
 
-    def _pin(self, key_id: str, cost: Callable[[], int], sticky: bool) -> tuple[_Entry, bool]:
+    def _pin(self, key_id: str, cost: Callable[[], int]) -> tuple[_Entry, bool]:
         with self.budget.lock:
             entry = self._entries.get(key_id)
             if entry is not None:
@@ -89,16 +86,23 @@ class KeySetCache:
                 self._entries.move_to_end(key_id)
                 return entry, False
             self.budget.take(nbytes, "loading a key set")
-            entry = _Entry(nbytes, pins=1, sticky=sticky)
+            entry = _Entry(nbytes, pins=1)
             self._entries[key_id] = entry
             return entry, True
 
     def _release(self, entry: _Entry) -> None:
-        if entry.charged and not entry.sticky:
+        if entry.charged:
             entry.charged = False
             if entry.pins == 0:
-                entry.state = None  # freed before the budget hands the memory back to the OS
+                self._drop(entry)  # freed before the budget hands the memory back
             self.budget.give(entry.cost)
+
+    @staticmethod
+    def _drop(entry: _Entry) -> None:
+        close = getattr(entry.state, "close", None)
+        entry.state = None
+        if close is not None:
+            close()
 
     def evict(self, nbytes: int) -> int:
         """Drop idle key sets, least recently used first, until ``nbytes`` are freed; returns the bytes freed."""
@@ -107,7 +111,7 @@ class KeySetCache:
             for key_id, entry in list(self._entries.items()):
                 if freed >= nbytes:
                     break
-                if entry.pins == 0 and entry.ready.is_set() and not entry.sticky:
+                if entry.pins == 0 and entry.ready.is_set():
                     del self._entries[key_id]
                     freed += entry.cost if entry.charged else 0
                     self._release(entry)

@@ -41,6 +41,7 @@ REGISTRATION_LIMIT = 64 * MIB  # one public key
 KEY_LIMIT = 1 * GIB  # one raw evaluation key (desilofhe's top-level rotation key: 131 MB)
 ADMIN_LIMIT = 64 * KIB
 DEFAULT_LIMIT = 64 * KIB  # no route, or a route without a body
+MAX_COMPARE_PAIRS = 128  # pairs per compare request: one score ciphertext's capacity at N = 2^16
 JSON_FACTOR = 3
 RAW_FACTOR = 2
 DRAIN_BYTES = 256 * MIB  # a refused body is read and discarded up to this much (a real evaluation key fits) ...

@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from cryptoface.names import InvalidNameError, validate_name
+from cryptoface.service.limits import MAX_COMPARE_PAIRS
 from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
 
 MAX_IMAGE_CIPHERTEXTS = 256  # Net16 as units: 4 units x a few input ciphertexts, with room to spare
@@ -189,6 +190,25 @@ class VerifyOut(BaseModel):
     results: list[str] = Field(description="base64 ciphertexts, one per enrolled template; the value is in slot 0")
     slot: int = 0
     threshold: float | None = Field(description="the server's tau in decision mode; the client decides with its own")
+
+
+class PairIn(_Strict):
+    a: Probe
+    b: Probe
+
+
+class CompareIn(_Strict):
+    pairs: list[PairIn] = Field(min_length=1, max_length=MAX_COMPARE_PAIRS, description="scored in order; nothing "
+                                "is enrolled (the body limit bounds pairs of encrypted images first)")
+
+
+class CompareChunk(BaseModel):
+    ciphertext: str = Field(description="base64 ciphertext holding the cosines of consecutive pairs")
+    slots: list[int] = Field(description="the slot of each of those pairs' cosine, in pair order")
+
+
+class CompareOut(BaseModel):
+    chunks: list[CompareChunk]
 
 
 class IdentifyIn(_Strict):

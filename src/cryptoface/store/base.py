@@ -15,8 +15,11 @@ Decisions the design left open, fixed here:
 * Tenant scoping: a method taking ``tenant_id`` treats a key set of another tenant exactly like one that does not
   exist (:class:`UnknownKeySetError`). Reads that take only a key id (``subjects``, ``templates``, ``galleries``,
   ``key_set_keys``) are for a caller that has already resolved the key set with ``get_key_set(key_id, tenant)``.
-* Subject writes (create, add templates) on a *pending* key set raise :class:`KeySetPendingError` (a
-  :class:`ConflictError`); deletes work in any state.
+* A key set is *pending* from registration until its proof of possession is accepted. Pending registrations
+  are per (key id, tenant): several tenants may register the same public key, the first correct proof makes
+  it that tenant's active key set and drops the others, and an unproven one expires after ``PENDING_TTL_S``.
+  Only an active key set conflicts with a new registration (any tenant). Key uploads and subject writes on a
+  pending key set raise :class:`KeySetPendingError` (a :class:`ConflictError`).
 * ``record_failed_proof`` counts on a pending key set only (an active one raises :class:`ConflictError`) and writes
   an audit row ``keyset.proof_failed``; deleting after too many attempts is the caller's decision.
 * Subject, template and audit ids are integers never reused in a store (SQLite: AUTOINCREMENT), so an id a client
@@ -37,7 +40,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from cryptoface.errors import CryptoFaceError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+PENDING_TTL_S = 3600.0  # an unproven registration is dropped after this long
 SECRET_KEY_KINDS = ("secret", "secret_key", "sk")
 MAX_TEMPLATES_PER_SUBJECT = 8
 KEY_SET_STATUSES = ("pending", "active")
@@ -205,6 +209,12 @@ class KeySetPendingError(ConflictError):
     """The key set's proof of possession has not been accepted yet."""
 
 
+class StoreUnavailableError(StoreError):
+    """The database cannot be reached or stayed busy (lost connection, locked file); retrying later may work."""
+
+    retry_after = 5
+
+
 class SchemaVersionError(StoreError):
     """The database was written by another schema version (no migration: start a new database)."""
 
@@ -213,7 +223,8 @@ def schema_refusal(where: str, found: Any) -> SchemaVersionError:
     """The one message both stores give for a database of another schema version."""
     return SchemaVersionError(
         f"{where}: store schema version {found}, this build reads version {SCHEMA_VERSION} only "
-        "(version 2 added tenants, API keys and key-set ownership; there is no migration). "
+        "(version 2 added tenants, API keys and key-set ownership; version 3 moved pending registrations to "
+        "their own table, and a version-2 store is migrated when opened; older ones are not). "
         "Start a new database, or use the CryptoFace release that wrote this one."
     )
 

@@ -27,12 +27,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from cryptoface.store.base import SCHEMA_VERSION, ConflictError, StoreError, schema_refusal
-from cryptoface.store.sql import SQLStore, Tx, iter_statements
+from cryptoface.store.base import (
+    SCHEMA_VERSION,
+    ConflictError,
+    StoreError,
+    StoreUnavailableError,
+    schema_refusal,
+)
+from cryptoface.store.sql import SQLStore, Tx, iter_statements, migrate_2_to_3
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_TABLES = ("meta", "tenants", "api_keys", "key_sets", "key_blobs", "subjects", "templates", "galleries", "audit")
+_TABLES = ("meta", "tenants", "api_keys", "registrations", "key_sets", "key_blobs", "subjects", "templates",
+           "galleries", "audit")
 
+_REGISTRATIONS = """
+CREATE TABLE registrations (
+    key_id TEXT NOT NULL, tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id), backend TEXT NOT NULL,
+    params_json TEXT NOT NULL, params_id TEXT NOT NULL, created_at DOUBLE PRECISION NOT NULL,
+    proof_hash TEXT NOT NULL, failed_proofs INTEGER NOT NULL DEFAULT 0, public_key BYTEA NOT NULL,
+    PRIMARY KEY (key_id, tenant_id));
+CREATE INDEX registrations_tenant ON registrations(tenant_id)
+"""
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tenants (tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at DOUBLE PRECISION NOT NULL);
@@ -72,6 +87,8 @@ CREATE TABLE audit (
     detail TEXT NOT NULL);
 CREATE INDEX audit_tenant ON audit(tenant_id, id);
 """
+_SCHEMA = _SCHEMA + _REGISTRATIONS
+
 
 
 def _lock_key(purpose: str, schema: str) -> int:
@@ -103,7 +120,7 @@ class _Pool:
         if self._closed:
             raise StoreError("the store is closed")
         if not self._slots.acquire(timeout=self._wait_s):
-            raise StoreError(f"all {self._size} database connections stayed busy for {self._wait_s:.0f} s")
+            raise StoreUnavailableError(f"all {self._size} database connections stayed busy for {self._wait_s:.0f} s")
         conn = None
         try:
             with self._lock:
@@ -170,7 +187,7 @@ class PostgresStore(SQLStore):
         try:
             conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self._timeout)
         except psycopg.OperationalError as e:
-            raise StoreError(f"cannot connect to PostgreSQL: {str(e).strip()}") from None
+            raise StoreUnavailableError(f"cannot connect to PostgreSQL: {str(e).strip()}") from None
         if self.schema is not None:  # an identifier cannot be a parameter: composed by psycopg, validated above
             conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
         return conn
@@ -187,6 +204,8 @@ class PostgresStore(SQLStore):
                 raise ConflictError(f"the write contradicts what is stored ({e.diag.message_primary})") from None
             except (errors.DeadlockDetected, errors.SerializationFailure) as e:
                 raise ConflictError(f"a concurrent write interfered; retry ({e.diag.message_primary})") from None
+            except self._psycopg.OperationalError as e:  # the server went away or refused mid-transaction
+                raise StoreUnavailableError(f"the database is unavailable: {str(e).strip()[:200]}") from None
 
     def _order_audit(self, tx: Tx) -> None:
         tx.run("SELECT pg_advisory_xact_lock(?)", (self._audit_lock,))
@@ -211,7 +230,9 @@ class PostgresStore(SQLStore):
             if "meta" in found:
                 row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
                 version = None if row is None else json.loads(row[0])
-                if version != SCHEMA_VERSION:
+                if version == 2:
+                    migrate_2_to_3(_PgTx(conn.cursor(binary=True), "%s"), _REGISTRATIONS)
+                elif version != SCHEMA_VERSION:
                     raise schema_refusal(where, version)
                 return
             if found:

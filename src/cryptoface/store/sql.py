@@ -4,9 +4,14 @@ Statements use ``?`` placeholders and only SQL both engines speak; a dialect sup
 placeholder style, the row-lock clauses (empty on SQLite, whose ``BEGIN IMMEDIATE`` already serialises writers)
 and what happens after a delete (SQLite truncates its write-ahead log). Each public method is one transaction.
 
-Lock order, the same in every write so that PostgreSQL never deadlocks: tenant row, key-set row (shared by
-writers of its subjects, exclusive for activation, proof counting, gallery replacement and deletion), subject row
-(exclusive: template cap and last-template deletion), and the audit row last of all.
+Lock order, the same in every write so that PostgreSQL never deadlocks: tenant row, pending registration row
+(exclusive for activation, proof counting and deletion), key-set row (shared by writers of its subjects, exclusive
+for gallery replacement and deletion), subject row (exclusive: template cap and last-template deletion), and the
+audit row last of all.
+
+Pending registrations live in their own table, one row per (key id, tenant), so a registration nobody can prove
+(someone else's public key) never blocks its owner: the first correct proof turns its registration into the
+active key set and drops the others. Unproven registrations expire after ``PENDING_TTL_S``.
 
 One module on purpose (~600 lines): the lock order above must hold across every write, and keeping all of them
 in one file is what lets a reader check it; the engine-specific parts live in sqlite.py and postgres.py.
@@ -25,6 +30,7 @@ from typing import Any
 from cryptoface.names import validate_name
 from cryptoface.store.base import (
     MAX_TEMPLATES_PER_SUBJECT,
+    PENDING_TTL_S,
     ApiKeyRecord,
     AuditRecord,
     ConflictError,
@@ -49,10 +55,12 @@ from cryptoface.store.base import (
 
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 _KEY_SET_COLUMNS = "key_id, tenant_id, backend, params_json, params_id, created_at, status, proof_hash, failed_proofs"
+_REG_COLUMNS = "key_id, tenant_id, backend, params_json, params_id, created_at, proof_hash, failed_proofs"
 _TEMPLATE_COLUMNS = (
     "t.id, s.key_id, s.id, s.name, t.ciphertext, t.level, t.stride, t.model_id, t.params_id, t.created_at"
 )
-COUNTED_TABLES = ("tenants", "api_keys", "key_sets", "key_blobs", "subjects", "templates", "galleries", "audit")
+COUNTED_TABLES = ("tenants", "api_keys", "registrations", "key_sets", "key_blobs", "subjects", "templates", "galleries",
+                  "audit")
 
 
 class Tx:
@@ -167,10 +175,19 @@ class SQLStore:
             sql, args = sql + " AND tenant_id = ?", [*args, tenant_id]
         row = tx.one(sql + lock, args)
         if row is None:
+            if tenant_id is not None and self._registration(tx, key_id, tenant_id) is not None:
+                raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
             raise UnknownKeySetError(f"unknown key set {key_id!r}; register the client's keys first")
-        if active and row[1] != "active":
-            raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
         return str(row[0])
+
+    def _registration(self, tx: Tx, key_id: str, tenant_id: str, lock: str = "") -> KeySetRecord | None:
+        """The tenant's unexpired pending registration of ``key_id`` (its public key is the only key it holds)."""
+        row = tx.one(f"SELECT {_REG_COLUMNS} FROM registrations WHERE key_id = ? AND tenant_id = ? AND created_at > ?"
+                     + lock, (key_id, tenant_id, time.time() - PENDING_TTL_S))
+        if row is None:
+            return None
+        return KeySetRecord(row[0], row[1], row[2], row[3], row[4], float(row[5]), "pending", row[6], int(row[7]),
+                            ("public",))
 
     def _key_set(self, tx: Tx, key_id: str, tenant_id: str | None) -> KeySetRecord:
         sql, args = f"SELECT {_KEY_SET_COLUMNS} FROM key_sets WHERE key_id = ?", [key_id]
@@ -178,7 +195,10 @@ class SQLStore:
             sql, args = sql + " AND tenant_id = ?", [*args, tenant_id]
         row = tx.one(sql, args)
         if row is None:
-            raise UnknownKeySetError(f"unknown key set {key_id!r}; register the client's keys first")
+            pending = None if tenant_id is None else self._registration(tx, key_id, tenant_id)
+            if pending is None:
+                raise UnknownKeySetError(f"unknown key set {key_id!r}; register the client's keys first")
+            return pending
         kinds = tuple(sorted(r[0] for r in tx.all("SELECT kind FROM key_blobs WHERE key_id = ?", (key_id,))))
         return KeySetRecord(
             row[0], row[1], row[2], row[3], row[4], float(row[5]), row[6], row[7], int(row[8]), kinds
@@ -263,7 +283,8 @@ class SQLStore:
     def create_key_set(
         self, tenant_id: str, backend: str, params_json: str, public_key: bytes, proof_hash: str, *, actor: str
     ) -> KeySetRecord:
-        """Register a public key as a *pending* key set of the tenant; ConflictError if its id exists (any tenant)."""
+        """Register a public key as a *pending* key set of the tenant; ConflictError if it is active (any tenant)
+        or pending under this tenant. Pending registrations of other tenants do not block: the proof decides."""
         public_key = bytes(public_key)
         if not public_key:
             raise StoreError("the public key is empty")
@@ -276,38 +297,55 @@ class SQLStore:
         key_id, now = key_fingerprint(public_key), time.time()
         with self._tx() as tx:
             self._lock_tenant(tx, tenant_id)
+            tx.run("DELETE FROM registrations WHERE created_at <= ?", (now - PENDING_TTL_S,))
             if tx.one("SELECT 1 FROM key_sets WHERE key_id = ?", (key_id,)) is not None:
                 raise ConflictError(f"key set {key_id[:12]} is registered already; key sets are create-only")
+            if self._registration(tx, key_id, tenant_id) is not None:
+                raise ConflictError(f"key set {key_id[:12]} is pending already: answer its challenge, or delete it "
+                                    "and register again")
             tx.run(
-                f"INSERT INTO key_sets ({_KEY_SET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?, 0)",
-                (key_id, tenant_id, backend, params_json, params_id, now, proof_hash),
-            )
-            tx.run(
-                "INSERT INTO key_blobs (key_id, kind, data, size) VALUES (?, 'public', ?, ?)",
-                (key_id, public_key, len(public_key)),
+                f"INSERT INTO registrations ({_REG_COLUMNS}, public_key) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?)",
+                (key_id, tenant_id, backend, params_json, params_id, now, proof_hash, public_key),
             )
             self._audit(tx, _token(actor, "actor"), "keyset.register", tenant_id, key_id)
         return KeySetRecord(key_id, tenant_id, backend, params_json, params_id, now, "pending", proof_hash, 0,
                             ("public",))
 
     def activate_key_set(self, tenant_id: str, key_id: str, *, actor: str) -> KeySetRecord:
-        """Mark the key set active (its proof was accepted by the caller); activating it again changes nothing."""
+        """Turn the tenant's pending registration (its proof was accepted) into the active key set and drop every
+        other tenant's registration of the same key; activating it again changes nothing."""
         with self._tx() as tx:
-            self._lock_key_set(tx, tenant_id, key_id, self.UPDATE)
-            if tx.run("UPDATE key_sets SET status = 'active' WHERE key_id = ? AND status = 'pending'", (key_id,)):
-                self._audit(tx, _token(actor, "actor"), "keyset.activate", tenant_id, key_id)
+            self._lock_tenant(tx, tenant_id)
+            pending = self._registration(tx, key_id, tenant_id, self.UPDATE)
+            if pending is None:
+                return self._key_set(tx, key_id, tenant_id)  # active already (its owner), else UnknownKeySetError
+            if tx.one("SELECT 1 FROM key_sets WHERE key_id = ?", (key_id,)) is not None:
+                raise ConflictError("another registration of this key set was proven first")
+            row = tx.one("SELECT public_key FROM registrations WHERE key_id = ? AND tenant_id = ?", (key_id, tenant_id))
+            assert row is not None  # locked above
+            tx.run(
+                f"INSERT INTO key_sets ({_KEY_SET_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 'active', ?, ?)",
+                (key_id, tenant_id, pending.backend, pending.params_json, pending.params_id, pending.created_at,
+                 pending.proof_hash, pending.failed_proofs),
+            )
+            public = bytes(row[0])
+            tx.run("INSERT INTO key_blobs (key_id, kind, data, size) VALUES (?, 'public', ?, ?)",
+                   (key_id, public, len(public)))
+            tx.run("DELETE FROM registrations WHERE key_id = ?", (key_id,))
+            self._audit(tx, _token(actor, "actor"), "keyset.activate", tenant_id, key_id)
             return self._key_set(tx, key_id, tenant_id)
 
     def record_failed_proof(self, tenant_id: str, key_id: str, *, actor: str) -> int:
         """Count a wrong proof on a pending key set; the number of failed attempts so far."""
         with self._tx() as tx:
-            self._lock_key_set(tx, tenant_id, key_id, self.UPDATE)
-            row = tx.one("SELECT status, failed_proofs FROM key_sets WHERE key_id = ?", (key_id,))
-            assert row is not None  # locked above
-            if row[0] != "pending":
+            self._lock_tenant(tx, tenant_id)
+            pending = self._registration(tx, key_id, tenant_id, self.UPDATE)
+            if pending is None:
+                self._key_set(tx, key_id, tenant_id)  # UnknownKeySetError unless it is the tenant's active one
                 raise ConflictError("the key set is active already; there is no challenge to answer")
-            attempts = int(row[1]) + 1
-            tx.run("UPDATE key_sets SET failed_proofs = ? WHERE key_id = ?", (attempts, key_id))
+            attempts = pending.failed_proofs + 1
+            tx.run("UPDATE registrations SET failed_proofs = ? WHERE key_id = ? AND tenant_id = ?",
+                   (attempts, key_id, tenant_id))
             self._audit(tx, _token(actor, "actor"), "keyset.proof_failed", tenant_id, key_id,
                         detail=f"attempt={attempts}")
         return attempts
@@ -364,16 +402,26 @@ class SQLStore:
             if tenant_id is not None:
                 sql, args = sql + " WHERE tenant_id = ?", [tenant_id]
             ids = [r[0] for r in tx.all(sql + " ORDER BY created_at, key_id", args)]
-            return [self._key_set(tx, k, None) for k in ids]
+            active = [self._key_set(tx, k, None) for k in ids]
+            sql, args = f"SELECT {_REG_COLUMNS} FROM registrations WHERE created_at > ?", [time.time() - PENDING_TTL_S]
+            if tenant_id is not None:
+                sql, args = sql + " AND tenant_id = ?", [*args, tenant_id]
+            pending = [KeySetRecord(r[0], r[1], r[2], r[3], r[4], float(r[5]), "pending", r[6], int(r[7]), ("public",))
+                       for r in tx.all(sql, args)]
+        return sorted(active + pending, key=lambda k: (k.created_at, k.key_id))
 
     def delete_key_set(self, tenant_id: str | None, key_id: str, *, actor: str) -> None:
         """Erase the key set, its keys, subjects, templates and galleries, in any state (None: any tenant)."""
         with self._tx() as tx:
-            owner = self._lock_key_set(tx, tenant_id, key_id, self.UPDATE)
-            n_subjects = tx.one("SELECT COUNT(*) FROM subjects WHERE key_id = ?", (key_id,))
-            tx.run("DELETE FROM key_sets WHERE key_id = ?", (key_id,))  # cascades to blobs, subjects, galleries
-            self._audit(tx, _token(actor, "actor"), "keyset.delete", owner, key_id,
-                        detail=f"subjects={int(n_subjects[0]) if n_subjects else 0}")
+            if tenant_id is not None and self._registration(tx, key_id, tenant_id, self.UPDATE) is not None:
+                tx.run("DELETE FROM registrations WHERE key_id = ? AND tenant_id = ?", (key_id, tenant_id))
+                self._audit(tx, _token(actor, "actor"), "keyset.delete", tenant_id, key_id, detail="pending")
+            else:
+                owner = self._lock_key_set(tx, tenant_id, key_id, self.UPDATE)
+                n_subjects = tx.one("SELECT COUNT(*) FROM subjects WHERE key_id = ?", (key_id,))
+                tx.run("DELETE FROM key_sets WHERE key_id = ?", (key_id,))  # cascades to blobs, subjects, galleries
+                self._audit(tx, _token(actor, "actor"), "keyset.delete", owner, key_id,
+                            detail=f"subjects={int(n_subjects[0]) if n_subjects else 0}")
         self._after_delete()
 
     # -- subjects and templates ---------------------------------------------------------------------
@@ -596,6 +644,20 @@ class SQLStore:
     def counts(self) -> dict[str, int]:
         with self._tx(write=False) as tx:
             return {t: int(tx.one(f"SELECT COUNT(*) FROM {t}")[0]) for t in COUNTED_TABLES}  # type: ignore[index]
+
+
+def migrate_2_to_3(tx: Tx, registrations_table: str) -> None:
+    """Move version-2 pending key sets (rows of ``key_sets``) into the ``registrations`` table it creates."""
+    for stmt in iter_statements(registrations_table):
+        tx.run(stmt)
+    tx.run(
+        f"INSERT INTO registrations ({_REG_COLUMNS}, public_key) "
+        "SELECT k.key_id, k.tenant_id, k.backend, k.params_json, k.params_id, k.created_at, k.proof_hash, "
+        "k.failed_proofs, b.data FROM key_sets k JOIN key_blobs b ON b.key_id = k.key_id AND b.kind = 'public' "
+        "WHERE k.status = 'pending'"
+    )
+    tx.run("DELETE FROM key_sets WHERE status = 'pending'")  # cascades to their public-key blobs
+    tx.run("UPDATE meta SET value = ? WHERE name = 'schema_version'", (json.dumps(3),))
 
 
 def iter_statements(script: str) -> Iterator[str]:

@@ -23,9 +23,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from cryptoface.store.base import SCHEMA_VERSION, ConflictError, StoreError, schema_refusal
-from cryptoface.store.sql import SQLStore, Tx, iter_statements
+from cryptoface.store.base import SCHEMA_VERSION, ConflictError, StoreError, StoreUnavailableError, schema_refusal
+from cryptoface.store.sql import SQLStore, Tx, iter_statements, migrate_2_to_3
 
+_REGISTRATIONS = """
+CREATE TABLE registrations (
+    key_id TEXT NOT NULL, tenant_id TEXT NOT NULL REFERENCES tenants(tenant_id), backend TEXT NOT NULL,
+    params_json TEXT NOT NULL, params_id TEXT NOT NULL, created_at REAL NOT NULL, proof_hash TEXT NOT NULL,
+    failed_proofs INTEGER NOT NULL DEFAULT 0, public_key BLOB NOT NULL, PRIMARY KEY (key_id, tenant_id));
+CREATE INDEX registrations_tenant ON registrations(tenant_id)
+"""
 _SCHEMA = """
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE tenants (tenant_id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, created_at REAL NOT NULL);
@@ -58,7 +65,7 @@ CREATE TABLE audit (
     id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, tenant_id TEXT, actor TEXT NOT NULL,
     action TEXT NOT NULL, key_id TEXT, subject_id INTEGER, template_ids TEXT NOT NULL, detail TEXT NOT NULL);
 CREATE INDEX audit_tenant ON audit(tenant_id, id);
-"""
+""" + ";" + _REGISTRATIONS
 
 
 class _SQLiteTx(Tx):
@@ -87,7 +94,9 @@ class SQLiteStore(SQLStore):
             if tx.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'meta'") is not None:
                 row = tx.one("SELECT value FROM meta WHERE name = 'schema_version'")
                 version = None if row is None else json.loads(row[0])
-                if version != SCHEMA_VERSION:
+                if version == 2:
+                    migrate_2_to_3(tx, _REGISTRATIONS)
+                elif version != SCHEMA_VERSION:
                     raise schema_refusal(str(self.path), version)
                 return
             if tx.one("SELECT 1 FROM sqlite_master WHERE type = 'table'") is not None:
@@ -121,6 +130,10 @@ class SQLiteStore(SQLStore):
         except sqlite3.IntegrityError as e:
             conn.rollback()
             raise ConflictError(f"the write contradicts what is stored ({e})") from None
+        except sqlite3.OperationalError as e:  # locked past the busy timeout, disk full, file gone
+            if conn.in_transaction:
+                conn.rollback()
+            raise StoreUnavailableError(f"the SQLite store is unavailable: {e}") from None
         except BaseException:
             conn.rollback()
             raise
