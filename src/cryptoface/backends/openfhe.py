@@ -128,6 +128,22 @@ def _unpack(
                        key_id=key_id)
 
 
+# key frame kind -> (what it is called in errors, header fields, payload count); the public frame also carries
+# the client's crypto context
+_KEY_FRAMES: dict[str, tuple[str, wire.Schema, int]] = {
+    "public": ("public key", {}, 2),
+    "relin": ("relinearisation key", {}, 1),
+    "rotation": ("rotation key", {"step": int}, 1),
+}
+
+
+def _key_frame(data: object, kind: str, fp: str, *, key_id: str | None = None, what: str | None = None) -> wire.Frame:
+    """A checked key frame of ``kind`` ("public", "relin" or "rotation"); MissingKeyError otherwise."""
+    name, schema, payloads = _KEY_FRAMES[kind]
+    return _unpack(data, kind, fp, MissingKeyError, f"OpenFHE {what or name}", key_id=key_id, schema=schema,
+                   payloads=payloads)
+
+
 def _read(read: Any, blob: bytes, error: type[CryptoFaceError], what: str, *, quiet: bool = False) -> Any:
     """``read(blob, BINARY)``, turning OpenFHE's failures (an exception, or None for some garbage) into ``error``.
 
@@ -259,8 +275,7 @@ class OpenFHEBackend:
 
         OpenFHE keeps them in a process-wide cache that can only be flushed whole; server backends loaded in this
         process get theirs back (:func:`cryptoface.backends.openfhe_keys.unload`)."""
-        openfhe_keys.unload(self)
-        self._steps.clear()
+        self.unload_keys()
 
     def unload_keys(self) -> None:
         """Server side: free this key set's rotation keys from the process (the key cache evicted it)."""
@@ -292,14 +307,11 @@ class OpenFHEBackend:
         Every frame is checked (kind, key set, parameters, checksum) before OpenFHE reads any of them."""
         load_openfhe(int(threads))
         fp = _fingerprint(params)
-        public = _unpack(wire.key_entry(keys, "public"), "public", fp, MissingKeyError, "OpenFHE public key",
-                         payloads=2)
+        public = _key_frame(wire.key_entry(keys, "public"), "public", fp)
         tag = public.key_id
-        relin = None
-        if "relin" in keys:
-            relin = _unpack(keys["relin"], "relin", fp, MissingKeyError, "OpenFHE relinearisation key", key_id=tag)
-        rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _unpack(
-            data, "rotation", fp, MissingKeyError, f"OpenFHE {what}", key_id=tag, schema={"step": int}))
+        relin = _key_frame(keys["relin"], "relin", fp, key_id=tag) if "relin" in keys else None
+        rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _key_frame(
+            data, "rotation", fp, key_id=tag, what=what))
         backend = cls(params, threads=threads, _context=_client_context(public.payloads[0], params))
         backend._tag = tag
         backend._load_evaluation_keys(public.payloads[1], relin, rotations)
@@ -313,16 +325,11 @@ class OpenFHEBackend:
             frame = _unpack(data, "ciphertext", fp, CiphertextError, "OpenFHE ciphertext", schema=_CT_FIELDS)
             openfhe_screen.screen("ciphertext", frame.payloads, CiphertextError, "ciphertext")
             return
-        if kind == "public":
-            frame = _unpack(data, "public", fp, MissingKeyError, "OpenFHE public key", payloads=2)
-        elif kind == "relin":
-            frame = _unpack(data, "relin", fp, MissingKeyError, "OpenFHE relinearisation key")
-        elif kind.startswith("rotation:"):
-            frame = _unpack(data, "rotation", fp, MissingKeyError, f"OpenFHE {kind} key", schema={"step": int})
-            kind = "rotation"
-        else:
+        frame_kind = "rotation" if kind.startswith("rotation:") else kind
+        if frame_kind not in _KEY_FRAMES:
             raise MissingKeyError(f"unknown OpenFHE key kind {kind[:80]!r}")
-        openfhe_screen.screen(kind, frame.payloads, MissingKeyError, f"{kind} key")
+        frame = _key_frame(data, frame_kind, fp, what=f"{kind} key" if frame_kind == "rotation" else None)
+        openfhe_screen.screen(frame_kind, frame.payloads, MissingKeyError, f"{kind} key")
 
     def _load_evaluation_keys(
         self, public: bytes, relin: wire.Frame | None, rotations: Mapping[int, wire.Frame]

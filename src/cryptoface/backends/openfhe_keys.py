@@ -86,6 +86,5 @@ def unload(backend: _Loaded) -> None:
         backend._rot_maps.clear()
         backend.cc.ClearEvalAutomorphismKeys()
         for other in list(LOADED):
-            for key_map in other._rot_maps.values():
-                if not isinstance(key_map, bytes):  # a generating client's exported first map is kept as bytes
-                    other.cc.InsertEvalAutomorphismKey(key_map, other._tag)
+            for key_map in other._rot_maps.values():  # loaded backends hold maps only (see insert)
+                other.cc.InsertEvalAutomorphismKey(key_map, other._tag)
