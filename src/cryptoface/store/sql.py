@@ -111,6 +111,12 @@ def _token(value: str, what: str, max_len: int = 200) -> str:
     return value
 
 
+def _pending(row: Sequence[Any]) -> KeySetRecord:
+    """A registrations row (``_REG_COLUMNS``) as a pending key set; its public key is the only key it holds."""
+    return KeySetRecord(row[0], row[1], row[2], row[3], row[4], float(row[5]), "pending", row[6], int(row[7]),
+                        ("public",))
+
+
 def _templates(templates: Sequence[NewTemplate], cap: int) -> list[NewTemplate]:
     templates = list(templates)
     if not templates:
@@ -184,10 +190,7 @@ class SQLStore:
         """The tenant's unexpired pending registration of ``key_id`` (its public key is the only key it holds)."""
         row = tx.one(f"SELECT {_REG_COLUMNS} FROM registrations WHERE key_id = ? AND tenant_id = ? AND created_at > ?"
                      + lock, (key_id, tenant_id, time.time() - PENDING_TTL_S))
-        if row is None:
-            return None
-        return KeySetRecord(row[0], row[1], row[2], row[3], row[4], float(row[5]), "pending", row[6], int(row[7]),
-                            ("public",))
+        return None if row is None else _pending(row)
 
     def _key_set(self, tx: Tx, key_id: str, tenant_id: str | None) -> KeySetRecord:
         sql, args = f"SELECT {_KEY_SET_COLUMNS} FROM key_sets WHERE key_id = ?", [key_id]
@@ -406,8 +409,7 @@ class SQLStore:
             sql, args = f"SELECT {_REG_COLUMNS} FROM registrations WHERE created_at > ?", [time.time() - PENDING_TTL_S]
             if tenant_id is not None:
                 sql, args = sql + " AND tenant_id = ?", [*args, tenant_id]
-            pending = [KeySetRecord(r[0], r[1], r[2], r[3], r[4], float(r[5]), "pending", r[6], int(r[7]), ("public",))
-                       for r in tx.all(sql, args)]
+            pending = [_pending(r) for r in tx.all(sql, args)]
         return sorted(active + pending, key=lambda k: (k.created_at, k.key_id))
 
     def delete_key_set(self, tenant_id: str | None, key_id: str, *, actor: str) -> None:
