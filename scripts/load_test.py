@@ -251,7 +251,7 @@ def _register(http: httpx.Client, tenant: Tenant, params_json: dict[str, int], s
     from cryptoface.service.proof import answer_challenge
 
     keys = tenant.keys
-    public = dict(keys.evaluation_keys(exclude=[k for k in keys.key_kinds if k != "public"]))["public"]
+    _, public = next(keys.evaluation_keys())  # the public key comes first
     body = {"backend": keys.backend_name, "params": params_json, "keys": {"public": _b64(public)}}
     r = _call(http, stats, "register", "POST", "/v1/keysets", deadline, json=body)
     if r is None or r.status_code != 201:
