@@ -64,7 +64,7 @@ def serve(args: argparse.Namespace) -> int:
     from cryptoface.store import SQLiteStore
 
     app = create_app(SQLiteStore(args.db), admin_key=os.environ[ADMIN_ENV], max_heavy=args.max_heavy,
-                     retry_after=args.retry_after, memory_budget=1 << 62)
+                     retry_after=args.retry_after, memory_budget=1 << 62, observe_rss=True)
     budget = app.state.service.budget
     budget.baseline = rss_bytes()
     budget.limit = budget.baseline + args.headroom

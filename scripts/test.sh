@@ -15,6 +15,12 @@ export GLIBC_TUNABLES=${GLIBC_TUNABLES:-glibc.malloc.trim_threshold=17179869184:
 run .venv/bin/ruff check src tests scripts benchmark
 run .venv/bin/python -m pytest -q -m "not slow"
 run .venv/bin/python -m pytest -q -m slow
+# The GPU backend's code on the CPU: desilofhe's CUDA build (1.17: another API generation than .venv's CPU 2.0)
+# in CPU mode, put ahead of 2.0 on PYTHONPATH; CRYPTOFACE_EXPECT_DESILOFHE makes a test fail if it is not.
+[ -d .desilofhe-cu130 ] || run .venv/bin/python -m pip install -q --no-deps --target .desilofhe-cu130 \
+  desilofhe-cu130==1.17.0
+run env PYTHONPATH=.desilofhe-cu130 CRYPTOFACE_EXPECT_DESILOFHE=desilofhe-1 .venv/bin/python -m pytest -q \
+  -m "not slow" tests/test_backends_conformance.py tests/test_gpu_mode.py tests/test_engine_plaintexts.py
 if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
   run bash scripts/openfhe-venv.sh
   # openfhe-venv.sh has just checked that openfhe imports there, so these tests cannot all be skipped.

@@ -4,11 +4,16 @@ Runs in whatever interpreter pytest runs in: the simulator always, desilofhe in 
 ``.venv-openfhe`` (``scripts/openfhe-venv.sh``). A backend that cannot be imported here is skipped with
 the reason. Parameters are test-sized (N = 2^14, 4 levels, 3 rotation keys): every real backend accepts
 them (desilofhe picks N = 2^14 for 3-6 levels; OpenFHE runs them with HEStd_NotSet below N = 2^16).
+
+``CRYPTOFACE_TEST_DEVICE=gpu`` runs the suite on desilofhe's CUDA mode (``scripts/gpu_session.sh`` does, on a
+lent GPU; the backends without a GPU mode are skipped then). CI runs the same backend code on the CPU, under
+desilofhe 2.0 and, in ``scripts/test.sh``'s GPU-path stage, under the CUDA build 1.17 in CPU mode.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import struct
 from collections.abc import Callable, Iterator
@@ -18,7 +23,7 @@ import pytest
 
 from cryptoface.backends import BACKENDS, available_backends, backend_class, create_backend, wire
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
-from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError
+from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
 PARAMS = CkksParameters(log_ring=14, levels=4)
 STEPS = (1, 3, -2)
@@ -33,23 +38,38 @@ BACKEND_PARAMS = [
 ]
 
 
+DEVICE = os.environ.get("CRYPTOFACE_TEST_DEVICE", "cpu")
+GPU_BACKENDS = ("desilofhe",)
+
+
+def device_options(name: str) -> dict[str, str]:
+    """The options that put backend ``name`` on :data:`DEVICE` (skips a backend without that device)."""
+    if DEVICE == "cpu":
+        return {}
+    if name not in GPU_BACKENDS:
+        pytest.skip(f"backend {name!r} has no {DEVICE} mode")
+    return {"device": DEVICE}
+
+
 @pytest.fixture(scope="module", params=BACKEND_PARAMS)
 def client(request) -> CkksBackend:
-    backend = create_backend(request.param, PARAMS)
+    backend = create_backend(request.param, PARAMS, **device_options(request.param))
     backend.generate_keys(STEPS)
     return backend
 
 
 @pytest.fixture(scope="module")
 def other_client(client) -> CkksBackend:
-    backend = create_backend(_registry_name(client), PARAMS)
+    name = _registry_name(client)
+    backend = create_backend(name, PARAMS, **device_options(name))
     backend.generate_keys([1])
     return backend
 
 
 @pytest.fixture(scope="module")
 def server(client) -> CkksBackend:
-    return backend_class(_registry_name(client)).from_public_keys(PARAMS, client.export_evaluation_keys())
+    name = _registry_name(client)
+    return backend_class(name).from_public_keys(PARAMS, client.export_evaluation_keys(), **device_options(name))
 
 
 def _registry_name(backend: CkksBackend) -> str:
@@ -121,6 +141,27 @@ def test_mul_scalar(client, data):
     out = client.rescale(client.mul_scalar(client.encrypt(data["x"]), -1.75))
     assert client.level(out) == PARAMS.levels - 1
     close(client.decrypt(out), -1.75 * data["x"])
+
+
+def test_compact_plaintexts_multiply_like_full_ones(client, data):
+    """``encode(compact=True)`` (what a plaintext cache keeps past its budget) is never larger and gives the same
+    product; ``synchronize`` returns once the product is done."""
+    x, y = data["x"], data["y"]
+    ct = client.encrypt(x)
+    full, compact = client.encode(y, PARAMS.levels), client.encode(y, PARAMS.levels, compact=True)
+    assert 0 < client.plaintext_nbytes(compact) <= client.plaintext_nbytes(full)
+    out = client.multiply_accumulate([ct, ct], [full, compact])
+    client.synchronize()
+    close(client.decrypt(out), 2 * x * y)
+
+
+def test_backends_without_a_gpu_mode_refuse_it():
+    for name in sorted(_AVAILABLE):
+        if name not in GPU_BACKENDS:
+            with pytest.raises(ParameterError, match="CPU only"):
+                create_backend(name, PARAMS, device="gpu")
+        with pytest.raises(ParameterError):
+            create_backend(name, PARAMS, device="tpu")
 
 
 def test_multiply_accumulate_of_eight(client, data):
@@ -376,7 +417,7 @@ def test_from_public_keys_without_public_key_fails(client):
 def test_desilo_low_level_rotation_keys():
     if "desilofhe" not in _AVAILABLE:
         pytest.skip("desilofhe is not importable in this interpreter")
-    backend = create_backend("desilofhe", PARAMS)
+    backend = create_backend("desilofhe", PARAMS, **device_options("desilofhe"))
     backend.generate_keys([1, 2], rotation_levels={2: 1})
     keys = backend.export_evaluation_keys()
     assert len(keys["rotation:2"]) < len(keys["rotation:1"]) / 2
@@ -385,7 +426,7 @@ def test_desilo_low_level_rotation_keys():
         backend.rotate(backend.encrypt(x), 2)
     low = backend.encrypt(x, level=1)
     close(backend.decrypt(backend.rotate(low, 2)), np.roll(x, -2))
-    server = backend_class("desilofhe").from_public_keys(PARAMS, keys)
+    server = backend_class("desilofhe").from_public_keys(PARAMS, keys, **device_options("desilofhe"))
     out = server.rotate_many(server.level_down(server.deserialize(backend.serialize(backend.encrypt(x))), 1), [1, 2])
     close(backend.decrypt(out[1]), np.roll(x, -2))
 
@@ -725,8 +766,9 @@ def test_desilofhe_server_loads_top_level_keys_at_seven_levels():
     from cryptoface.params import secure_parameters
 
     params = secure_parameters(7, 14)
-    client = create_backend("desilofhe", params)
+    client = create_backend("desilofhe", params, **device_options("desilofhe"))
     client.generate_keys([1])
-    server = backend_class("desilofhe").from_public_keys(params, client.export_evaluation_keys())
+    server = backend_class("desilofhe").from_public_keys(params, client.export_evaluation_keys(),
+                                                         **device_options("desilofhe"))
     ct = server.rotate(server.deserialize(client.serialize(client.encrypt(np.arange(8.0)))), 1)
     assert np.allclose(client.decrypt(client.deserialize(server.serialize(ct)))[:4], [1, 2, 3, 4], atol=1e-3)

@@ -104,3 +104,29 @@ def test_uploading_a_key_does_not_leave_it_in_the_server_process(tmp_path):
             client.cc.GetEvalAutomorphismKeyMap(client._tag)
     finally:
         srv.stop()
+
+
+def test_a_loaded_key_sets_relinearisation_key_is_counted_for_good(tmp_path):
+    """The binding cannot flush one key set's relinearisation key, so it outlives eviction (the full-size load
+    test's RSS stood above its budget): the budget counts it as held for good, once per key set."""
+    from cryptoface.client import Client, ClientKeys
+    from cryptoface.match.clear import encrypt_embedding_for_tests, synthetic_embedding
+    from cryptoface.params import LEVELS, secure_parameters
+    from cryptoface.service import MatchService
+    from cryptoface.service.budget import switching_key_bytes
+    from cryptoface.store import SQLiteStore
+
+    params = secure_parameters(LEVELS.matching_reserve, 14)
+    store = SQLiteStore(tmp_path / "residue.db")
+    service = MatchService(store)
+    keys = ClientKeys.generate("openfhe", params, stride=1)
+    client = Client.in_process(keys, service, threshold=0.2)
+    e = synthetic_embedding(np.random.default_rng(3))
+    probe = client.template_probe(encrypt_embedding_for_tests(keys.backend, e, keys.layout, LEVELS.matching_reserve))
+    before = service.budget.baseline
+    client.enroll("alice", [probe])
+    assert service.budget.baseline == before + switching_key_bytes(params)
+    service.cache.forget(keys.key_id)  # evicted: its rotation keys go, its relinearisation key stays
+    assert client.verify("alice", probe).accepted
+    assert service.budget.baseline == before + switching_key_bytes(params)  # counted once
+    store.close()

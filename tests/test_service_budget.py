@@ -36,6 +36,31 @@ def test_budget_refuses_with_retry_after_and_evicts_idle_key_sets():
     budget.take(0, "nothing")  # a zero charge always fits
 
 
+def test_observed_memory_counts_when_it_exceeds_the_charges(monkeypatch):
+    """What the process really holds (RSS above the baseline) is admitted against when it is more than the
+    charges: memory the estimates miss makes the server evict and refuse earlier instead of overshooting."""
+    from cryptoface.service import budget as budget_module
+
+    rss = [2_000]
+    monkeypatch.setattr(budget_module, "rss_bytes", lambda: rss[0])
+    budget = MemoryBudget(6_000, baseline=1_000, observe_rss=True)  # capacity 5,000
+    budget.take(3_000, "x")  # charged before it is allocated: the charges count
+    assert budget.in_use() == 3_000
+    rss[0] = 5_000  # the process holds 4,000 above its baseline, 1,000 more than charged
+    assert budget.in_use() == 4_000
+    with pytest.raises(BusyError, match="0 MB free"):
+        budget.take(1_500, "y")
+    rss[0] = 3_500  # the real use falls back below the charges: the charges count
+    budget.take(1_500, "y")
+    assert budget.used == budget.in_use() == 4_500
+    blind = MemoryBudget(6_000, baseline=1_000)  # observe_rss off: the charges alone
+    rss[0] = 10**9
+    blind.take(5_000, "z")
+    assert blind.in_use() == 5_000
+    budget.retain(500)
+    assert budget.baseline == 1_500 and budget.capacity == 4_500
+
+
 def test_one_load_is_shared_and_failures_give_the_bytes_back():
     budget = MemoryBudget(10_000, baseline=0)
     cache = KeySetCache(budget)

@@ -22,7 +22,7 @@ from cryptoface.errors import CryptoFaceError
 # Seconds per encrypted Net4 inference (inference + the server's enrolment/matching work) on a 2-CPU machine,
 # a rough guide for the expected-time line: OpenFHE from its two-engine-thread bench plus the matching work,
 # desilofhe from its one-thread bench (README, "Encrypted Net4 on real CKKS").
-SECONDS_PER_INFERENCE = {"openfhe": 300, "desilofhe": 900, "simulator": 15}
+SECONDS_PER_INFERENCE = {"openfhe": 300, "desilofhe": 900, "simulator": 15, "desilofhe-gpu": 30}
 PHOTOS = {"obama": ("obama3.jpg", "obama4.jpg"), "chirac": ("chirac1.jpg", "chirac3.jpg")}
 
 
@@ -45,8 +45,10 @@ class DemoReport:
         return sum(t for _, t in self.timings)
 
 
-def run_demo(backend: str, model: Any, *, mode: str = "score", say: Callable[[str], None] = print) -> DemoReport:
-    """Run the demo on ``backend`` with ``model`` (a FusedModel), reporting each step through ``say``."""
+def run_demo(backend: str, model: Any, *, mode: str = "score", device: str = "cpu",
+             say: Callable[[str], None] = print) -> DemoReport:
+    """Run the demo on ``backend`` with ``model`` (a FusedModel) on ``device`` (client and server), reporting each
+    step through ``say``."""
     from tqdm import tqdm
 
     from cryptoface.client import Client, ClientKeys
@@ -57,12 +59,12 @@ def run_demo(backend: str, model: Any, *, mode: str = "score", say: Callable[[st
     from cryptoface.store import SQLiteStore
 
     params = default_parameters(model.resolution)
-    per = SECONDS_PER_INFERENCE.get(backend, 600)
+    per = SECONDS_PER_INFERENCE.get(backend if device == "cpu" else f"{backend}-{device}", 600)
     say(f"CryptoFace demo - backend {backend}: {backend_label(backend)}")
     say(f"CKKS N = 2^{params.log_ring}, {params.levels} levels, log2 QP ~ {params.log_qp} <= 1772 (128-bit), "
         f"model {model.architecture} {model.resolution}x{model.resolution}")
     say(f"expected time: about {4 * per / 60 + 2:.0f} minutes (4 encrypted inferences of ~{per / 60:.0f} min each "
-        "on 2 CPUs, plus key generation)")
+        f"{'on 2 CPUs' if device == 'cpu' else 'on one ' + device.upper()}, plus key generation)")
     missing = [f for fs in PHOTOS.values() for f in fs if not (SAMPLES_DIR / f).is_file()]
     if missing:
         raise CryptoFaceError(f"sample faces missing under {SAMPLES_DIR}: {missing}")
@@ -78,9 +80,10 @@ def run_demo(backend: str, model: Any, *, mode: str = "score", say: Callable[[st
     tau = threshold_from_metadata(model.metadata)
     with tempfile.TemporaryDirectory() as tmp:
         store = SQLiteStore(Path(tmp) / "demo.db")
-        service = MatchService(store, model=model, threshold=tau, progress=True)
+        service = MatchService(store, model=model, threshold=tau, progress=True, device=device)
         with step("client: key generation (secret key stays here)"):
-            keys = ClientKeys.generate(backend, params, resolution=model.resolution)
+            options = {} if device == "cpu" else {"device": device}
+            keys = ClientKeys.generate(backend, params, resolution=model.resolution, **options)
         client = Client.in_process(keys, service, threshold=tau)
         with step("server: registers the public key, checks the proof of possession, stores the evaluation keys"):
             client.register()

@@ -1,4 +1,5 @@
-"""CKKS backend on desilofhe 2.0 (CPU), implementing :class:`cryptoface.backends.protocol.CkksBackend`.
+"""CKKS backend on desilofhe (2.0 on the CPU; 1.17's CUDA build on a GPU), implementing
+:class:`cryptoface.backends.protocol.CkksBackend`.
 
 **Licence: desilofhe is proprietary and free for non-commercial use only** (research, education,
 personal use); commercial use needs a separate licence from DESILO, redistribution is not allowed, and
@@ -18,7 +19,18 @@ How the protocol maps onto desilofhe:
   ``level = desilo level + pending``, which is the protocol's level, and rejects scale mismatches.
 * Rotations use one ``FixedRotationKey`` per step (131 MB at the top level of N = 2^16); a key made at a
   lower level (``rotation_levels``) is much smaller but only rotates ciphertexts at or below that level.
-  ``rotate_many`` uses desilofhe's hoisted ``rotate_many``.
+  ``rotate_many`` uses desilofhe's hoisted rotations (``rotate_many`` in 2.0, ``rotate_batch`` in 1.17).
+* ``device="gpu"`` runs the engine in desilofhe's CUDA mode (``pip install 'cryptoface[gpu]'``: the
+  ``desilofhe-cu130`` 1.17 build, which installs the same ``desilofhe`` module and so replaces the CPU
+  package; the newer cu132 build needs a newer NVIDIA driver than 580). Everything else is the same code:
+  objects read from bytes are moved to the device (``to_cuda``) where they land in host memory, and the same
+  backend runs with ``device="cpu"`` on that build, which is how CI covers the GPU path without a GPU. The GPU
+  engine is made without ``thread_count``: with it, 1.17's CUDA mode decrypts garbage at N = 2^14 and NaN at
+  2^16 (seen on an H200). 1.17's fixed rotation keys rotate the other way round (right by their delta), which
+  the backend hides: a key's step is always the protocol's left rotation.
+* ``encode(..., compact=True)`` makes a ``LightPlaintext``: the slot values at one limb (0.5 MB at N = 2^16
+  whatever the level, against 0.5 MB per limb for a full plaintext), expanded at each product. It is what a
+  plaintext cache holds once its budget for full plaintexts is spent.
 * Ciphertexts and keys are serialised with desilofhe's ``serialize_*`` inside the shared framing
   (:mod:`cryptoface.backends.wire`) that carries the key-set id, the parameter fingerprint, the level and the
   pending flag, so bytes from another key set or other parameters are rejected with CiphertextError instead
@@ -44,7 +56,13 @@ import numpy as np
 
 from cryptoface.backends import wire
 from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
-from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
+from cryptoface.errors import (
+    BackendUnavailableError,
+    CiphertextError,
+    CryptoFaceError,
+    MissingKeyError,
+    ParameterError,
+)
 
 _CT_FIELDS = {"level": int, "pending": bool}
 _ROTATION_FIELDS = {"step": int, "level": int}
@@ -52,8 +70,17 @@ _ROTATION_FIELDS = {"step": int, "level": int}
 _LIBRARY_ERRORS = (RuntimeError, ValueError, TypeError)
 
 
+# desilofhe 2.0 names its hoisted rotation rotate_many, 1.17 (the CUDA build) rotate_batch; the two releases
+# do not read each other's bytes, so the generation is part of the parameter fingerprint.
+GENERATION = "desilofhe-2" if hasattr(desilofhe.Engine, "rotate_many") else "desilofhe-1"
+# A fixed rotation key of delta k rotates left by k in 2.0 and right by k in 1.17: the library's delta of our
+# (left) step k is _DIRECTION * k.
+_DIRECTION = 1 if GENERATION == "desilofhe-2" else -1
+DEVICES = ("cpu", "gpu")
+
+
 def _fingerprint(params: CkksParameters) -> str:
-    return wire.fingerprint("desilofhe-2", params.log_ring, params.levels)
+    return wire.fingerprint(GENERATION, params.log_ring, params.levels)
 
 
 @dataclass(frozen=True)
@@ -70,19 +97,29 @@ class DesiloCiphertext:
 
 
 class DesiloBackend:
-    """desilofhe 2.0 CPU backend (non-commercial licence, see the module docstring)."""
+    """desilofhe backend on the CPU or one GPU (non-commercial licence, see the module docstring)."""
 
     name = "desilofhe"
     thread_safe = False  # see the module docstring
 
-    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1) -> None:
+    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1, device: str = "cpu") -> None:
         self.params = params or CkksParameters()
         self.params.check_security()
         self.threads = max(1, int(threads))
+        if device not in DEVICES:
+            raise ParameterError(f"unknown device {device!r}; choose one of {DEVICES}")
+        self.device = device
         try:
-            self.engine = desilofhe.Engine(max_level=self.params.levels, thread_count=self.threads)
+            # thread_count is for the CPU mode; the GPU mode is left on desilofhe's own settings
+            threads = {"thread_count": self.threads} if device == "cpu" else {}
+            self.engine = desilofhe.Engine(max_level=self.params.levels, mode=device, **threads)
         except (RuntimeError, ValueError) as exc:
+            if device == "gpu":
+                raise BackendUnavailableError(
+                    f"desilofhe cannot start on the GPU: {exc}. The GPU mode needs an NVIDIA GPU, its driver and "
+                    "the CUDA build of desilofhe (pip install 'cryptoface[gpu]')") from exc
             raise ParameterError(f"desilofhe cannot make an engine with {self.params.levels} levels: {exc}") from exc
+        self._hoisted = getattr(self.engine, "rotate_many", None) or self.engine.rotate_batch
         if self.engine.slot_count != self.params.slots:
             raise ParameterError(
                 f"desilofhe picks {self.engine.slot_count} slots for {self.params.levels} levels, but the parameters "
@@ -125,10 +162,11 @@ class DesiloBackend:
         self._rot, self._rot_level = {}, {}
         for k in steps:
             level = min(self.params.levels, max(0, levels.get(k, self.params.levels)))
+            delta = normalise_step(_DIRECTION * k, self.slots)
             if level >= self.params.levels:
-                self._rot[k] = e.create_fixed_rotation_key(self._secret, k)
+                self._rot[k] = e.create_fixed_rotation_key(self._secret, delta)
             else:
-                self._rot[k] = e.create_fixed_rotation_key(self._secret, k, level)
+                self._rot[k] = e.create_fixed_rotation_key(self._secret, delta, level)
             self._rot_level[k] = level
         self._key_id = secrets.token_hex(8)
 
@@ -152,7 +190,8 @@ class DesiloBackend:
         """Nothing to vet out of process: its deserialisers are fuzzed in the conformance suite and only raise."""
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1) -> DesiloBackend:
+    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1,
+                         device: str = "cpu") -> DesiloBackend:
         """Server side: evaluate under a client's exported keys, holding no secret key.
 
         Every frame is checked before the engine is made, so a bad key set costs no engine."""
@@ -164,7 +203,7 @@ class DesiloBackend:
             relin = _unpack(keys["relin"], "relin", {}, fp, MissingKeyError, "desilofhe relinearisation key", key_id)
         rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _unpack(
             data, "rotation", _ROTATION_FIELDS, fp, MissingKeyError, f"desilofhe {what}", key_id))
-        backend = cls(params, threads=threads)
+        backend = cls(params, threads=threads, device=device)
         backend._key_id = key_id
         backend._public = backend._load_key("public", public.payloads[0], backend.engine.deserialize_public_key)
         if relin is not None:
@@ -200,9 +239,15 @@ class DesiloBackend:
 
     def _load_key(self, kind: str, payload: bytes, read: Callable[[bytes], Any]) -> Any:
         try:
-            return read(payload)
+            return self._on_device(read(payload))
         except _LIBRARY_ERRORS as exc:
             raise MissingKeyError(f"unreadable desilofhe {kind} key: {exc}") from exc
+
+    def _on_device(self, obj: Any) -> Any:
+        """``obj`` in the engine's memory: in GPU mode an object read from bytes may land in host memory."""
+        if self.device == "gpu" and not getattr(obj, "is_cuda", True):
+            self.engine.to_cuda(obj)
+        return obj
 
     def _load_rotation(self, step: int, frame: wire.Frame) -> None:
         key = self._load_key("rotation", frame.payloads[0], self.engine.deserialize_fixed_rotation_key)
@@ -211,15 +256,20 @@ class DesiloBackend:
         # desilofhe reports a top-level key one level lower at some parameters (N = 2^14, 7 levels, dnum 8: 6),
         # and such a key does rotate top-level ciphertexts; any other difference means the header lies
         reported = {level, level - 1} if level == self.params.levels else {level}
-        if normalise_step(int(key.delta), self.slots) != step or int(key.level) not in reported:
+        if normalise_step(_DIRECTION * int(key.delta), self.slots) != step or int(key.level) not in reported:
             raise MissingKeyError(f"the rotation key for step {step} holds step {key.delta} at level {key.level}, "
                                   "not what its name and header say")
         self._rot[step] = key
         self._rot_level[step] = level
 
     # -- data -------------------------------------------------------------------------------------
-    def encode(self, values: np.ndarray, level: int) -> Any:
+    def encode(self, values: np.ndarray, level: int, *, compact: bool = False) -> Any:
+        if compact:
+            return self.engine.encode_to_light_plaintext(self._pad(values), self._check_level(level))
         return self.engine.encode(self._pad(values), self._check_level(level))
+
+    def plaintext_nbytes(self, pt: Any) -> int:
+        return int(pt.nbytes)
 
     def encrypt(self, values: np.ndarray, level: int | None = None) -> DesiloCiphertext:
         self._require_keys()
@@ -254,7 +304,7 @@ class DesiloBackend:
 
     def mul_plain(self, ct: DesiloCiphertext, pt: Any) -> DesiloCiphertext:
         self._check_fresh(ct, "multiplying")
-        if not isinstance(pt, desilofhe.Plaintext):
+        if not isinstance(pt, desilofhe.Plaintext | desilofhe.LightPlaintext):
             raise CiphertextError(f"expected a desilofhe plaintext from encode(), got {type(pt).__name__}")
         if pt.level != ct.level:
             raise CiphertextError(f"plaintext encoded for level {pt.level} used at level {ct.level}")
@@ -304,7 +354,7 @@ class DesiloBackend:
         ks = [normalise_step(s, self.slots) for s in steps]
         nonzero = sorted(set(ks) - {0})
         keys = [self._key_for(k, ct) for k in nonzero]
-        rotated = dict(zip(nonzero, self.engine.rotate_many(ct.ct, keys), strict=True)) if keys else {}
+        rotated = dict(zip(nonzero, self._hoisted(ct.ct, keys), strict=True)) if keys else {}
         return [ct if k == 0 else self._new(rotated[k], ct.pending) for k in ks]
 
     def level_down(self, ct: DesiloCiphertext, level: int) -> DesiloCiphertext:
@@ -317,6 +367,16 @@ class DesiloBackend:
             return ct
         return self._new(self.engine.level_down(ct.ct, int(level)), False)
 
+    def synchronize(self) -> None:
+        """Wait for the GPU's queued operations (desilofhe's ``sync``; the CPU has none to wait for)."""
+        if self.device != "gpu":
+            return
+        try:
+            self.engine.sync()
+        except RuntimeError as exc:  # "not in Async GPU mode": operations already return when done
+            if "async" not in str(exc).lower():
+                raise
+
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: DesiloCiphertext) -> bytes:
         self._check_ct(ct)
@@ -327,7 +387,7 @@ class DesiloBackend:
     def deserialize(self, data: bytes) -> DesiloCiphertext:
         frame = _unpack(data, "ciphertext", _CT_FIELDS, self._fp, CiphertextError, "desilofhe ciphertext", self._key_id)
         try:
-            raw = self.engine.deserialize_ciphertext(frame.payloads[0])
+            raw = self._on_device(self.engine.deserialize_ciphertext(frame.payloads[0]))
         except _LIBRARY_ERRORS as exc:
             raise CiphertextError(f"malformed desilofhe ciphertext: {exc}") from exc
         ct = DesiloCiphertext(raw, frame.fields["pending"], frame.key_id)

@@ -57,7 +57,14 @@ from typing import Any
 import numpy as np
 
 from cryptoface.backends import openfhe_keys, openfhe_screen, wire
-from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.backends.protocol import (
+    CkksParameters,
+    check_level,
+    cpu_only,
+    normalise_step,
+    pad_slots,
+    term_pairs,
+)
 from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
 _CT_FIELDS = {"level": int, "pending": bool}
@@ -208,7 +215,9 @@ class OpenFHEBackend:
     name = "openfhe"
     thread_safe = True  # the engine's two threads measured: conformance test + full-size Net4 runs
 
-    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1, _context: Any = None) -> None:
+    def __init__(self, params: CkksParameters | None = None, *, threads: int = 1, device: str = "cpu",
+                 _context: Any = None) -> None:
+        cpu_only(self.name, device)
         self.params = params or CkksParameters()
         load_openfhe(int(threads))
         self.threads = _LOADED_THREADS or int(threads)  # what OpenFHE actually uses
@@ -301,10 +310,12 @@ class OpenFHEBackend:
         return m if isinstance(m, bytes) else openfhe.Serialize(m, openfhe.BINARY)
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1) -> OpenFHEBackend:
+    def from_public_keys(cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1,
+                         device: str = "cpu") -> OpenFHEBackend:
         """Server side: rebuild the client's context and load its public and evaluation keys.
 
         Every frame is checked (kind, key set, parameters, checksum) before OpenFHE reads any of them."""
+        cpu_only(cls.name, device)
         load_openfhe(int(threads))
         fp = _fingerprint(params)
         public = _key_frame(wire.key_entry(keys, "public"), "public", fp)
@@ -366,9 +377,13 @@ class OpenFHEBackend:
         self._secret = secret
 
     # -- data -------------------------------------------------------------------------------------
-    def encode(self, values: np.ndarray, level: int) -> Any:
+    def encode(self, values: np.ndarray, level: int, *, compact: bool = False) -> Any:
         consumed = self.params.levels - self._check_level(level)
         return self.cc.MakeCKKSPackedPlaintext(self._pad(values), 1, consumed)
+
+    def plaintext_nbytes(self, pt: Any) -> int:
+        # an encoded OpenFHE plaintext holds one 64-bit word per coefficient and remaining limb
+        return self.params.ring_degree * 8 * (self.params.levels - int(pt.GetLevel()) + 1)
 
     def encrypt(self, values: np.ndarray, level: int | None = None) -> Any:
         self._require_keys()
@@ -482,6 +497,9 @@ class OpenFHEBackend:
         if level == current:
             return ct
         return self.cc.LevelReduce(ct, None, current - level)
+
+    def synchronize(self) -> None:
+        """Nothing is queued: every operation has finished when it returns."""
 
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: Any) -> bytes:

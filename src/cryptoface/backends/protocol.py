@@ -19,7 +19,11 @@ Conventions every backend follows (the shared conformance tests check them):
 * Bytes (ciphertexts, keys) use one framing (:mod:`cryptoface.backends.wire`) that carries the key-set id
   and a parameter fingerprint; every deserialiser raises only CiphertextError, MissingKeyError or
   ParameterError, whatever the input.
-* Options are keywords shared by all backends: ``threads`` (a backend without threads accepts and ignores it).
+* Options are keywords shared by all backends: ``threads`` (a backend without threads accepts and ignores it)
+  and ``device`` (``"cpu"``, or ``"gpu"`` where the backend has a GPU mode; a CPU-only backend refuses "gpu"
+  with ParameterError rather than silently running on the CPU).
+* ``encode(..., compact=True)`` asks for the backend's smallest plaintext form, for plaintexts that are kept
+  (a cache); a backend without one returns its usual plaintext. :meth:`plaintext_nbytes` tells what one holds.
 """
 
 from __future__ import annotations
@@ -127,7 +131,8 @@ class CkksBackend(Protocol):
         ...
 
     @classmethod
-    def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes], *, threads: int = 1) -> CkksBackend:
+    def from_public_keys(cls, params: CkksParameters, keys: dict[str, bytes], *, threads: int = 1,
+                         device: str = "cpu") -> CkksBackend:
         """Server side: evaluate under a client's exported keys, holding no secret key."""
         ...
 
@@ -151,8 +156,13 @@ class CkksBackend(Protocol):
         CryptoFaceError subclass. Afterwards :meth:`decrypt` works and ``has_secret_key`` is True."""
 
     # -- data -----------------------------------------------------------------------------------
-    def encode(self, values: np.ndarray, level: int) -> Any:
-        """Plaintext for ``values`` (length <= slots, zero-padded) at ``level`` and scale Delta."""
+    def encode(self, values: np.ndarray, level: int, *, compact: bool = False) -> Any:
+        """Plaintext for ``values`` (length <= slots, zero-padded) at ``level`` and scale Delta; ``compact``: the
+        backend's smallest form (expanded again at each product), for plaintexts that are kept."""
+
+    def plaintext_nbytes(self, pt: Any) -> int:
+        """Memory one plaintext from :meth:`encode` holds (host or device), for cache budgets and reports."""
+        ...
 
     def encrypt(self, values: np.ndarray, level: int | None = None) -> Any:
         """Fresh ciphertext (public-key encryption) at ``level`` (default: the top)."""
@@ -201,6 +211,9 @@ class CkksBackend(Protocol):
     def level_down(self, ct: Any, level: int) -> Any:
         """Drop ``ct`` to the lower ``level`` without changing its values."""
 
+    def synchronize(self) -> None:
+        """Return once every operation issued so far has finished (a GPU queues them; a no-op on the CPU)."""
+
     # -- bytes ----------------------------------------------------------------------------------
     def serialize(self, ct: Any) -> bytes: ...
 
@@ -240,6 +253,13 @@ def pad_slots(values: np.ndarray, slots: int) -> np.ndarray:
     out = np.zeros(slots)
     out[: v.size] = v
     return out
+
+
+def cpu_only(backend: str, device: str) -> None:
+    """ParameterError unless ``device`` is "cpu": for backends without a GPU mode."""
+    if device != "cpu":
+        raise ParameterError(f"the {backend} backend runs on the CPU only, not on {device!r}; the GPU mode is "
+                             "desilofhe's (--backend desilofhe --device gpu)")
 
 
 def check_level(level: int, levels: int) -> int:

@@ -18,7 +18,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from cryptoface.backends import wire
-from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.backends.protocol import (
+    CkksParameters,
+    check_level,
+    cpu_only,
+    normalise_step,
+    pad_slots,
+    term_pairs,
+)
 from cryptoface.errors import CiphertextError, CryptoFaceError, MissingKeyError, ParameterError
 
 _CT_FIELDS = {"level": int, "pending": bool}
@@ -45,9 +52,11 @@ class SimulatorBackend:
     thread_safe = True
 
     def __init__(
-        self, params: CkksParameters | None = None, *, threads: int = 1, noise: float = 0.0, seed: int = 0
+        self, params: CkksParameters | None = None, *, threads: int = 1, device: str = "cpu", noise: float = 0.0,
+        seed: int = 0,
     ) -> None:
         del threads  # accepted for the shared options vocabulary; numpy does the work
+        cpu_only(self.name, device)
         self.params = params or CkksParameters()
         self._fp = _fingerprint(self.params)
         self.noise = float(noise)
@@ -92,10 +101,11 @@ class SimulatorBackend:
 
     @classmethod
     def from_public_keys(
-        cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1, noise: float = 0.0
+        cls, params: CkksParameters, keys: Mapping[str, bytes], *, threads: int = 1, device: str = "cpu",
+        noise: float = 0.0,
     ) -> SimulatorBackend:
         """Server side: a backend that evaluates under these keys but holds no secret key."""
-        backend = cls(params, threads=threads, noise=noise)
+        backend = cls(params, threads=threads, device=device, noise=noise)
         public = wire.key_entry(keys, "public")
         key_id = backend._unpack(public, "public", {}, MissingKeyError, "simulator public key").key_id
         if "relin" in keys:
@@ -118,9 +128,12 @@ class SimulatorBackend:
         self._secret = True
 
     # -- data -------------------------------------------------------------------------------------
-    def encode(self, values: np.ndarray, level: int) -> SimPlaintext:
+    def encode(self, values: np.ndarray, level: int, *, compact: bool = False) -> SimPlaintext:
         self.counters["encode"] += 1
         return SimPlaintext(self._pad(values), self._check_level(level))
+
+    def plaintext_nbytes(self, pt: SimPlaintext) -> int:
+        return int(pt.values.nbytes)
 
     def encrypt(self, values: np.ndarray, level: int | None = None) -> SimCiphertext:
         self._require_keys()
@@ -230,6 +243,9 @@ class SimulatorBackend:
             raise CiphertextError("level_down of a product that was not rescaled")
         self.counters["level_down"] += int(level != ct.level)
         return SimCiphertext(ct.values, level, False, ct.key_id)
+
+    def synchronize(self) -> None:
+        """Nothing is queued: every operation has finished when it returns."""
 
     # -- bytes ------------------------------------------------------------------------------------
     def serialize(self, ct: SimCiphertext) -> bytes:

@@ -169,6 +169,7 @@ class MatchReport(Report):
 
     command: str | None
     backend: str
+    device: str
     threads: int
     params: dict[str, int]
     model: str
@@ -210,7 +211,7 @@ class MatchReport(Report):
     def summary(self) -> dict[str, Any]:
         """The figures the CLI prints."""
         d = self.to_dict()
-        keep = {k: d.get(k) for k in ("backend", "keygen_s", "evaluation_key_bytes", "scores", "timing_1to1")}
+        keep = {k: d.get(k) for k in ("backend", "device", "keygen_s", "evaluation_key_bytes", "scores", "timing_1to1")}
         keep["inv_sqrt"] = d.get("inv_sqrt")
         keep["identify"] = {k: {f: v.get(f) for f in ("ciphertexts", "gallery_ciphertext_bytes", "server_total_s",
                                                       "server_score_s_median", "client_decrypt_argmax_s",

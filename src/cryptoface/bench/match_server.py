@@ -26,6 +26,7 @@ class ServerJob:
     workdir: Path
     backend: str
     threads: int
+    device: str
     params: CkksParameters
     layout: TemplateLayout  # the raw templates' layout (the engine's)
     gallery_sizes: list[int]
@@ -54,7 +55,7 @@ def _serve(job: ServerJob, out: Any) -> None:
     rss0 = peak_rss_bytes()
     t0 = time.perf_counter()
     keys = FileKeys(work / "keys")
-    be = backend_class(job.backend).from_public_keys(job.params, keys, threads=job.threads)
+    be = backend_class(job.backend).from_public_keys(job.params, keys, threads=job.threads, device=job.device)
     if be.has_secret_key:
         raise RuntimeError("the server backend holds a secret key")
     gallery = gallery_layout(be.slots)

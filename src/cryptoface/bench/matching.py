@@ -69,6 +69,7 @@ class MatchOptions:
     model: Path | None = None  # None: the bundled model
     threshold: float | None = None  # None: the model's
     threads: int = 1
+    device: str = "cpu"  # client and server backends; "gpu": desilofhe's CUDA mode
     cache_dir: Path | None = None
     log_ring: int | None = None  # simulator only: a smaller ring for quick tests
     seed: int = 0
@@ -140,7 +141,8 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     explicit = options.threshold is not None
     tau = float(options.threshold) if explicit else threshold_from_model_file(model_path)
     report = MatchReport(
-        command=options.command, backend=options.backend, threads=options.threads, params=params_summary(params),
+        command=options.command, backend=options.backend, device=options.device, threads=options.threads,
+        params=params_summary(params),
         model=str(model_path), threshold=tau,
         threshold_source="--threshold" if explicit else f"model file {model_path.name} (or default)",
         template_layout={"stride": layout.stride, "replicas": layout.replicas, "scale": layout.scale},
@@ -168,7 +170,7 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
 
     # client, on the backend protocol: the key set measured is exactly matching's steps for the engine's
     # replicated layout (ClientKeys.generate adds a single-copy layout's fill steps)
-    backend = create_backend(options.backend, params, threads=options.threads)
+    backend = create_backend(options.backend, params, threads=options.threads, device=options.device)
     steps = hm.rotation_steps(layout, params.slots)
     t0 = time.perf_counter()
     backend.generate_keys(steps)
@@ -202,7 +204,8 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
             bar.update()
         bar.close()
         report.client_rss_after_encrypt_bytes = peak_rss_bytes()
-        job = ServerJob(workdir=work, backend=options.backend, threads=options.threads, params=params,
+        job = ServerJob(workdir=work, backend=options.backend, threads=options.threads, device=options.device,
+                        params=params,
                         layout=layout, gallery_sizes=sizes, runs=max(1, options.runs), pairs=list(pairs),
                         model_id=model_path.name)
         _client_loop(options, backend, job, report, tpl, clear, clear_poly, probe_img, gallery_vectors, gl, update)

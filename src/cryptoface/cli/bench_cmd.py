@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cryptoface.cli.device import add_device_arguments
 from cryptoface.engine.layout import DEFAULT_FAMILY, FAMILIES
 from cryptoface.errors import DataError
 
@@ -27,6 +28,13 @@ def register(sub: Any) -> None:
                         "with --executor ray the number of actors (default 1)")
     p.add_argument("--threads", type=int, default=1,
                    help="the backend's own threads (OpenFHE OpenMP threads, desilofhe's engine threads)")
+    add_device_arguments(p)
+    p.add_argument("--keep-plaintexts", action=argparse.BooleanOptionalAction, default=None,
+                   help="encode the weight plaintexts once (an untimed first inference) and keep them for the timed "
+                        "runs (default: on a GPU only)")
+    p.add_argument("--plaintext-budget-gb", type=float, default=None,
+                   help="bytes of full plaintexts kept, in GB; the rest are kept in compact form (default: 60 %% "
+                        "of the GPU's memory, 8 GB on the CPU)")
     p.add_argument("--family", choices=FAMILIES, default=DEFAULT_FAMILY)
     p.add_argument("--key-mode", choices=("exact", "pow2"), default="pow2")
     p.add_argument("--cost-model", choices=("desilofhe", "openfhe"), default=None,
@@ -60,7 +68,8 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
     return {"resolution": args.resolution, "backend": args.backend, "model": args.model, "runs": args.runs,
             "workers": args.workers, "threads": args.threads, "family": args.family, "key_mode": args.key_mode,
             "cost_model": args.cost_model, "seed": args.seed, "photo": args.photo,
-            "random_input": args.random_input, "profile": args.profile}
+            "random_input": args.random_input, "profile": args.profile, "device": args.device,
+            "keep_plaintexts": args.keep_plaintexts, "plaintext_budget_gb": args.plaintext_budget_gb}
 
 
 def _transfer_sizes(text: str) -> tuple[int, ...]:

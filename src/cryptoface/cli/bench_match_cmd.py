@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptoface.cli.device import add_device_arguments
 from cryptoface.errors import DataError
 
 
@@ -30,6 +31,7 @@ def register(sub: Any) -> None:
     p.add_argument("--model", type=Path, default=None, help="fused model file (default: the bundled model)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
     p.add_argument("--threads", type=int, default=1, help="the backend's own threads")
+    add_device_arguments(p)
     p.add_argument("--cache-dir", type=Path, default=None, help="LFW crop/embedding cache (as in `eval lfw`)")
     p.add_argument("--log-ring", type=int, default=None,
                    help="simulator only: smaller ring for quick tests (default: the real N = 2^16)")
@@ -53,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = MatchOptions(
         backend=args.backend, lfw_dir=args.lfw_dir, pairs=args.pairs, gallery_sizes=_gallery_sizes(args.gallery),
-        runs=args.runs, model=args.model, threshold=args.threshold, threads=args.threads, cache_dir=args.cache_dir,
+        runs=args.runs, model=args.model, threshold=args.threshold, threads=args.threads, device=args.device,
+        cache_dir=args.cache_dir,
         log_ring=args.log_ring, seed=args.seed, workdir=args.workdir, progress=not args.quiet,
         command="cryptoface " + " ".join(sys.argv[1:]) if sys.argv and "cryptoface" in sys.argv[0] else None,
     )

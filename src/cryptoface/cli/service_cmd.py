@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptoface.cli.device import add_device_arguments, check_device
 from cryptoface.errors import CryptoFaceError
 
 
@@ -65,6 +66,10 @@ def register(sub: Any) -> None:
                    help="run inference as patch-parallel units and shard 1:N over Ray actors: 'auto' joins the running "
                         "cluster, an address joins that one, 'local' starts one here (pip install 'cryptoface[ray]')")
     p.add_argument("--ray-workers", type=int, default=2, help="Ray actors (one CPU each) with --ray")
+    add_device_arguments(p)
+    p.add_argument("--plaintext-budget", default=None, metavar="BYTES",
+                   help="with --device gpu: bytes of full weight plaintexts kept on the GPU, e.g. 80G (default: 60 %% "
+                        "of its memory; the rest are kept in compact form)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("login", help="client: save the server URL and this tenant's API key in <home>/server.json")
@@ -134,6 +139,7 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", default=None, help="default: openfhe, else desilofhe, else simulator")
     p.add_argument("--model", type=Path, default=None, help="fused model file (default: the bundled CryptoFaceNet4)")
     p.add_argument("--mode", choices=("score", "decision"), default="score")
+    add_device_arguments(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -222,11 +228,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if f is not None and not f.is_file():
             raise CryptoFaceError(f"{f} does not exist")
     admin_key = load_admin_key(args.admin_key_file)
+    limits: dict[str, Any] = {}
+    check_device(args.device)
+    if args.device != "cpu":
+        limits["device"] = args.device
+        if args.plaintext_budget is not None:
+            limits["plaintext_budget"] = parse_bytes(args.plaintext_budget)
     model = None if args.no_model else _load_model(args.model)
     model_id = "none" if model is None else (args.model.name if args.model else "cryptofacenet4.npz")
     tau = args.threshold if args.threshold is not None else threshold_from_metadata(
         None if model is None else model.metadata)
-    limits: dict[str, Any] = {}
     if args.max_heavy is not None:
         limits["max_heavy"] = args.max_heavy
     if args.memory_budget is not None:
@@ -241,7 +252,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"Ray executor: {args.ray_workers} actors ({args.ray}); the store stays the source of truth")
     store = open_store(args.db)
     app = create_app(store, model=model, model_id=model_id, threshold=tau, executor=executor, admin_key=admin_key,
-                     **limits)
+                     observe_rss=True, **limits)
     what = "no model: encrypted templates only" if model is None else f"model {model_id} ({model.architecture})"
     scheme = "https" if args.tls_cert else "http"
     print(f"serving {_db_label(args.db)} on {scheme}://{args.host}:{args.port} ({what}); OpenAPI at /docs")
@@ -434,7 +445,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from cryptoface.backends import default_backend
     from cryptoface.demo import run_demo
 
-    report = run_demo(args.backend or default_backend(), _load_model(args.model), mode=args.mode)
+    backend = args.backend or default_backend()
+    check_device(args.device, backend)
+    report = run_demo(backend, _load_model(args.model), mode=args.mode, device=args.device)
     if not report.genuine_accepted or report.impostor_accepted or report.identified != "obama":
         raise CryptoFaceError("the demo's decisions differ from the expected ones (genuine ACCEPT, impostor REJECT, "
                               "identify obama)")

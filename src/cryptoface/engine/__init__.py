@@ -56,13 +56,16 @@ def encrypt_image(backend: Any, resolution: int, x: np.ndarray) -> list[Any]:
 
 
 def infer_template(
-    backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int | None = None
+    backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int | None = None,
+    plaintexts: Any = None, model_id: str = "",
 ) -> tuple[Any, TemplateLayout]:
     """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs
-    (``workers`` engine threads; None = one per CPU, at most two, on a thread-safe backend, else one)."""
+    (``workers`` engine threads; None = one per CPU, at most two, on a thread-safe backend, else one;
+    ``plaintexts``: a :class:`~cryptoface.engine.plaintexts.PlaintextCache` for ``model_id``'s weights)."""
     from cryptoface.engine.evaluator import EncryptedModel
 
-    engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers)
+    engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers,
+                            plaintexts=plaintexts, model_id=model_id)
     return engine.infer(cts, progress=progress)
 
 

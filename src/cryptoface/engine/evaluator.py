@@ -10,7 +10,8 @@ Linear layers: output ciphertext ``j`` = ``sum_g rot(sum_(i, b) rot(in_i, b) * r
 baby rotations of every input ciphertext once per layer (hoisted with ``rotate_many``, or composed from
 power-of-two keys with the children of each tree node hoisted together), one ``multiply_accumulate`` (hence
 one rescale, one level) per giant step, each weight plaintext encoded at the level where it is used right
-before its product and dropped after it.
+before its product and dropped after it -- or, given a :class:`~cryptoface.engine.plaintexts.PlaintextCache`
+(the GPU mode), encoded once and kept.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from cryptoface.engine.linear import (
     pool_head_replicated_diagonals,
     term_weights,
 )
+from cryptoface.engine.plaintexts import PlaintextCache
 from cryptoface.engine.plan import Plan, PlanLayer, build_plan, layer_diagonals
 from cryptoface.errors import ParameterError
 from cryptoface.model import spec
@@ -138,7 +140,10 @@ class EncryptedModel:
     """A fused model evaluated under CKKS by ``backend`` following ``plan`` (built if not given)."""
 
     def __init__(self, model: FusedModel, backend: Any, plan: Plan | None = None, *, workers: int | None = None,
-                 family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2", caches: EngineCaches | None = None) -> None:
+                 family: str = lay.DEFAULT_FAMILY, key_mode: str = "pow2", caches: EngineCaches | None = None,
+                 plaintexts: PlaintextCache | None = None, model_id: str = "") -> None:
+        """``plaintexts``: keep weight plaintexts there between inferences (bound to this backend's name and
+        parameters and ``model_id``, which must name the model's weights)."""
         self.model = model
         self.backend = backend
         if plan is None:
@@ -162,6 +167,9 @@ class EncryptedModel:
                                  f"threads at once; use workers=1 (--workers 1), not {workers}")
         self.workers = max(1, int(workers))
         self.records: list[LayerRecord] = []
+        self.plaintexts = plaintexts
+        if plaintexts is not None:
+            plaintexts.check_scope(backend, model_id or f"{model.architecture}:{id(model)}")
         self._weighted: dict[str, list[Diagonals]] = {}
         if caches is not None:
             self._use_caches(caches)
@@ -255,7 +263,8 @@ class EncryptedModel:
         def one(j: int) -> Any:
             ct = cts[j]
             sq = be.mul(ct, ct)
-            bx = be.mul_plain(ct, be.encode(bvecs[j], be.level(ct)))
+            (pt,) = self._encoded((layer.name, j, 0), be.level(ct), lambda: [bvecs[j]])
+            bx = be.mul_plain(ct, pt)
             return be.add_plain(be.rescale(be.add(sq, bx)), cvecs[j])
 
         return self._map(one, range(len(cts)))
@@ -271,6 +280,13 @@ class EncryptedModel:
                 vecs = layer.out_layout.channel_vector(_stack([b.shortcut_bias for b in blocks]))
                 return [be.add_plain(c, v) for c, v in zip(cts, vecs, strict=True)]
         return cts
+
+    def _encoded(self, key: tuple[str, int, int], level: int,
+                 vectors: Callable[[], Any]) -> Iterator[Any]:
+        """Plaintexts of ``vectors()`` at ``level``: from the cache when there is one, else encoded lazily."""
+        if self.plaintexts is not None:
+            return self.plaintexts.plaintexts(key, self.backend, level, vectors)
+        return (self.backend.encode(v, level) for v in vectors())
 
     def _map(self, fn: Callable[[Any], Any], items: Any) -> list[Any]:
         items = list(items)
@@ -374,12 +390,12 @@ class EncryptedModel:
         outs = []
         if conv:  # cached structure, per inference only the weight gather and scatter
             wflat = term_weights(wlayer.terms)
-            for st in structure:
-                outs.append(self._giants(st, babies, split, level,
+            for j, st in enumerate(structure):
+                outs.append(self._giants(st, babies, split, level, (layer.name, j),
                                          lambda ks, gg, st=st: st.rows(ks, wflat, slots, gg)))
         for j in range(n_out if not conv else 0):
             diag = weighted[j] if weighted else self._diagonals(wlayer, j)
-            outs.append(self._giants(diag, babies, layer.split, level))
+            outs.append(self._giants(diag, babies, layer.split, level, (layer.name, j)))
             del diag
         for step in layer.post_steps:  # replicated template: sum the replica classes (no level)
             outs = [be.add(c, self._rotate(c, step)) for c in outs]
@@ -407,8 +423,9 @@ class EncryptedModel:
         return cached
 
     def _giants(self, diag: Diagonals | ConvStructure, babies: dict[int, dict[int, Any]], split: Any, level: int,
-                rows: Callable[[list[int], int], Any] | None = None) -> Any:
-        """One output ciphertext; ``rows(ks, g)`` gives diagonals ``ks`` rolled by ``g`` (dense vectors)."""
+                out: tuple[str, int], rows: Callable[[list[int], int], Any] | None = None) -> Any:
+        """Output ciphertext ``out`` = (layer, index); ``rows(ks, g)`` gives diagonals ``ks`` rolled by ``g``
+        (dense vectors)."""
         be = self.backend
         slots = be.slots
         if rows is None:
@@ -424,14 +441,14 @@ class EncryptedModel:
             ks = groups[gg]
             cts = [babies[int(diag.in_ct[k])][int(b[k])] for k in ks]
 
-            def plaintexts() -> Iterator[Any]:
-                # Encoded one at a time, right before their product: a plaintext at the top level is
-                # 16 MB, and a giant step sums up to ~100 of them per worker.
+            def vectors() -> Iterator[np.ndarray]:
+                # Encoded one at a time, right before their product (unless cached): a plaintext at the top
+                # level is 16 MB, and a giant step sums up to ~100 of them per worker.
                 for lo in range(0, len(ks), 64):  # bounded float64 temporaries (64 x 256 KB)
-                    for v in rows(ks[lo:lo + 64], gg):
-                        yield be.encode(v, level)
+                    yield from rows(ks[lo:lo + 64], gg)
 
-            return self._rotate(be.multiply_accumulate(cts, plaintexts()), gg)
+            pts = self._encoded((out[0], out[1], gg), level, vectors)
+            return self._rotate(be.multiply_accumulate(cts, pts), gg)
 
         parts = self._map(one, sorted(groups))
         acc = parts[0]

@@ -237,18 +237,23 @@ def create_app(
     max_heavy: int = 1,
     memory_budget: int | None = None,
     budget_baseline: int | None = None,
+    observe_rss: bool = False,
     retry_after: int = 30,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_key_bytes: int = DEFAULT_MAX_KEY_BODY,
     max_registration_bytes: int = limits.REGISTRATION_LIMIT,
+    device: str = "cpu",
+    plaintext_budget: int | None = None,
 ) -> FastAPI:
     """The HTTP app over ``store``. ``model`` (a FusedModel) enables inference from encrypted images;
     ``executor`` (e.g. a RayExecutor) runs it as patch-parallel units and shards 1:N over its workers;
     ``admin_key`` None leaves admin routes off; ``max_heavy`` and ``memory_budget`` (bytes, default 70 % of the
-    machine's memory) bound concurrent work: past them a request gets 503 + Retry-After."""
+    machine's memory) bound concurrent work: past them a request gets 503 + Retry-After; ``observe_rss``,
+    ``device`` and ``plaintext_budget``: see :class:`MatchService`."""
     service = MatchService(store, model=model, model_id=model_id, threshold=threshold, executor=executor,
-                           memory_budget=memory_budget, budget_baseline=budget_baseline, max_heavy=max_heavy,
-                           retry_after=retry_after)
+                           memory_budget=memory_budget, budget_baseline=budget_baseline, observe_rss=observe_rss,
+                           max_heavy=max_heavy,
+                           retry_after=retry_after, device=device, plaintext_budget=plaintext_budget)
     auth = Authenticator(store, admin_key)
     backends = available_backends()  # once: importing a missing library again on every health check costs
     app = FastAPI(

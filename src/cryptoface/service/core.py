@@ -21,6 +21,7 @@ from typing import Any
 from cryptoface.backends import backend_class, read_untrusted
 from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.engine import infer_template
+from cryptoface.engine.plaintexts import PlaintextCache, PlaintextCacheReport, new_cache
 from cryptoface.errors import CiphertextError, ParameterError
 from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
@@ -30,7 +31,13 @@ from cryptoface.names import validate_name
 from cryptoface.params import LEVELS, params_from_json, params_to_json
 from cryptoface.service import proof as pop
 from cryptoface.service.auth import Caller, new_api_token, token_hash
-from cryptoface.service.budget import MemoryBudget, key_set_cost, key_set_stored, working_set
+from cryptoface.service.budget import (
+    MemoryBudget,
+    key_set_cost,
+    key_set_stored,
+    switching_key_bytes,
+    working_set,
+)
 from cryptoface.service.errors import (
     BadKeyKindError,
     EngineUnavailableError,
@@ -104,26 +111,43 @@ class MatchService:
         executor: Any = None,
         memory_budget: int | None = None,
         budget_baseline: int | None = None,
+        observe_rss: bool = False,
         max_heavy: int = 1,
         retry_after: int = 30,
+        device: str = "cpu",
+        plaintext_budget: int | None = None,
+        keep_plaintexts: bool | None = None,
     ) -> None:
         """``executor`` (:mod:`cryptoface.engine.executor`, e.g. a RayExecutor): inference runs as patch-parallel
         units on it and 1:N scoring is sharded over its workers. ``memory_budget`` (bytes, default 70 % of the
-        machine's memory) bounds loaded key sets and concurrent work; ``max_heavy`` bounds concurrent heavy
-        requests; a refusal says to retry after ``retry_after`` seconds."""
+        machine's memory) bounds loaded key sets and concurrent work (``observe_rss``: measured against the
+        process's resident memory too, as ``serve`` does); ``max_heavy`` bounds concurrent heavy
+        requests; a refusal says to retry after ``retry_after`` seconds. ``device="gpu"``: desilofhe key sets run in
+        its CUDA mode (other backends have no GPU mode and stay on the CPU). ``keep_plaintexts`` (default: for key
+        sets on a GPU): weight plaintexts are encoded by the first inference of each parameter set and kept,
+        ``plaintext_budget`` bytes of them in full form (default 60 % of the GPU's memory, the rest compact; on
+        the CPU 8 GB, counted in the memory budget for good, the rest encoded per inference). GPU memory has no
+        budget of its own: the host budget's charges for loaded key sets bound how many are on the device."""
         self.store = store
         self.executor = executor
         self.model = model
         self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
         self.threshold = float(threshold)
-        self.budget = MemoryBudget(memory_budget, baseline=budget_baseline, retry_after=retry_after)
+        self.budget = MemoryBudget(memory_budget, baseline=budget_baseline, retry_after=retry_after,
+                                   observe_rss=observe_rss)
         self.slots = HeavySlots(max_heavy, retry_after)
         self.cache = KeySetCache(self.budget)
         self._engine: Any = None
         self._units_executor: Any = None  # in-process executor for unit-packed probes when none was configured
         self._versions: dict[str, int] = {}
         self._versions_lock = threading.Lock()
+        self._resident: set[str] = set()  # OpenFHE key sets whose relinearisation key stays in this process
+        self.device = device
+        self.keep_plaintexts = keep_plaintexts
+        self._plaintext_budget = plaintext_budget
+        self._plaintexts: dict[str, PlaintextCache] = {}  # backend:device:params id -> kept weight plaintexts
+        self._plaintexts_lock = threading.Lock()
 
     # -- admin: tenants and API keys ------------------------------------------------------------------
     @staticmethod
@@ -266,11 +290,55 @@ class MatchService:
         with self._versions_lock:
             version = self._versions.get(record.key_id, 0)
         params = params_from_json(record.params_json)
-        backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(record.key_id))
+        backend = backend_class(record.backend).from_public_keys(params, self.store.key_set_keys(record.key_id),
+                                                                 **self._backend_options(record.backend))
         if backend.has_secret_key:  # pragma: no cover
             raise ServiceInputError("refused: stored keys give the server a secret key")
+        self._retain_residue(record, params)
         return _KeySetState(record.key_id, backend, params, record.params_id, threading.Lock(), record.backend,
                             version)
+
+    def _retain_residue(self, record: KeySetRecord, params: CkksParameters) -> None:
+        """OpenFHE keeps a key set's relinearisation key in a process-wide map that cannot be emptied per key set
+        (:mod:`cryptoface.backends.openfhe_keys`): once loaded it outlives eviction, so the budget counts it as
+        held for good, once per key set (~155 MB at the default parameters)."""
+        if record.backend != "openfhe" or "relin" not in record.key_kinds:
+            return
+        with self._versions_lock:
+            if record.key_id in self._resident:
+                return
+            self._resident.add(record.key_id)
+        self.budget.retain(switching_key_bytes(params))
+
+    def _backend_options(self, backend: str) -> dict[str, Any]:
+        """Options for loading a key set of ``backend``: the GPU for desilofhe when the service has one."""
+        return {"device": self.device} if backend == "desilofhe" and self.device != "cpu" else {}
+
+    def _plaintext_cache(self, state: _KeySetState) -> PlaintextCache | None:
+        """The kept weight plaintexts for this key set's backend and parameters (one cache for each, shared by
+        every key set: plaintexts do not depend on keys). The first cache gets the budget; a later one keeps
+        compact plaintexts only."""
+        device = getattr(state.backend, "device", "cpu")
+        if self.model is None:
+            return None
+        with self._plaintexts_lock:
+            scope = f"{state.backend_name}:{device}:{state.params_id}"
+            cache = self._plaintexts.get(scope)
+            if cache is None:
+                # in this process's memory (CPU): the whole budget is held for good, and nothing beyond it
+                cache = new_cache(device, self.keep_plaintexts, 0 if self._plaintexts else self._plaintext_budget,
+                                  compact=device != "cpu")
+                if cache is None:
+                    return None
+                if device == "cpu":
+                    self.budget.retain(cache.budget_bytes)
+                self._plaintexts[scope] = cache
+            return cache
+
+    def plaintext_reports(self) -> dict[str, PlaintextCacheReport]:
+        """What each weight-plaintext cache holds, by "backend:device:parameters id" (operators, benchmarks)."""
+        with self._plaintexts_lock:
+            return {scope: cache.report() for scope, cache in self._plaintexts.items()}
 
     def _key_cost(self, record: KeySetRecord) -> tuple[int, int]:
         """(bytes charged while the key set is loaded, bytes charged on top while it is being read)."""
@@ -345,7 +413,8 @@ class MatchService:
         n_units = len(unit_patches(self.model.n_patches))
         use_units = packing == "units" or (self.executor is not None and n_units == 1)
         if not use_units:
-            return infer_template(state.backend, self.model, cts, progress=self.progress)
+            return infer_template(state.backend, self.model, cts, progress=self.progress,
+                                  plaintexts=self._plaintext_cache(state), model_id=self.model_id)
         per = unit_plan(state.backend.slots, state.backend.params.levels).input_layout.n_cts
         if len(cts) != per * n_units:
             raise ServiceInputError(f"unit packing: expected {n_units} x {per} image ciphertexts, got {len(cts)}")
