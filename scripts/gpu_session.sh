@@ -13,8 +13,10 @@
 #
 # On the device machine (no network: Python packages travel as wheels in .whl/, see scripts/gpu_wheels.sh):
 #   bash scripts/gpu_session.sh
-# Dry run of the plumbing on any machine (CPU, simulator, small gallery):
-#   OUT=/tmp/gpu-dry BACKEND=simulator DEVICE=cpu GALLERY=1000 PYTHON=.venv/bin/python bash scripts/gpu_session.sh
+# Dry run of the plumbing on any machine (CPU, simulator, small gallery; the .whl wheels are for CPython 3.12,
+# so with another Python skip them):
+#   OUT=/tmp/gpu-dry BACKEND=simulator DEVICE=cpu GALLERY=1000 RUNS16=1 NO_WHEELS=1 PYTHON=.venv/bin/python \
+#     bash scripts/gpu_session.sh
 set -uo pipefail
 
 OUT=${OUT:-/tmp/gpu-session}
@@ -26,7 +28,7 @@ PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 
-if compgen -G ".whl/*.whl" >/dev/null; then
+if [ "${NO_WHEELS:-0}" != 1 ] && compgen -G ".whl/*.whl" >/dev/null; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || { echo "wheel install failed" >&2; exit 1; }
     export PYTHONPATH=/tmp/site:$PWD/src
