@@ -55,7 +55,14 @@ import desilofhe
 import numpy as np
 
 from cryptoface.backends import wire
-from cryptoface.backends.protocol import CkksParameters, check_level, normalise_step, pad_slots, term_pairs
+from cryptoface.backends.protocol import (
+    DEVICES,
+    CkksParameters,
+    check_level,
+    normalise_step,
+    pad_slots,
+    term_pairs,
+)
 from cryptoface.errors import (
     BackendUnavailableError,
     CiphertextError,
@@ -76,7 +83,6 @@ GENERATION = "desilofhe-2" if hasattr(desilofhe.Engine, "rotate_many") else "des
 # A fixed rotation key of delta k rotates left by k in 2.0 and right by k in 1.17: the library's delta of our
 # (left) step k is _DIRECTION * k.
 _DIRECTION = 1 if GENERATION == "desilofhe-2" else -1
-DEVICES = ("cpu", "gpu")
 
 
 def _fingerprint(params: CkksParameters) -> str:

@@ -255,6 +255,9 @@ def pad_slots(values: np.ndarray, slots: int) -> np.ndarray:
     return out
 
 
+DEVICES = ("cpu", "gpu")  # the values of the shared ``device`` option
+
+
 def cpu_only(backend: str, device: str) -> None:
     """ParameterError unless ``device`` is "cpu": for backends without a GPU mode."""
     if device != "cpu":

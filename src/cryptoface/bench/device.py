@@ -18,11 +18,14 @@ class DevicePeak:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _sample(self) -> None:
+        used = device_used_bytes(self.index)
+        if used is not None and (self.peak is None or used > self.peak):
+            self.peak = used
+
     def _poll(self) -> None:
         while not self._stop.wait(self.interval_s):
-            used = device_used_bytes(self.index)
-            if used is not None and (self.peak is None or used > self.peak):
-                self.peak = used
+            self._sample()
 
     def __enter__(self) -> DevicePeak:
         if self.peak is not None:
@@ -34,6 +37,4 @@ class DevicePeak:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        used = device_used_bytes(self.index)
-        if used is not None and (self.peak is None or used > self.peak):
-            self.peak = used
+        self._sample()

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cryptoface.backends.protocol import DEVICES, CkksParameters
 from cryptoface.errors import ParameterError
-
-DEVICES = ("cpu", "gpu")
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +23,5 @@ def check_device(device: str, backend: str | None = "desilofhe") -> None:
     if backend != "desilofhe":
         raise ParameterError(f"--device gpu runs desilofhe's CUDA mode; add --backend desilofhe (not {backend})")
     from cryptoface.backends import backend_class
-    from cryptoface.backends.protocol import CkksParameters
 
     backend_class("desilofhe")(CkksParameters(log_ring=14, levels=4), device=device)
