@@ -41,7 +41,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dataset-pairs", type=int, help="pairs in the dataset (default: the size's pair count)")
     p.add_argument("--large-pairs", type=int, help="pairs of size 3 (sets FACE_LARGE_PAIRS; upstream 1,024)")
     p.add_argument("--params", help="CKKS parameters as JSON or a JSON file (CRYPTOFACE_BENCH_PARAMS; default "
-                   "cryptoface.params.default_parameters, 128-bit)")
+                   "cryptoface.params.default_parameters, one-round protocol, 128-bit)")
     p.add_argument("--model", help="fused model file (CRYPTOFACE_BENCH_MODEL; default the bundled CryptoFaceNet4)")
     p.add_argument("--num-runs", type=int, default=1, help="runs of stages 4-10 (the harness's --num_runs)")
     p.add_argument("--seed", type=int, help="pair sampling seed (the harness's default: 42)")

@@ -40,10 +40,14 @@ def test_bench_model_is_the_bundled_one_at_its_resolution():
 def test_plan_report():
     report = plan_report(InferenceOptions(resolution=64, cost_model="openfhe"))
     d = report.to_dict()
-    assert list(d) == ["resolution", "backend", "family", "key_mode", "params", "plan"]
-    assert d["plan"]["cost_model"] == "openfhe"
+    assert list(d) == ["resolution", "backend", "protocol", "family", "key_mode", "params", "plan"]
+    assert d["plan"]["cost_model"] == "openfhe" and d["protocol"] == "refresh" and d["params"]["levels"] == 23
     keys = d["plan"]["rotation_keys"]
-    assert d["plan"]["key_bytes_estimate"] > 0 and keys == sorted(set(keys))
+    assert keys == sorted(set(keys))
+    # modelled key bytes: 27 rotation keys of 69.2 MB (README: 1.96 GB measured with the public and relin keys)
+    assert abs(d["plan"]["key_bytes_estimate"] / (len(keys) * 69.2e6) - 1) < 0.01
+    one_round = plan_report(InferenceOptions(resolution=64, protocol="one-round")).to_dict()
+    assert one_round["params"]["levels"] == 30 and one_round["plan"]["rotation_keys"] == keys
 
 
 def test_match_bench_reports_as_it_goes():

@@ -1,8 +1,9 @@
 """`cryptoface bench-match` on the simulator (small ring): encrypted matching equals its clear reference.
 
-The simulator adds no noise, so the decrypted scores must equal the clear cosine of the *polynomially*
-normalised templates to float64 rounding: any slip in the template layout, level, gallery packing, score
-slots or the client/server exchange shows up as a large error here.
+The simulator adds no noise, so the decrypted scores must equal the clear cosine of the normalised templates to
+float64 rounding (one-round: *polynomially* normalised by the server; refresh: exactly, by the client): any slip
+in the template layout, level, gallery packing, score slots or the client/server exchange shows up as a large
+error here.
 """
 
 from __future__ import annotations
@@ -28,21 +29,26 @@ def _run(tmp_path, *extra: str) -> dict:
     return json.loads(out.read_text())
 
 
-def _check(result: dict, pairs: int, galleries: list[int]) -> None:
-    assert result["templates"] == TEMPLATES_NOTE
-    assert result["template_level"] == 7  # the engine's output level (LEVELS.matching_reserve)
+def _check(result: dict, pairs: int, galleries: list[int], protocol: str = "refresh") -> None:
+    assert result["templates"] == TEMPLATES_NOTE and result["protocol"] == protocol
+    # one-round: the engine's output level (LEVELS.matching_reserve); refresh: the client's fresh template's
+    assert result["template_level"] == (7 if protocol == "one-round" else 2)
+    assert (result.get("client_refresh") is not None) == (protocol == "refresh")
     s = result["scores"]
     assert s["pairs"] == pairs
     assert s["genuine"] == pairs - pairs // 2 and s["impostor"] == pairs // 2
     assert s["max_abs_error_vs_clear_polynomial"] < 1e-9
-    assert s["max_abs_error"] < 1e-3  # the 1/sqrt polynomial's own error only
+    # one-round: the 1/sqrt polynomial's own error only; refresh: none
+    assert s["max_abs_error"] < (1e-3 if protocol == "one-round" else 1e-9)
     assert s["decision_flips"] == 0
     t = result["timing_1to1"]
     assert t["server_verify_s_median"] > 0 and t["client_decrypt_s_median"] > 0
-    assert t["stored_template_level"] == 1
+    assert t["stored_template_level"] == (1 if protocol == "one-round" else 2)  # refresh: + the dense mask
     for size in galleries:
         g = result["identify"][str(size)]
         assert g["ciphertexts"] == -(-size // 16)  # 4096 slots: 16 templates per gallery ciphertext
+        # refresh: one dense answer for up to 4096 scores; one-round: one answer per gallery ciphertext
+        assert g["result_ciphertexts"] == (g["ciphertexts"] if protocol == "one-round" else 1)
         assert g["argmax"] == g["argmax_clear"]
         assert g["max_abs_error"] < 1e-9
         assert g["server_score_s_median"] > 0
@@ -52,13 +58,17 @@ def _check(result: dict, pairs: int, galleries: list[int]) -> None:
     assert result["bytes_per_subject"]["total"] == pytest.approx(
         st["template_bytes"] + result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16)
     assert result["server"]["peak_rss_bytes"] > 0 and result["server"]["has_secret_key"] is False
-    assert result["inv_sqrt"]["max_rel_error_clear"] < 1e-4
+    if protocol == "one-round":  # the server's 1/sqrt polynomial (the refresh protocol normalises exactly)
+        assert result["inv_sqrt"]["max_rel_error_clear"] < 1e-4
+    else:
+        assert result.get("inv_sqrt") is None
     assert len(result["per_pair"]) == pairs
 
 
-def test_bench_match_synthetic(tmp_path):
-    result = _run(tmp_path, "--pairs", "5", "--gallery", "20,40")
-    _check(result, 5, [20, 40])
+@pytest.mark.parametrize("protocol", ["refresh", "one-round"])
+def test_bench_match_synthetic(tmp_path, protocol):
+    result = _run(tmp_path, "--pairs", "5", "--gallery", "20,40", "--protocol", protocol)
+    _check(result, 5, [20, 40], protocol)
     assert "synthetic" in result["pairs_source"]
 
 

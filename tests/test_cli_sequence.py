@@ -98,7 +98,7 @@ def _tenant(env: dict[str, str], name: str, admin: list[str]) -> tuple[str, str]
 
 
 def _sequence(tmp_path: Path, keygen: list[str], client: list[str], serve: list[str] = (),
-              tls: bool = False, db: str | None = None) -> None:
+              tls: bool = False, db: str | None = None, decision: bool = False) -> None:
     env = _env(tmp_path)
     cert = None
     serve = [*serve, "--admin-key-file", str(_admin_file(tmp_path))]
@@ -127,6 +127,12 @@ def _sequence(tmp_path: Path, keygen: list[str], client: list[str], serve: list[
         assert "ACCEPT obama" in _run(env, "verify", "obama", OBAMA4, *client)
         assert "REJECT obama" in _run(env, "verify", "obama", CHIRAC1, *client, expect=1)
         assert "identified: obama" in _run(env, "identify", OBAMA4, *client)
+        if decision:  # decision-only mode at the default parameters: templates enrolled decision-ready
+            assert "decision-ready" in _run(env, "verify", "obama", OBAMA4, "--mode", "decision", *client, expect=2)
+            _run(env, "enroll", "dana", OBAMA3, "--decision-ready", *client)
+            assert "ACCEPT dana (decision only)" in _run(env, "verify", "dana", OBAMA4, "--mode", "decision", *client)
+            assert "REJECT dana" in _run(env, "verify", "dana", CHIRAC1, "--mode", "decision", *client, expect=1)
+            _run(env, "delete", "subject", "dana")  # the later steps count obama alone
         assert "2 template(s)" in _run(env, "enroll", "obama", OBAMA4, "--add", *client)
     finally:
         server.stop()
@@ -174,7 +180,12 @@ def _template_ids(env: dict[str, str], args: list[str], name: str) -> list[int]:
 
 
 def test_sequence_on_the_simulator_with_the_engine(tmp_path):
-    _sequence(tmp_path, ["--backend", "simulator"], [])
+    _sequence(tmp_path, ["--backend", "simulator"], [], decision=True)
+
+
+def test_one_round_sequence_on_the_simulator_with_the_engine(tmp_path):
+    """The one-round protocol stays selectable: keys with matching's levels, the server normalising."""
+    _sequence(tmp_path, ["--backend", "simulator", "--protocol", "one-round"], ["--protocol", "one-round"])
 
 
 @pytest.mark.skipif("openfhe" not in available_backends(), reason="OpenFHE is not importable in this environment "

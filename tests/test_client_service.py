@@ -1,7 +1,9 @@
 """The Client against the real service: over HTTP (create_app under uvicorn, SQLite) and in process, as tenants.
 
 Registration with a real proof of possession, create vs add, deletes, the client's decision and tampering check,
-restart, and what another tenant and a revoked key get.
+restart, and what another tenant and a revoked key get. The clients here speak the one-round protocol (the server
+normalises raw templates, so a planted raw template reaches the client's check); tests/test_refresh_protocol.py
+runs the same requests under the default refresh protocol.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def tenant(url: str, name: str) -> dict:
 def connect(url: str, keys: ClientKeys, token: str, sent: list | None = None) -> Client:
     hooks = {} if sent is None else {"request": [lambda r: sent.append((r.method, r.url.path, r.read()))]}
     http = httpx.Client(base_url=url, timeout=60, event_hooks=hooks)
-    return Client(keys, HTTPTransport(url, api_key=token, client=http), threshold=0.23)
+    return Client(keys, HTTPTransport(url, api_key=token, client=http), threshold=0.23, protocol="one-round")
 
 
 def tp(client: Client, keys: ClientKeys, e: np.ndarray):

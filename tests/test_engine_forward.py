@@ -31,7 +31,7 @@ class RecordingSimulator(SimulatorBackend):
 
 
 def _run(resolution: int, key_mode: str = "pow2", family: str = "multiplexed", seed: int = 0):
-    params = default_parameters(resolution)
+    params = default_parameters(resolution, protocol="one-round")  # the network ends at matching's reserve
     be = RecordingSimulator(params)
     plan = build_plan(resolution, be.slots, family=family, key_mode=key_mode, reserve=LEVELS.matching_reserve)
     be.generate_keys(plan.rotation_keys)

@@ -60,22 +60,25 @@ def test_template_layout() -> None:
 
 @pytest.mark.parametrize("resolution", [64, 96, 128])
 def test_default_parameters_secure(resolution: int) -> None:
-    p = default_parameters(resolution)
-    p.check_security()
-    assert p.log_qp <= 1772
-    assert p.levels == LEVELS.network_levels(resolution) + LEVELS.matching_reserve
-    assert p.ring_degree == 1 << 16 and p.scale_bits == 42
+    for protocol, reserve in (("refresh", 0), ("one-round", LEVELS.matching_reserve)):
+        p = default_parameters(resolution, protocol=protocol)
+        p.check_security()
+        assert p.log_qp <= 1772
+        assert p.levels == LEVELS.network_levels(resolution) + reserve
+        assert p.ring_degree == 1 << 16 and p.scale_bits == 42
 
 
 def test_default_parameters_levels_and_modes() -> None:
     from cryptoface.errors import ParameterError
 
     p = default_parameters(64)
+    assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (23, 42, 2, 1566)
+    p = default_parameters(64, protocol="one-round")
     assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (30, 42, 4, 1680)
-    d = default_parameters(64, mode="decision")
+    d = default_parameters(64, mode="decision", protocol="one-round")
     assert d.levels == 30 + LEVELS.decision and d.log_qp <= 1772
     d.check_security()
-    assert default_parameters(64, mode="decision", sign_levels=6).levels == 36
+    assert default_parameters(64, mode="decision", sign_levels=6, protocol="one-round").levels == 36
     with pytest.raises(ParameterError):
         secure_parameters(43)  # 60 + 43 * 42 = 1866 bits of Q alone exceed 1772
     with pytest.raises(ValueError):

@@ -37,7 +37,7 @@ class CompactSimulator(SimulatorBackend):
 def net4():
     params = default_parameters(64)
     be = CompactSimulator(params)
-    plan = build_plan(64, be.slots, reserve=LEVELS.matching_reserve)
+    plan = build_plan(64, be.slots, reserve=params.levels - LEVELS.network_levels(64))
     be.generate_keys(plan.rotation_keys)
     model = random_model(64, 0)
     x = np.random.default_rng(1).uniform(-1.0, 1.0, (3, 64, 64))

@@ -116,7 +116,7 @@ def test_engine_templates_of_two_faces_score_like_the_clear_model(faces_dir) -> 
     from cryptoface.params import default_parameters
 
     model = load_model(default_model_path())
-    be = SimulatorBackend(default_parameters(model.resolution))
+    be = SimulatorBackend(default_parameters(model.resolution, protocol="one-round"))  # the server normalises
     layout = engine_layout(be.slots)
     be.generate_keys(set(rotation_steps_for(model.resolution, be.slots, be.params.levels))
                      | set(hm.rotation_steps(layout, be.slots)))

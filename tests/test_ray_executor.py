@@ -344,7 +344,7 @@ def test_service_on_ray_same_store_and_results_and_survives_a_killed_actor(tmp_p
     from cryptoface.service.core import MatchService
     from cryptoface.store import SQLiteStore
 
-    params = default_parameters(64)
+    params = default_parameters(64, protocol="one-round")  # image probes: the service normalises
     model = random_model(64, 21)
     keys = ClientKeys.generate("simulator", params, resolution=64)
     be = keys.backend

@@ -17,9 +17,12 @@ from cryptoface.service.limits import HeavySlots
 
 
 def test_estimates_match_the_measured_openfhe_sizes():
-    p = default_parameters(64)  # N = 2^16, 30 levels, dnum 4 (README: 32.5 MB ciphertext, 155 MB rotation key)
-    assert abs(ciphertext_bytes(p) / 32.5e6 - 1) < 0.01
+    p = default_parameters(64, protocol="one-round")  # N = 2^16, 30 levels, dnum 4 (README: 32.5 MB ciphertext,
+    assert abs(ciphertext_bytes(p) / 32.5e6 - 1) < 0.01  # 155 MB rotation key)
     assert abs(switching_key_bytes(p) / 155e6 - 1) < 0.01
+    p = default_parameters(64)  # refresh: 23 levels, dnum 2 (README: 25.2 MB upload, 1.96 GB for 27 + 1 keys)
+    assert abs(ciphertext_bytes(p) / 25.17e6 - 1) < 0.01
+    assert abs(28 * switching_key_bytes(p) / 1.963e9 - 1) < 0.02
 
 
 def test_budget_refuses_with_retry_after_and_evicts_idle_key_sets():

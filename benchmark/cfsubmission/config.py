@@ -3,7 +3,8 @@
 Every stage reads the same variables, so the client (keys, encryption) and the server (model artefact, compute)
 agree without passing anything but files: ``CRYPTOFACE_BENCH_BACKEND`` (``openfhe`` by default; ``simulator``
 for tests, which is not encryption), ``CRYPTOFACE_BENCH_PARAMS`` (a JSON object of CKKS parameters or the path of
-a file holding one; default :func:`cryptoface.params.default_parameters` for the model's resolution, 128-bit),
+a file holding one; default :func:`cryptoface.params.default_parameters` for the model's resolution in the
+one-round protocol, 128-bit),
 ``CRYPTOFACE_BENCH_MODEL`` (a fused model file; default the bundled CryptoFaceNet4) and
 ``CRYPTOFACE_BENCH_WORKERS`` (engine threads of stage 7; default the engine's own choice).
 """
@@ -47,7 +48,7 @@ def _params(text: str, resolution: int) -> CkksParameters:
 
     text = text.strip()
     if not text:
-        return default_parameters(resolution)
+        return default_parameters(resolution, protocol="one-round")  # the workload: encrypt once, decrypt once
     if not text.startswith("{"):
         path = Path(text).expanduser()
         try:

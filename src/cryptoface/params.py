@@ -1,6 +1,8 @@
 """CKKS parameters and the level budget: the one table that the engine, matching and the service read.
 
-Levels = the network's 23 + ``LEVELS.matching_reserve`` = 7 left on the template for score-mode matching:
+Levels = the network's 23, and in the one-round protocol ``LEVELS.matching_reserve`` = 7 more left on the
+template for the server's normalisation and score (in the refresh protocol, the default, the client's fresh
+templates carry matching's levels instead: ``LEVELS.fresh_template``):
 
 * network 23 per model: stem 1, then per block q1 1, conv1 1, q2 1, conv2(+shortcut) 1, then the pool
   quadratic 1 and pool+head 1 (1 + 5 * 4 + 2; :mod:`cryptoface.engine.plan` follows this schedule and a test
@@ -13,9 +15,13 @@ Levels = the network's 23 + ``LEVELS.matching_reserve`` = 7 left on the template
   template whose scale is not ``TEMPLATE_SCALE`` costs one more level;
 * score 1: the ct x ct product; the replicated / ring-filling layouts make every rotate-and-add sum cyclic,
   so no mask level is needed and nothing but scores is revealed;
+* pack 1 (refresh protocol): a 0/1 mask per 1:N gallery chunk, so that the scores of up to ``slots`` templates
+  share one answer ciphertext instead of one ciphertext per ``slots / 256`` templates
+  (:func:`cryptoface.match.homomorphic.dense_scores`); the client's fresh templates carry it;
 * decision 9: the composite sign of ``score - tau``, three degree-7 stages g3 f3 f3 (3 each; a 2-stage g3 f3
-  takes 6). Decision-only mode needs these on top: ``default_parameters(resolution, mode="decision")``; the
-  service refuses decision-only requests when the templates have too few levels left.
+  takes 6). One-round decision-only mode needs these on top of the template's levels:
+  ``default_parameters(resolution, mode="decision", protocol="one-round")``; in the refresh protocol the client's
+  fresh templates carry them. The service refuses decision-only requests when the templates have too few levels.
 
 The matching depths follow from :mod:`cryptoface.match.poly`'s degrees (this bottom-layer module cannot
 import it); a test asserts the table equals ``chebyshev_depth(INV_SQRT_DEGREE)`` and ``sign_depth()``.
@@ -30,11 +36,12 @@ released Net4, research/paper-net4-lfw.md): a pending product is x^2 * 2^84 < 2^
 leaves 18 bits of integer headroom at level 0 for the score.
 
 Key-switching digits: the smallest dnum whose log2(QP) passes the 128-bit HE-standard bound at N = 2^16
-(1772 bits). Score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3 would need 8 special primes
-(1800 bits, too many), dnum 4 needs 6 -> 1680 bits (OpenFHE's own HEStd_128_classic check agrees; it also
-rejects 41 bits at dnum 3). dnum 4 keys are ~26 % larger than dnum 3 keys at 40 bits; rotations cost the
-same (measured). Decision mode (39 levels) has no room for 42 bits: at 40 bits Q is 1620 bits, only 152
-are left for P, so dnum 14 (2 special primes, 1740 bits) -- evaluation keys about 5x larger.
+(1772 bits). Refresh: 23 levels x 42 + 60 = 1026 bits of Q, dnum 2 (12 limbs a digit) with 9 special primes ->
+1566 bits (dnum 1 needs P >= Q: 2106 bits). One-round score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3
+would need 8 special primes (1800 bits, too many), dnum 4 needs 6 -> 1680 bits (OpenFHE's own HEStd_128_classic
+check agrees; it also rejects 41 bits at dnum 3). dnum 4 keys are ~26 % larger than dnum 3 keys at 40 bits;
+rotations cost the same (measured). One-round decision mode (39 levels) has no room for 42 bits: at 40 bits Q is
+1620 bits, only 152 are left for P, so dnum 14 (2 special primes, 1740 bits) -- evaluation keys about 5x larger.
 """
 
 from __future__ import annotations
@@ -54,6 +61,12 @@ LOG_RING = 16
 FIRST_MOD_BITS = 60  # q0: decryption headroom for the score at level 0
 SPECIAL_MOD_BITS = 60
 MODES = ("score", "decision")
+# How a template reaches matching. "refresh" (default): the server returns the network's raw template, the client
+# decrypts it, normalises it in the clear and encrypts it afresh at the levels matching needs, so the network's
+# ciphertexts carry the network's levels only. "one-round": the client encrypts once and decrypts scores once
+# (the HE benchmark's workload); the server normalises, so every network ciphertext carries matching's levels.
+PROTOCOLS = ("refresh", "one-round")
+DEFAULT_PROTOCOL = "refresh"
 
 
 @dataclass(frozen=True)
@@ -65,6 +78,7 @@ class LevelBudget:
     normalise: int
     score: int
     decision: int
+    pack: int
 
     @property
     def matching_reserve(self) -> int:
@@ -76,10 +90,29 @@ class LevelBudget:
         """Levels decision-only matching takes from the engine's output level."""
         return self.normalise + self.score + self.decision
 
+    def fresh_template(self, mode: str = "score") -> int:
+        """Level of a client-refreshed template or probe: the cosine and the dense 1:N mask, or the cosine and
+        the sign in decision-only mode."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        return self.score + (self.decision if mode == "decision" else self.pack)
+
+    def reserve(self, protocol: str) -> int:
+        """Levels the network's output keeps for matching: none when the client refreshes the template."""
+        check_protocol(protocol)
+        return 0 if protocol == "refresh" else self.matching_reserve
+
     def network_levels(self, resolution: int) -> int:
         """Levels the encrypted network at ``resolution`` consumes (ValueError for an unknown resolution)."""
         spec.grid_for(resolution)
         return self.network[resolution]
+
+
+def check_protocol(protocol: str) -> str:
+    """``protocol`` if it is one of :data:`PROTOCOLS` (ValueError otherwise)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    return protocol
 
 
 def _network_depth(blocks: tuple[spec.BlockSpec, ...]) -> int:
@@ -92,6 +125,7 @@ LEVELS = LevelBudget(
     normalise=6,  # 1 + chebyshev_depth(15) + 1
     score=1,
     decision=9,  # sign_depth(("g3", "f3", "f3"))
+    pack=1,  # one plaintext mask per gallery chunk
 )
 
 
@@ -122,23 +156,38 @@ def secure_parameters(levels: int, log_ring: int = LOG_RING, scale_bits: int = S
 
 
 def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode: str = "score",
-                       sign_levels: int | None = None) -> CkksParameters:
-    """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, 42-bit scale (40 in decision mode), the
-    smallest secure dnum.
+                       sign_levels: int | None = None, protocol: str = DEFAULT_PROTOCOL) -> CkksParameters:
+    """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, the smallest secure dnum.
 
-    Levels: the network's + ``reserve`` (default ``LEVELS.matching_reserve``), plus ``sign_levels`` (default
-    ``LEVELS.decision``) in ``mode="decision"``. Raises ParameterError when no digit count makes the level
-    count secure at N = 2^16.
+    ``protocol="refresh"`` (default): the network's levels only (plus ``reserve``, default 0); the client's fresh
+    templates carry matching's levels, so decision-only mode needs nothing more (``mode`` is accepted and changes
+    nothing). ``protocol="one-round"``: the network's + ``reserve`` (default ``LEVELS.matching_reserve``), plus
+    ``sign_levels`` (default ``LEVELS.decision``) at a 40-bit scale in ``mode="decision"``. Raises ParameterError
+    when no digit count makes the level count secure at N = 2^16.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    levels = LEVELS.network_levels(resolution) + (LEVELS.matching_reserve if reserve is None else reserve)
+    check_protocol(protocol)
+    levels = LEVELS.network_levels(resolution) + (LEVELS.reserve(protocol) if reserve is None else reserve)
+    if protocol == "refresh":
+        if levels < LEVELS.fresh_template("decision"):
+            raise ParameterError(f"{levels} levels cannot hold a fresh decision-mode probe "
+                                 f"({LEVELS.fresh_template('decision')} levels)")
+        return secure_parameters(levels)
     if mode == "decision":
         levels += LEVELS.decision if sign_levels is None else sign_levels
         return secure_parameters(levels, scale_bits=DECISION_SCALE_BITS)
     return secure_parameters(levels)
 
 
+def ciphertext_bytes(params: CkksParameters) -> int:
+    """Bytes of one fresh ciphertext at these parameters (2 x N x (levels + 1) x 8; OpenFHE's serialised size)."""
+    return 2 * params.ring_degree * (params.levels + 1) * 8
+
+
+def switching_key_bytes(params: CkksParameters) -> int:
+    """Bytes of one relinearisation or rotation key (hybrid key switching: 2 x dnum polynomials over Q*P)."""
+    return 2 * params.key_switch_digits * params.ring_degree * (params.levels + 1 + params.special_primes) * 8
 
 
 PARAM_FIELDS = ("log_ring", "levels", "scale_bits", "first_mod_bits", "special_mod_bits", "key_switch_digits")
@@ -168,17 +217,22 @@ def params_from_json(text: str) -> CkksParameters:
 
 __all__ = [
     "DECISION_SCALE_BITS",
+    "DEFAULT_PROTOCOL",
     "FIRST_MOD_BITS",
     "LEVELS",
     "LOG_RING",
     "MODES",
     "PARAM_FIELDS",
+    "PROTOCOLS",
     "SCALE_BITS",
     "SPECIAL_MOD_BITS",
     "LevelBudget",
+    "check_protocol",
+    "ciphertext_bytes",
     "default_parameters",
     "digits_fit",
     "params_from_json",
     "params_to_json",
     "secure_parameters",
+    "switching_key_bytes",
 ]

@@ -29,6 +29,7 @@ class InferenceOptions:
 
     resolution: int = 64
     backend: str = "simulator"
+    protocol: str = "refresh"  # whose parameters: refresh (the network's levels) or one-round (+ matching's)
     model: Path | None = None  # None: the bundled model at this resolution, else a random one
     runs: int = 3
     workers: int | None = None  # engine threads; None: the engine's default for the backend
@@ -51,6 +52,7 @@ class BenchHeader(Report):
 
     resolution: int
     backend: str
+    protocol: str
     family: str
     key_mode: str
     params: dict[str, int]
@@ -142,32 +144,33 @@ def cost_model_name(options: InferenceOptions) -> str:
 
 
 def bench_parameters(options: InferenceOptions) -> Any:
-    """The CKKS parameters of the benchmark (the 128-bit defaults for the resolution)."""
+    """The CKKS parameters of the benchmark (the 128-bit defaults for the resolution and protocol)."""
     from cryptoface.params import default_parameters
 
-    return default_parameters(options.resolution)
+    return default_parameters(options.resolution, protocol=options.protocol)
 
 
 def header_fields(options: InferenceOptions, params: Any) -> dict[str, Any]:
     """The :class:`BenchHeader` fields of a run with these options."""
-    return {"resolution": options.resolution, "backend": options.backend, "family": options.family,
-            "key_mode": options.key_mode, "params": params_summary(params)}
+    return {"resolution": options.resolution, "backend": options.backend, "protocol": options.protocol,
+            "family": options.family, "key_mode": options.key_mode, "params": params_summary(params)}
 
 
 def build_bench_plan(options: InferenceOptions) -> tuple[Any, Any, PlanSummary]:
-    """(parameters, plan, its summary): the plan the options select on the default parameters, with matching's
-    levels reserved, priced with :func:`cost_model_name`'s op costs."""
+    """(parameters, plan, its summary): the plan the options select on the default parameters, with the levels
+    those keep beyond the network's reserved, priced with :func:`cost_model_name`'s op costs."""
     from cryptoface.engine.linear import COST_MODELS
-    from cryptoface.engine.plan import KEY_BYTES, build_plan
-    from cryptoface.params import LEVELS
+    from cryptoface.engine.plan import build_plan
+    from cryptoface.params import LEVELS, switching_key_bytes
 
     params = bench_parameters(options)
     name = cost_model_name(options)
     plan = build_plan(options.resolution, params.slots, family=options.family, key_mode=options.key_mode,
-                      reserve=LEVELS.matching_reserve, cost_model=COST_MODELS[name])
+                      reserve=params.levels - LEVELS.network_levels(options.resolution),
+                      cost_model=COST_MODELS[name])
     summary = PlanSummary(cost_model=name, totals=plan.totals(), layers=plan.table(),
                           rotation_keys=sorted(plan.rotation_keys), template_stride=plan.template.stride,
-                          key_bytes_estimate=len(plan.rotation_keys) * KEY_BYTES)
+                          key_bytes_estimate=len(plan.rotation_keys) * switching_key_bytes(params))
     return params, plan, summary
 
 

@@ -9,14 +9,16 @@ import numpy as np
 
 from cryptoface.bench.report import OPTIONAL, Report, median
 
-TEMPLATES_NOTE = "clear network output, encrypted at the template level in the engine's template layout"
+TEMPLATES_NOTE = ("clear network output, encrypted at the template level in the engine's template layout (one-round) "
+                  "or normalised and encrypted in the normalised layout as the client refreshes it (refresh)")
 SERVER_METHOD = (
     "the server side (key loading from bytes, normalisation, scoring, store writes, gallery packing) runs in a "
     "spawned child process holding only the public and evaluation keys, read one key file at a time; its "
     "peak RSS is VmHWM of that child (/proc/self/status; getrusage's ru_maxrss would include the parent's peak, "
     "which survives fork + exec)")
-IDENTIFY_CONTENT = ("LFW pair templates (normalised in the clear with the same 1/sqrt polynomial), then random unit "
-                    "vectors; encrypted by the client in the gallery layout at the stored template level")
+IDENTIFY_CONTENT = ("LFW pair templates (normalised in the clear as the protocol does: the server's 1/sqrt polynomial "
+                    "for one-round, exactly for refresh), then random unit vectors; encrypted by the client in the "
+                    "gallery layout at the stored template level")
 STORAGE_NOTE = ("the store keeps each normalised template (one ciphertext at the level left after normalisation) "
                 "and the packed galleries (capacity templates per ciphertext, same level); the key set row holds "
                 "only the public key here (the service also stores the evaluation keys, once per client)")
@@ -85,11 +87,14 @@ class IdentifyReport(Report):
     templates_per_ciphertext: int
     content: str = IDENTIFY_CONTENT
     gallery_ciphertext_bytes: int
+    result_ciphertexts: int  # answers the client downloads: one per chunk, or one per 256 chunks when dense
     result_ciphertext_bytes: int
+    download_bytes: int
     server_probe_normalise_s: float
     server_replicate_s: float
     server_score_s_median: float
     server_score_s_runs: list[float]
+    server_workers: int  # threads scoring gallery chunks (the service's default)
     server_total_s: float
     client_decrypt_argmax_s: float
     argmax: int
@@ -169,6 +174,7 @@ class MatchReport(Report):
 
     command: str | None
     backend: str
+    protocol: str  # refresh: the client's fresh normalised templates; one-round: the server normalises
     device: str
     threads: int
     params: dict[str, int]
@@ -183,6 +189,7 @@ class MatchReport(Report):
     inv_sqrt: InvSqrtReport | None = field(default=None, metadata=OPTIONAL)
     keygen_s: float | None = field(default=None, metadata=OPTIONAL)
     rotation_keys: list[int] | None = field(default=None, metadata=OPTIONAL)
+    client_refresh: dict[str, float] | None = field(default=None, metadata=OPTIONAL)  # refresh protocol only
     client_rss_after_keygen_bytes: int | None = field(default=None, metadata=OPTIONAL)
     evaluation_key_bytes: dict[str, int] | None = field(default=None, metadata=OPTIONAL)
     upload_template_bytes: int | None = field(default=None, metadata=OPTIONAL)
@@ -211,11 +218,12 @@ class MatchReport(Report):
     def summary(self) -> dict[str, Any]:
         """The figures the CLI prints."""
         d = self.to_dict()
-        keep = {k: d.get(k) for k in ("backend", "device", "keygen_s", "evaluation_key_bytes", "scores", "timing_1to1")}
-        keep["inv_sqrt"] = d.get("inv_sqrt")
+        keep = {k: d.get(k) for k in ("backend", "protocol", "device", "keygen_s", "evaluation_key_bytes", "scores",
+                                      "timing_1to1", "client_refresh", "inv_sqrt")}
         keep["identify"] = {k: {f: v.get(f) for f in ("ciphertexts", "gallery_ciphertext_bytes", "server_total_s",
-                                                      "server_score_s_median", "client_decrypt_argmax_s",
-                                                      "max_abs_error", "argmax", "argmax_clear")}
+                                                      "server_score_s_median", "result_ciphertexts", "download_bytes",
+                                                      "client_decrypt_argmax_s", "max_abs_error", "argmax",
+                                                      "argmax_clear")}
                             for k, v in d.get("identify", {}).items()}
         st = d.get("storage") or {}
         keep["storage"] = {k: st.get(k) for k in ("template_bytes", "gallery_share_bytes_full",

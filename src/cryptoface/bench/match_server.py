@@ -28,11 +28,19 @@ class ServerJob:
     threads: int
     device: str
     params: CkksParameters
-    layout: TemplateLayout  # the raw templates' layout (the engine's)
+    layout: TemplateLayout  # the templates' layout: the engine's raw one, or the normalised one when ``fresh``
     gallery_sizes: list[int]
     runs: int
     pairs: list[tuple[int, int]]
     model_id: str
+    fresh: bool = False  # refresh protocol: every template is the client's fresh normalised one
+
+
+def _normalised(job: ServerJob, be: Any, ct: Any) -> Any:
+    """The server's normalisation (one-round), or nothing to do on a client-normalised template (refresh)."""
+    from cryptoface.match import homomorphic as hm
+
+    return ct if job.fresh else hm.normalise(be, ct, job.layout)
 
 
 def server_main(job: ServerJob, out: Any) -> None:
@@ -94,10 +102,11 @@ class _Exchange:
 
 def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) -> None:
     """1:N on client-packed galleries: normalise the probe once, replicate it, score every gallery ciphertext."""
+    from cryptoface.engine.evaluator import default_workers
     from cryptoface.match import homomorphic as hm
 
     t = time.perf_counter()
-    probe = hm.normalise(be, io.read("probe.ct"), job.layout)
+    probe = _normalised(job, be, io.read("probe.ct"))
     normalise_s = time.perf_counter() - t
     t = time.perf_counter()
     rep = hm.replicate_probe(be, probe, gallery)
@@ -107,15 +116,22 @@ def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) ->
         runs = []
         for r in range(job.runs):
             t = time.perf_counter()
-            for k in range(n_ct):
-                count = min(gallery.capacity, size - k * gallery.capacity)
-                s = hm.gallery_scores(be, rep, io.read(f"gallery-{k:05d}.ct"), gallery, count)
+            counts = [min(gallery.capacity, size - k * gallery.capacity) for k in range(n_ct)]
+            chunks = ((io.read(f"gallery-{k:05d}.ct"), count) for k, count in enumerate(counts))
+            # the service's scoring: chunks on the engine's default threads
+            scores = list(zip(hm.scored_chunks(be, rep, chunks, gallery, default_workers()), counts, strict=True))
+            if job.fresh:  # the service's dense answer (fresh templates carry the mask's level)
+                answers = list(hm.dense_scores(be, scores, gallery))
+            else:
+                answers = [(s, gallery.score_slots(count).tolist()) for s, count in scores]
+            for k, (s, _) in enumerate(answers):
                 if r == 0:
                     io.write(f"scores-{size}-{k:05d}.ct", s)
                 else:
                     be.serialize(s)  # every run pays the serialisation the first one wrote
             runs.append(time.perf_counter() - t)
-        out.put(("gallery", {"size": size, "ciphertexts": n_ct, "score_s_runs": runs,
+        out.put(("gallery", {"size": size, "ciphertexts": n_ct, "score_s_runs": runs, "workers": default_workers(),
+                             "answer_slots": [[int(x) for x in slots] for _, slots in answers],
                              "probe_normalise_s": normalise_s, "replicate_s": replicate_s,
                              "rss_bytes": peak_rss_bytes()}))
 
@@ -137,7 +153,7 @@ def _verify_pairs(job: ServerJob, be: Any, io: _Exchange, keys: FileKeys, out: A
     for i, (left, right) in enumerate(job.pairs):
         subject = f"pair-{i:04d}"
         t = time.perf_counter()
-        tl = hm.normalise(be, io.read(f"img-{left:05d}.ct"), job.layout)
+        tl = _normalised(job, be, io.read(f"img-{left:05d}.ct"))
         data = be.serialize(tl)
         new = NewTemplate(data, be.level(tl), job.layout.stride, job.model_id, params_id)
         store.create_subject(tenant, key_id, subject, [new], actor="bench")
@@ -145,12 +161,12 @@ def _verify_pairs(job: ServerJob, be: Any, io: _Exchange, keys: FileKeys, out: A
         t = time.perf_counter()
         probe_ct = io.read(f"img-{right:05d}.ct")
         t1 = time.perf_counter()
-        pn = hm.normalise(be, probe_ct, job.layout)
+        pn = _normalised(job, be, probe_ct)
         t2 = time.perf_counter()
         (record,) = store.templates(key_id, subject)
         s = hm.cosine(be, pn, be.deserialize(record.ciphertext))
         t3 = time.perf_counter()
-        size = io.write(f"score-{i:05d}.ct", s)
+        size = io.write(f"score-{i:05d}.ct", be.level_down(s, 0) if be.level(s) > 0 else s)  # as the service sends it
         verify_s = time.perf_counter() - t
         out.put(("pair", {"i": i, "enroll_s": enroll_s, "verify_s": verify_s, "normalise_s": t2 - t1,
                           "cosine_s": t3 - t2, "template_bytes": len(data), "template_level": be.level(tl),
@@ -174,7 +190,7 @@ def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id
     # keyed by the enrolled templates' stride (the store checks the packed ids against templates of that stride)
     store.replace_galleries(key_id, job.layout.stride, job.model_id, chunks)
     pack_s = time.perf_counter() - t
-    probe = hm.normalise(be, io.read("probe.ct"), job.layout)
+    probe = _normalised(job, be, io.read("probe.ct"))
     rep = hm.replicate_probe(be, probe, gallery)
     t = time.perf_counter()
     for k, g in enumerate(store.galleries(key_id, job.layout.stride, job.model_id)):

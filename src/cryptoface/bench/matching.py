@@ -55,6 +55,7 @@ from cryptoface.bench.memory import drop_client_rotation_keys, peak_rss_bytes
 from cryptoface.bench.report import bytes_by_kind, median, params_summary
 from cryptoface.errors import DataError, ParameterError
 from cryptoface.match.layout import EMBEDDING_DIM, GalleryLayout
+from cryptoface.params import PROTOCOLS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +63,7 @@ class MatchOptions:
     """What ``cryptoface bench-match`` measures (one field per flag)."""
 
     backend: str = "openfhe"
+    protocol: str = "refresh"  # cryptoface.params.PROTOCOLS: who normalises the templates
     lfw_dir: Path | None = None  # None: synthetic embeddings
     pairs: int = 200
     gallery_sizes: tuple[int, ...] = (1000, 10000)
@@ -79,11 +81,11 @@ class MatchOptions:
 
 
 def match_parameters(options: MatchOptions) -> Any:
-    """The Net4 parameters, or (simulator only) the same levels on a smaller ring."""
+    """The Net4 parameters of the options' protocol, or (simulator only) the same levels on a smaller ring."""
     from cryptoface.backends.protocol import CkksParameters
     from cryptoface.params import default_parameters
 
-    params = default_parameters(64)
+    params = default_parameters(64, protocol=options.protocol)
     if options.log_ring is None:
         return params
     if options.backend != "simulator":
@@ -94,7 +96,18 @@ def match_parameters(options: MatchOptions) -> Any:
 
 
 def _template_contract(options: MatchOptions, params: Any) -> tuple[Any, int]:
-    """(layout, level) of the templates the engine delivers on these parameters."""
+    """(layout, level) of the templates the server matches: the engine's raw ones (one-round), or the client's
+    fresh normalised ones (refresh)."""
+    from cryptoface.match.layout import normalised_layout
+    from cryptoface.params import LEVELS
+
+    if options.protocol == "refresh":
+        return normalised_layout(params.slots), LEVELS.fresh_template("score")
+    return _engine_template(options, params)
+
+
+def _engine_template(options: MatchOptions, params: Any) -> tuple[Any, int]:
+    """(layout, level) of the raw templates the engine delivers on these parameters."""
     from cryptoface.engine import TemplateLayout, plan_for
     from cryptoface.params import LEVELS
 
@@ -126,12 +139,15 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     from cryptoface.assets import default_model_path
     from cryptoface.backends import create_backend
     from cryptoface.match import homomorphic as hm
-    from cryptoface.match.clear import cosine_clear, normalise_clear
+    from cryptoface.match.clear import cosine_clear
     from cryptoface.match.layout import gallery_layout, pack_gallery_slots, place
+    from cryptoface.match.refresh import normalised
     from cryptoface.match.threshold import threshold_from_model_file
 
     if options.pairs < 1:
         raise DataError("--pairs must be at least 1")
+    if options.protocol not in PROTOCOLS:
+        raise DataError(f"protocol must be one of {PROTOCOLS}, got {options.protocol!r}")
     sizes = list(options.gallery_sizes)
     if any(s < 1 for s in sizes):
         raise DataError("gallery sizes must be positive")
@@ -141,8 +157,8 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     explicit = options.threshold is not None
     tau = float(options.threshold) if explicit else threshold_from_model_file(model_path)
     report = MatchReport(
-        command=options.command, backend=options.backend, device=options.device, threads=options.threads,
-        params=params_summary(params),
+        command=options.command, backend=options.backend, protocol=options.protocol, device=options.device,
+        threads=options.threads, params=params_summary(params),
         model=str(model_path), threshold=tau,
         threshold_source="--threshold" if explicit else f"model file {model_path.name} (or default)",
         template_layout={"stride": layout.stride, "replicas": layout.replicas, "scale": layout.scale},
@@ -160,13 +176,16 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     report.pairs_source = tpl.source
     emb, pairs = tpl.embeddings, tpl.pairs
     clear = np.array([cosine_clear(emb[a], emb[b]) for a, b in pairs])
-    clear_poly = np.array([float(normalise_clear(emb[a]) @ normalise_clear(emb[b])) for a, b in pairs])
-    report.inv_sqrt = _inv_sqrt_report(tpl, clear, clear_poly)
+    reference = _clear_normaliser(options.protocol)  # what the encrypted templates hold, in the clear
+    clear_poly = np.array([float(reference(emb[a]) @ reference(emb[b])) for a, b in pairs])
+    if options.protocol == "one-round":  # the server's 1/sqrt polynomial; the refresh protocol has none
+        report.inv_sqrt = _inv_sqrt_report(tpl, clear, clear_poly)
 
     # the probe for 1:N: the right image of the first genuine pair; the gallery: every other template, then noise
     probe_img = pairs[int(np.nonzero(tpl.same)[0][0]) if tpl.same.any() else 0][1]
     gl = gallery_layout(params.slots)
-    gallery_vectors = _gallery_vectors(tpl, probe_img, max(sizes, default=0), options.seed)
+    gallery_vectors = _gallery_vectors(tpl, probe_img, max(sizes, default=0), options.seed,
+                                       _clear_normaliser(options.protocol))
 
     # client, on the backend protocol: the key set measured is exactly matching's steps for the engine's
     # replicated layout (ClientKeys.generate adds a single-copy layout's fill steps)
@@ -188,16 +207,20 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
         n_gallery_cts = -(-len(gallery_vectors) // gl.capacity)
         enc_times = []
         bar = _progress(len(used) + n_gallery_cts, "encrypting (client)", options.progress)
+        if options.protocol == "refresh":
+            report.client_refresh = _refresh_cost(backend, emb[used[0]], options)
+        fresh = options.protocol == "refresh"
         for k in used:
             t = time.perf_counter()
-            data = backend.serialize(backend.encrypt(place(emb[k], layout, params.slots), level))
+            values = normalised(emb[k]) if fresh else emb[k]
+            data = backend.serialize(backend.encrypt(place(values, layout, params.slots), level))
             enc_times.append(time.perf_counter() - t)
             (work / f"img-{k:05d}.ct").write_bytes(data)
             bar.update()
         (work / "probe.ct").write_bytes((work / f"img-{probe_img:05d}.ct").read_bytes())
         report.upload_template_bytes = len(data)
         report.encrypt_template_s_median = median(enc_times)
-        gallery_level = level - hm.normalise_levels(layout)
+        gallery_level = level if fresh else level - hm.normalise_levels(layout)
         for k in range(n_gallery_cts):
             vec = pack_gallery_slots(gallery_vectors[k * gl.capacity: (k + 1) * gl.capacity], gl)
             (work / f"gallery-{k:05d}.ct").write_bytes(backend.serialize(backend.encrypt(vec, gallery_level)))
@@ -205,7 +228,7 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
         bar.close()
         report.client_rss_after_encrypt_bytes = peak_rss_bytes()
         job = ServerJob(workdir=work, backend=options.backend, threads=options.threads, device=options.device,
-                        params=params,
+                        params=params, fresh=fresh,
                         layout=layout, gallery_sizes=sizes, runs=max(1, options.runs), pairs=list(pairs),
                         model_id=model_path.name)
         _client_loop(options, backend, job, report, tpl, clear, clear_poly, probe_img, gallery_vectors, gl, update)
@@ -215,16 +238,46 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     return report
 
 
-def _gallery_vectors(tpl: PairTemplates, probe_img: int, size: int, seed: int) -> np.ndarray:
-    """The largest gallery's normalised templates: every image but the probe, then random unit vectors."""
+def _clear_normaliser(protocol: str) -> Callable[[np.ndarray], np.ndarray]:
+    """What the encrypted templates hold, in the clear: the exact unit template (refresh, the client's) or the
+    server's polynomial normalisation (one-round)."""
     from cryptoface.match.clear import normalise_clear
+    from cryptoface.match.refresh import normalised
 
+    return normalised if protocol == "refresh" else normalise_clear
+
+
+def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) -> dict[str, float]:
+    """Client seconds of one refresh (median of ``options.runs``): decrypt the engine's raw template (at level 0,
+    as the network leaves it), normalise in the clear, encrypt afresh at the fresh template's level."""
+    from cryptoface.match.layout import place
+    from cryptoface.match.refresh import refreshed_slots
+    from cryptoface.params import LEVELS
+
+    params = backend.params
+    layout, _ = _engine_template(options, params)
+    raw = backend.serialize(backend.encrypt(place(embedding, layout, params.slots), 0))
+    decrypt, fresh = [], []
+    for _ in range(max(1, options.runs)):
+        t = time.perf_counter()
+        slots = refreshed_slots(backend.decrypt(backend.deserialize(raw)), layout)
+        t1 = time.perf_counter()
+        backend.serialize(backend.encrypt(slots, LEVELS.fresh_template("score")))
+        decrypt.append(t1 - t)
+        fresh.append(time.perf_counter() - t1)
+    return {"raw_template_bytes": float(len(raw)), "decrypt_normalise_s": median(decrypt) or 0.0,
+            "encrypt_s": median(fresh) or 0.0}
+
+
+def _gallery_vectors(tpl: PairTemplates, probe_img: int, size: int, seed: int,
+                     normalise: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """The largest gallery's normalised templates: every image but the probe, then random unit vectors."""
     rng = np.random.default_rng(seed + 1)
     source = [k for k in range(len(tpl.names)) if k != probe_img]
 
     def vector(n: int) -> np.ndarray:
         if n < len(source):
-            return normalise_clear(tpl.embeddings[source[n]])
+            return normalise(tpl.embeddings[source[n]])
         v = rng.standard_normal(EMBEDDING_DIM)
         return v / np.linalg.norm(v)
 
@@ -241,7 +294,6 @@ def _client_loop(options: MatchOptions, backend: Any, job: ServerJob, report: Ma
                  clear: np.ndarray, clear_poly: np.ndarray, probe_img: int, gallery_vectors: np.ndarray,
                  gl: GalleryLayout, update: Callable[[MatchReport], None]) -> None:
     """Start the server child, decrypt what it returns as it comes, keep ``report`` up to date."""
-    from cryptoface.match.clear import normalise_clear
 
     work = Path(job.workdir)
     ctx = mp.get_context("spawn")
@@ -251,8 +303,9 @@ def _client_loop(options: MatchOptions, backend: Any, job: ServerJob, report: Ma
     report.server = server = ServerReport()
     report.per_pair = per_pair = []
     report.identify = identify = {}
-    probe_n = normalise_clear(tpl.embeddings[probe_img])
-    bar = _progress(len(tpl.pairs), "1:1 pairs (server normalise + cosine)", options.progress)
+    probe_n = _clear_normaliser(options.protocol)(tpl.embeddings[probe_img])
+    what = "server normalise + cosine" if options.protocol == "one-round" else "server cosine of fresh templates"
+    bar = _progress(len(tpl.pairs), f"1:1 pairs ({what})", options.progress)
 
     def publish() -> None:
         report.refresh()
@@ -289,7 +342,8 @@ def _client_loop(options: MatchOptions, backend: Any, job: ServerJob, report: Ma
                 else:
                     report.refresh()
             elif kind == "store":
-                report.storage = _check_store(backend, msg, tpl, probe_n, gl, work)
+                report.storage = _check_store(backend, msg, tpl, probe_n, gl, work,
+                                              _clear_normaliser(options.protocol))
             elif kind == "done":
                 server.peak_rss_bytes = msg["peak_rss_bytes"]
                 break
@@ -308,11 +362,11 @@ def _check_gallery(backend: Any, msg: dict[str, Any], gallery_vectors: np.ndarra
     size = msg["size"]
     t = time.perf_counter()
     parts = []
-    for k in range(msg["ciphertexts"]):
-        count = min(gl.capacity, size - k * gl.capacity)
+    for k, slots in enumerate(msg["answer_slots"]):
         v = backend.decrypt(backend.deserialize((work / f"scores-{size}-{k:05d}.ct").read_bytes()))
-        parts.append(v[gl.score_slots(count)])
+        parts.append(v[np.asarray(slots, dtype=np.int64)])
     scores = np.concatenate(parts)
+    answers = [work / f"scores-{size}-{k:05d}.ct" for k in range(len(msg["answer_slots"]))]
     best = int(np.argmax(scores))
     client_s = time.perf_counter() - t
     clear = gallery_vectors[:size] @ probe_n
@@ -320,9 +374,10 @@ def _check_gallery(backend: Any, msg: dict[str, Any], gallery_vectors: np.ndarra
     return IdentifyReport(
         gallery=size, ciphertexts=msg["ciphertexts"], templates_per_ciphertext=gl.capacity,
         gallery_ciphertext_bytes=(work / "gallery-00000.ct").stat().st_size,
-        result_ciphertext_bytes=(work / f"scores-{size}-00000.ct").stat().st_size,
+        result_ciphertexts=len(answers), result_ciphertext_bytes=answers[0].stat().st_size,
+        download_bytes=sum(p.stat().st_size for p in answers),
         server_probe_normalise_s=msg["probe_normalise_s"], server_replicate_s=msg["replicate_s"],
-        server_score_s_median=score_median, server_score_s_runs=msg["score_s_runs"],
+        server_score_s_median=score_median, server_score_s_runs=msg["score_s_runs"], server_workers=msg["workers"],
         server_total_s=msg["probe_normalise_s"] + msg["replicate_s"] + score_median,
         client_decrypt_argmax_s=client_s, argmax=best, argmax_clear=int(np.argmax(clear)),
         best_score=float(scores[best]), best_score_clear=float(clear.max()),
@@ -331,10 +386,8 @@ def _check_gallery(backend: Any, msg: dict[str, Any], gallery_vectors: np.ndarra
 
 
 def _check_store(backend: Any, msg: dict[str, Any], tpl: PairTemplates, probe_n: np.ndarray, gl: GalleryLayout,
-                 work: Path) -> StorageReport:
+                 work: Path, normalise: Callable[[np.ndarray], np.ndarray]) -> StorageReport:
     """Client: bytes per subject from the server's store, and the server-packed gallery scores vs clear."""
-    from cryptoface.match.clear import normalise_clear
-
     tb, gb = msg["template_bytes"], msg["gallery_bytes"]
     per_gallery = [b / len(ids) for b, ids in zip(gb, msg["gallery_template_ids"], strict=True)]
     full = gb[0] / gl.capacity if gb else None
@@ -343,7 +396,7 @@ def _check_store(backend: Any, msg: dict[str, Any], tpl: PairTemplates, probe_n:
     for k, ids in enumerate(msg["gallery_template_ids"]):
         v = backend.decrypt(backend.deserialize((work / f"enrolled-scores-{k:05d}.ct").read_bytes()))
         scores.extend(v[gl.score_slots(len(ids))])
-        clear.extend(float(normalise_clear(tpl.embeddings[tpl.pairs[order[t]][0]]) @ probe_n) for t in ids)
+        clear.extend(float(normalise(tpl.embeddings[tpl.pairs[order[t]][0]]) @ probe_n) for t in ids)
     scores_a, clear_a = np.array(scores), np.array(clear)
     template_bytes = int(statistics.median(tb))
     return StorageReport(

@@ -231,7 +231,10 @@ def _bench_gallery(options: ScaleoutOptions, backend: Any, executor: Any, keys: 
     from cryptoface.params import LEVELS
 
     params = backend.params
-    level = params.levels - LEVELS.network_levels(options.resolution) - LEVELS.normalise  # normalised templates'
+    reserve = params.levels - LEVELS.network_levels(options.resolution)
+    # enrolled templates' level: what the server's normalisation leaves on one-round parameters, else the client's
+    # fresh template's (refresh)
+    level = reserve - LEVELS.normalise if reserve >= LEVELS.matching_reserve else LEVELS.fresh_template("score")
     gal: GalleryLayout = gallery_layout(params.slots)
     chunks, counts = [], []
     t0 = time.perf_counter()

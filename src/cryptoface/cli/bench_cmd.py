@@ -13,11 +13,15 @@ from typing import Any
 from cryptoface.cli.device import add_device_arguments
 from cryptoface.engine.layout import DEFAULT_FAMILY, FAMILIES
 from cryptoface.errors import DataError
+from cryptoface.params import DEFAULT_PROTOCOL, PROTOCOLS
 
 
 def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark encrypted inference (keygen, encryption, per-layer time, error)")
     p.add_argument("--resolution", type=int, choices=(64, 96, 128), default=64)
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="the parameters of: refresh (default; the network's 23 levels) or one-round (30: the "
+                        "template keeps matching's levels)")
     p.add_argument("--backend", choices=("simulator", "desilofhe", "openfhe"), default="simulator")
     p.add_argument("--model", type=Path, default=None,
                    help="fused model file (default: the packaged model if present, else a random model)")
@@ -65,7 +69,8 @@ def register(sub: Any) -> None:
 
 
 def _options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"resolution": args.resolution, "backend": args.backend, "model": args.model, "runs": args.runs,
+    return {"resolution": args.resolution, "backend": args.backend, "protocol": args.protocol,
+            "model": args.model, "runs": args.runs,
             "workers": args.workers, "threads": args.threads, "family": args.family, "key_mode": args.key_mode,
             "cost_model": args.cost_model, "seed": args.seed, "photo": args.photo,
             "random_input": args.random_input, "profile": args.profile, "device": args.device,
@@ -80,8 +85,6 @@ def _transfer_sizes(text: str) -> tuple[int, ...]:
 
 
 def _print_plan(report: Any) -> None:
-    from cryptoface.engine.plan import KEY_BYTES
-
     cols = ["layer", "kind", "level_in", "level_out", "in_cts", "out_cts", "diagonals", "ct_ct", "baby_rot",
             "giant_rot", "pre_rot", "n1", "keys", "cost_s"]
     print(" | ".join(cols))
@@ -90,7 +93,7 @@ def _print_plan(report: Any) -> None:
     print(json.dumps(report.plan.totals))
     n = len(report.plan.rotation_keys)
     print(f"template stride {report.plan.template_stride}; rotation keys {n} "
-          f"(~{n * KEY_BYTES / 1e9:.1f} GB at {KEY_BYTES / 1e6:.0f} MB each)")
+          f"(~{report.plan.key_bytes_estimate / 1e9:.2f} GB at this size, modelled on OpenFHE's serialised keys)")
 
 
 def run(args: argparse.Namespace) -> int:

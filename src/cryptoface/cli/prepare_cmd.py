@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptoface.errors import ParameterError
+from cryptoface.params import DEFAULT_PROTOCOL, PROTOCOLS
 
 
 def register(sub: Any) -> None:
@@ -24,6 +25,8 @@ def register(sub: Any) -> None:
                    help="take the CKKS parameters from this public key folder (keygen --public-out)")
     p.add_argument("--log-ring", type=int, default=None, help="as keygen: log2 of the ring degree")
     p.add_argument("--levels", type=int, default=None, help="as keygen: CKKS levels")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="as keygen: the default parameters' protocol")
     p.set_defaults(func=cmd_prepare_model)
 
 
@@ -50,9 +53,10 @@ def _params(args: argparse.Namespace, resolution: int) -> Any:
         from cryptoface.client.keys import PublicKeys
 
         return PublicKeys.load(args.public_keys).params
+    default = default_parameters(resolution, protocol=args.protocol)
     if args.levels is None and args.log_ring is None:
-        return default_parameters(resolution)
-    return secure_parameters(args.levels or default_parameters(resolution).levels, args.log_ring or LOG_RING)
+        return default
+    return secure_parameters(args.levels or default.levels, args.log_ring or LOG_RING)
 
 
 def cmd_prepare_model(args: argparse.Namespace) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from cryptoface.cli.device import add_device_arguments, check_device
 from cryptoface.errors import CryptoFaceError
+from cryptoface.params import DEFAULT_PROTOCOL, PROTOCOLS
 
 
 def _load_model(path: Path | None) -> Any:
@@ -32,8 +33,12 @@ def register(sub: Any) -> None:
                    help="keys for matching encrypted templates only (no engine rotation keys): tools and tests")
     p.add_argument("--log-ring", type=int, default=None, help="log2 of the ring degree (default 16)")
     p.add_argument("--levels", type=int, default=None,
-                   help="CKKS levels (default: the network's levels + matching levels); with --log-ring, the "
-                        "smallest secure key-switching digit count is chosen")
+                   help="CKKS levels (default: the network's levels, plus matching's with --protocol one-round); "
+                        "with --log-ring, the smallest secure key-switching digit count is chosen")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="refresh (default): the client normalises each template and encrypts it afresh, so the "
+                        "keys carry the network's levels only; one-round: the server normalises, the keys carry "
+                        "matching's levels too (the HE benchmark's one-round workload)")
     p.add_argument("--stride", type=int, default=1, help="template layout stride of the engine")
     p.add_argument("--threads", type=int, default=1, help="backend threads for key generation")
     p.add_argument("--force", action="store_true",
@@ -86,6 +91,8 @@ def register(sub: Any) -> None:
     p.add_argument("name")
     p.add_argument("photos", nargs="+", type=Path)
     p.add_argument("--add", action="store_true", help="add templates to an enrolled subject instead of creating it")
+    p.add_argument("--decision-ready", action="store_true",
+                   help="refresh protocol: store templates with the levels decision-only matching needs (larger)")
     _client_args(p)
     p.set_defaults(func=cmd_enroll)
     p = sub.add_parser("verify", help="client: verify a photo against NAME")
@@ -139,6 +146,8 @@ def register(sub: Any) -> None:
     p.add_argument("--backend", default=None, help="default: openfhe, else desilofhe, else simulator")
     p.add_argument("--model", type=Path, default=None, help="fused model file (default: the bundled CryptoFaceNet4)")
     p.add_argument("--mode", choices=("score", "decision"), default="score")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="refresh (default, faster) or one-round (the server normalises)")
     add_device_arguments(p)
     p.set_defaults(func=cmd_demo)
 
@@ -159,6 +168,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 def _client_args(p: argparse.ArgumentParser) -> None:
     _connection_args(p)
     p.add_argument("--mode", choices=("score", "decision"), default="score")
+    p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
+                   help="refresh (default): the server's raw template comes back, is normalised here and encrypted "
+                        "afresh for matching (one more round trip, fewer levels); one-round: the server normalises")
     p.add_argument("--packing", choices=("monolithic", "units"), default="monolithic",
                    help="image packing: the model's plan, or Net4-plan units for a patch-parallel (--ray) server")
     p.add_argument("--standin", action="store_true", help="TESTING ONLY: encrypt a clear embedding (no engine)")
@@ -174,9 +186,9 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     backend = args.backend or default_backend()
     resolution = None if args.template_only else args.resolution
     if args.levels is None and args.log_ring is None:
-        params = default_parameters(args.resolution)
+        params = default_parameters(args.resolution, protocol=args.protocol)
     else:
-        levels = args.levels or default_parameters(args.resolution).levels
+        levels = args.levels or default_parameters(args.resolution, protocol=args.protocol).levels
         params = secure_parameters(levels, args.log_ring or LOG_RING)
     print(f"generating a {backend} key set: {backend_label(backend)}; N = 2^{params.log_ring}, {params.levels} levels")
     t = time.perf_counter()
@@ -310,7 +322,8 @@ def _connect(args: argparse.Namespace) -> Any:
     from cryptoface.client import Client
 
     return Client.connect(args.server, args.home, api_key=args.api_key, ca_cert=args.ca_cert,
-                          insecure_http=args.insecure_http, threshold=args.threshold)
+                          insecure_http=args.insecure_http, threshold=args.threshold,
+                          protocol=getattr(args, "protocol", DEFAULT_PROTOCOL))
 
 
 def _check_name(name: str) -> str:
@@ -328,7 +341,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             raise CryptoFaceError(f"no subject {name!r} is enrolled under this key set; enrol it without --add")
         if not args.add and existing is not None:
             raise CryptoFaceError(f"{name!r} is enrolled already; use --add to add templates to it")
-        s = c.enroll(name, [_probe(args, c, p) for p in args.photos], add=args.add)
+        s = c.enroll(name, [_probe(args, c, p) for p in args.photos], add=args.add,
+                     decision_ready=args.decision_ready)
     print(f"{'added to' if args.add else 'enrolled'} {s.name}: subject {s.subject_id}, "
           f"{len(s.template_ids)} template(s) {list(s.template_ids)}")
     return 0
@@ -447,7 +461,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     backend = args.backend or default_backend()
     check_device(args.device, backend)
-    report = run_demo(backend, _load_model(args.model), mode=args.mode, device=args.device)
+    report = run_demo(backend, _load_model(args.model), mode=args.mode, device=args.device, protocol=args.protocol)
     if not report.genuine_accepted or report.impostor_accepted or report.identified != "obama":
         raise CryptoFaceError("the demo's decisions differ from the expected ones (genuine ACCEPT, impostor REJECT, "
                               "identify obama)")

@@ -1,10 +1,13 @@
 """The one client: a key set plus a transport; encrypts, asks the service, decrypts and decides.
 
 Every command-line verb, the demo and the benchmarks go through :class:`Client`; only the transport differs
-(HTTP to a server as one tenant, or a :class:`~cryptoface.service.core.MatchService` in this process). The
-decision is the client's: the threshold comes from the client's configuration (the model card's default), never
-from the server, and a decrypted cosine outside [-1 - eps, 1 + eps] is reported as tampering, not as a decision.
-Decrypted values never go back to the service (CKKS is not IND-CPA-D secure): registration proves possession of
+(HTTP to a server as one tenant, or a :class:`~cryptoface.service.core.MatchService` in this process). In the
+default ``refresh`` protocol (:data:`cryptoface.params.PROTOCOLS`) the client turns the server's raw template into
+a fresh normalised one before anything is enrolled or matched (:meth:`Client.refresh`); ``one-round`` sends the
+encrypted photo and reads scores back, the server normalising. The decision is the client's: the threshold comes
+from the client's configuration (the model card's default), never from the server, and a decrypted cosine outside
+[-1 - eps, 1 + eps] is reported as tampering, not as a decision. Decrypted values never go back to the service
+(CKKS is not IND-CPA-D secure): a refreshed template is a new encryption, and registration proves possession of
 the secret key with a hash of *rounded* integers only. Subject names are checked here, before any computation.
 """
 
@@ -32,8 +35,12 @@ from cryptoface.client.transport import (
     TemplateProbe,
     Transport,
 )
-from cryptoface.errors import CryptoFaceError
+from cryptoface.engine.layout import TemplateLayout
+from cryptoface.errors import CryptoFaceError, ParameterError
+from cryptoface.match.layout import normalised_layout
+from cryptoface.match.refresh import refreshed_slots
 from cryptoface.names import validate_name
+from cryptoface.params import DEFAULT_PROTOCOL, LEVELS, PROTOCOLS
 from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
 
 MODES = ("score", "decision")
@@ -109,12 +116,18 @@ def default_threshold() -> float:
 class Client:
     """Encrypt, enrol, verify, identify under one key set, through one transport."""
 
-    def __init__(self, keys: ClientKeys, transport: Transport, *, threshold: float | None = None) -> None:
+    def __init__(self, keys: ClientKeys, transport: Transport, *, threshold: float | None = None,
+                 protocol: str = DEFAULT_PROTOCOL) -> None:
+        """``protocol``: "refresh" (the client normalises each template and encrypts it afresh) or "one-round"
+        (the server normalises; needs a key set with matching's levels, ``keygen --protocol one-round``)."""
         self.keys = keys
         self.transport = transport
         self.threshold = default_threshold() if threshold is None else float(threshold)
         if not -1.0 < self.threshold < 1.0:
             raise CryptoFaceError(f"threshold {self.threshold} is not a cosine in (-1, 1)")
+        if protocol not in PROTOCOLS:
+            raise CryptoFaceError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+        self.protocol = protocol
 
     @classmethod
     def connect(
@@ -220,8 +233,35 @@ class Client:
             return probe
         return self.transport.infer(self.key_id, probe)
 
+    def refresh(self, probe: PhotoOrProbe, mode: str = "score") -> TemplateProbe:
+        """The probe's template normalised here and encrypted afresh at the levels ``mode`` needs.
+
+        A photo or image probe costs one encrypted inference on the service (which returns the raw template); a
+        raw template probe is decrypted directly; a normalised one is returned as it is. The decrypted template
+        stays in this process: only a new encryption of its normalised copy is sent."""
+        _check_mode(mode)
+        template = self.infer(probe)
+        if template.normalised:
+            return template
+        be = self.keys.backend
+        level = LEVELS.fresh_template(mode)
+        if be.params.levels < level:
+            raise CryptoFaceError(f"a fresh {mode}-mode template needs {level} levels; this key set has "
+                                  f"{be.params.levels}")
+        try:
+            layout = TemplateLayout(template.stride, template.replicas)
+            slots = refreshed_slots(be.decrypt(read_untrusted(be, template.ciphertext)), layout)
+        except (ParameterError, ValueError) as exc:
+            raise TamperingError(f"the service's template cannot be refreshed: {exc}") from exc
+        fresh = be.encrypt(slots, level)
+        return TemplateProbe(be.serialize(fresh), normalised_layout(be.slots).stride, 1, normalised=True)
+
     def _probe(self, probe: PhotoOrProbe) -> Probe:
         return probe if isinstance(probe, ImageProbe | TemplateProbe) else self.encrypt_photo(probe)
+
+    def _match_probe(self, probe: PhotoOrProbe, mode: str = "score") -> Probe:
+        """What a matching request sends under this client's protocol."""
+        return self.refresh(probe, mode) if self.protocol == "refresh" else self._probe(probe)
 
     def _resolution(self) -> int:
         if self.keys.resolution is not None:
@@ -232,11 +272,14 @@ class Client:
         return int(info["model_resolution"])
 
     # -- subjects -------------------------------------------------------------------------------
-    def enroll(self, subject: str, photos: Sequence[PhotoOrProbe], *, add: bool = False) -> Subject:
+    def enroll(self, subject: str, photos: Sequence[PhotoOrProbe], *, add: bool = False,
+               decision_ready: bool = False) -> Subject:
         """Create ``subject`` from photos or probes, or with ``add`` add templates to an enrolled one.
 
         The name is checked and looked up before any photo is encrypted; photos are encrypted before anything is
-        registered, and a key set registered by this call is withdrawn again if the enrolment fails."""
+        registered, and a key set registered by this call is withdrawn again if the enrolment fails. Refresh
+        protocol: templates are stored with the levels of the cosine and the dense 1:N mask (2), or with
+        ``decision_ready`` with those of the cosine and the sign (10, larger); one-round ignores it."""
         name = validate_name(subject, "subject name")
         if not photos:
             raise CryptoFaceError("nothing to enrol: give at least one photo")
@@ -253,6 +296,8 @@ class Client:
         probes = [self._probe(p) for p in photos]
         registered = self.register()
         try:
+            if self.protocol == "refresh":
+                probes = [self.refresh(p, "decision" if decision_ready else "score") for p in probes]
             if existing is not None:
                 return self.transport.add_templates(self.key_id, existing.subject_id, probes)
             return self.transport.create_subject(self.key_id, name, probes)
@@ -306,7 +351,7 @@ class Client:
         name = validate_name(subject, "subject name")
         if not isinstance(probe, ImageProbe | TemplateProbe) and self.find_subject(name) is None:
             raise UnknownSubjectError(f"no subject {name!r} is enrolled under this key set")  # before encrypting
-        probe = self._probe(probe)
+        probe = self._match_probe(probe, mode)
         values = [self._value(c, 0, mode) for c in self.transport.verify(self.key_id, name, probe, mode)]
         if not values:
             raise ServerError(0, "empty_result", f"the service returned no score for {name!r}")
@@ -316,7 +361,7 @@ class Client:
     def identify(self, probe: PhotoOrProbe, mode: str = "score") -> IdentifyResult:
         """1:N: the best enrolled subject above tau, or None."""
         _check_mode(mode)
-        probe = self._probe(probe)
+        probe = self._match_probe(probe, mode)
         best = self._best_per_subject(self.transport.identify(self.key_id, probe, mode), mode)
         tau = self.threshold if mode == "score" else None
         if not best:
@@ -332,7 +377,7 @@ class Client:
         """Score a batch of pairs in one request (the server packs their cosines); results in pair order."""
         if not pairs:
             return []
-        probes = [(self._probe(a), self._probe(b)) for a, b in pairs]
+        probes = [(self._match_probe(a), self._match_probe(b)) for a, b in pairs]
         values: list[float] = []
         for chunk in self.transport.compare(self.key_id, probes):
             slots = self.decrypt_slots(chunk.ciphertext)

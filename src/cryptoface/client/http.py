@@ -52,7 +52,8 @@ def _probe_json(probe: Probe) -> dict[str, Any]:
         if probe.packing != "monolithic":
             out["packing"] = probe.packing
         return out
-    return {"ciphertext": _b64(probe.ciphertext), "stride": probe.stride, "replicas": probe.replicas}
+    return {"ciphertext": _b64(probe.ciphertext), "stride": probe.stride, "replicas": probe.replicas,
+            "normalised": probe.normalised}
 
 
 def _seg(value: str | int) -> str:

@@ -59,7 +59,7 @@ def rotate_keys(
     fresh = ClientKeys.generate(old.backend_name, old.params, stride=old.stride, resolution=old.resolution,
                                 threads=threads)
     fresh.save(staging)
-    new = Client(fresh, client.transport, threshold=client.threshold)
+    new = Client(fresh, client.transport, threshold=client.threshold, protocol=client.protocol)
     enrolled = []
     try:
         say(f"registering key set {fresh.key_id[:12]}")
@@ -75,7 +75,7 @@ def rotate_keys(
         raise
     retired = home / f"retired-{old.key_id[:12]}"
     _switch(home, staging, retired)
-    new = Client(ClientKeys.load(home), client.transport, threshold=client.threshold)
+    new = Client(ClientKeys.load(home), client.transport, threshold=client.threshold, protocol=client.protocol)
     try:
         client.delete_key_set(old.key_id)
     except CryptoFaceError as exc:

@@ -44,14 +44,18 @@ class ImageProbe:
 
 @dataclass(frozen=True)
 class TemplateProbe:
-    """An encrypted raw (un-normalised) template, as the engine leaves it: reusable for several requests."""
+    """An encrypted template: raw (un-normalised), as the engine leaves it, or normalised and encrypted afresh by
+    the client (``normalised``: the refresh protocol, :mod:`cryptoface.match.refresh`). Reusable for several
+    requests."""
 
     ciphertext: bytes
     stride: int = 1
     replicas: int = 1
+    normalised: bool = False
 
     def to_request(self) -> dict[str, Any]:
-        return {"ciphertext": self.ciphertext, "stride": self.stride, "replicas": self.replicas}
+        return {"ciphertext": self.ciphertext, "stride": self.stride, "replicas": self.replicas,
+                "normalised": self.normalised}
 
 
 Probe = ImageProbe | TemplateProbe

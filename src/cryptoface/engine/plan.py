@@ -42,7 +42,6 @@ from cryptoface.engine.linear import (
 from cryptoface.model import spec
 from cryptoface.params import LEVELS
 
-KEY_BYTES = 155 * 10**6  # one OpenFHE rotation key, N = 2^16, 30 levels, dnum 4 (serialised; dnum 3: 123 MB)
 KEY_MODES = ("exact", "pow2")
 TEMPLATE_STRIDES = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -111,7 +110,6 @@ class Plan:
             t["giant_rotations"] += c.giant_rotations
             t["pre_rotations"] += c.pre_rotations
         t["keys"] = len(self.rotation_keys)
-        t["key_bytes"] = len(self.rotation_keys) * KEY_BYTES
         t["levels"] = self.start_level - self.end_level
         return t
 
@@ -279,4 +277,4 @@ def best_family(resolution: int, slots: int, cost_model: CostModel | None = None
     return min(res, key=lambda f: res[f]["cost_s"])
 
 
-__all__ = ["KEY_BYTES", "Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree"]
+__all__ = ["Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree"]

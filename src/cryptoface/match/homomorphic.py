@@ -11,7 +11,9 @@ In that layout every score sum is a cyclic rotate-and-add over the whole ring (s
 
 * 1:1: every slot ``= 0 (mod S)`` holds the cosine, all others are zero: no mask level;
 * 1:N: template n of a gallery sits at slots ``S * j + n`` (a rotation, no level) and slot s of the result
-  holds the score of template ``s mod S``: every slot is a score, so again no mask level.
+  holds the score of template ``s mod S``: every slot is a score, so again no mask level. With one level to
+  spare (the refresh protocol's fresh templates), :func:`dense_scores` masks each chunk's scores to one block
+  and adds the chunks, so one answer carries ``slots`` scores instead of ``S``.
 
 The move from the engine's replicated layout (element j at every slot ``= j mod 256``) into the normalised
 layout is a 0/1 permutation with 256 diagonals (BSGS 16 x 16, 30 rotations): one level, computed in parallel
@@ -22,7 +24,9 @@ score 1.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -35,6 +39,7 @@ from cryptoface.match.layout import (
     GalleryLayout,
     TemplateLayout,
     check_layout,
+    dense_slots,
     gallery_layout,
     normalised_layout,
 )
@@ -345,6 +350,50 @@ def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gal
     if gallery.block * gallery.blocks == backend.slots and gallery.blocks == 1:
         return summed
     return _masked(backend, summed, gallery.score_slots(count))
+
+
+def scored_chunks(backend: CkksBackend, probe_replicated: Any, chunks: Iterable[tuple[Any, int]],
+                  gallery: GalleryLayout, workers: int = 1) -> Iterator[Any]:
+    """:func:`gallery_scores` of each ``(gallery ciphertext, count)``, in order; ``workers`` chunks at a time on a
+    thread-safe backend (OpenFHE releases the GIL in its products and rotations), at most ``2 * workers`` chunks
+    in flight so that a large gallery is never held at once."""
+    if workers <= 1 or not backend.thread_safe:
+        for ct, count in chunks:
+            yield gallery_scores(backend, probe_replicated, ct, gallery, count)
+        return
+    with ThreadPoolExecutor(workers, thread_name_prefix="gallery") as pool:
+        pending: deque[Future[Any]] = deque()
+        for ct, count in chunks:
+            pending.append(pool.submit(gallery_scores, backend, probe_replicated, ct, gallery, count))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def dense_scores(backend: CkksBackend, chunks: Iterable[tuple[Any, int]], gallery: GalleryLayout
+                 ) -> Iterator[tuple[Any, list[int]]]:
+    """Score ciphertexts of gallery chunks ``(scores, count)`` gathered ``slots // capacity`` to one answer.
+
+    Chunk k of a group keeps only block k (its first ``count`` slots; ``LEVELS.pack`` = 1 level, no rotation),
+    and the group's masked chunks are added: yields (answer, the slot of each chunk's scores in order). At
+    N = 2^16 one answer holds 256 chunks of 128 = 32,768 scores instead of 128; the empty positions stay zero.
+    Lazy: ``chunks`` may compute each chunk's scores as it is asked for, and one group is held at a time."""
+    per = gallery.slots // gallery.capacity
+    acc, slots, position = None, [], 0
+    for ct, count in chunks:
+        where = dense_slots(position, count, gallery)
+        mask = np.zeros(backend.slots)
+        mask[where] = 1.0
+        part = backend.rescale(backend.mul_plain(ct, backend.encode(mask, backend.level(ct))))
+        acc = part if acc is None else backend.add(acc, part)
+        slots += where.tolist()
+        position += 1
+        if position == per:
+            yield acc, slots
+            acc, slots, position = None, [], 0
+    if acc is not None:
+        yield acc, slots
 
 
 def decision(backend: CkksBackend, scores: Any, tau: float, stages: tuple[str, ...] = SIGN_STAGES) -> Any:

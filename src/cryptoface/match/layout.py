@@ -118,6 +118,20 @@ def gallery_layout(slots: int) -> GalleryLayout:
     return GalleryLayout(normalised_layout(slots).stride, slots)
 
 
+def dense_slots(position: int, count: int, gallery: GalleryLayout) -> np.ndarray:
+    """Slots of the first ``count`` scores of the gallery chunk at ``position`` of a dense 1:N answer.
+
+    A chunk's score of template n is in every slot ``= n (mod capacity)`` (ring-filling gallery); the dense
+    answer keeps block ``position`` of ``capacity`` slots of it, so ``slots // capacity`` chunks share one
+    ciphertext and template n of chunk ``position`` is at ``position * capacity + n``."""
+    per = gallery.slots // gallery.capacity
+    if gallery.blocks != 1 or not 0 <= position < per:
+        raise ParameterError(f"dense scores need a ring-filling gallery and a position in 0..{per - 1}")
+    if not 0 <= count <= gallery.capacity:
+        raise ParameterError(f"a gallery chunk holds 0 to {gallery.capacity} templates, not {count}")
+    return position * gallery.capacity + np.arange(count, dtype=np.int64)
+
+
 def pack_gallery_slots(templates: np.ndarray, gallery: GalleryLayout) -> np.ndarray:
     """The slot vector of a gallery ciphertext holding ``templates`` (count x 256, count <= capacity).
 

@@ -1,10 +1,11 @@
 """Encrypted 1:1 scores of template pairs, on the server (public keys only), packed for the trip back.
 
 A pair score is what :meth:`cryptoface.service.core.MatchService.verify` computes for one probe and one enrolled
-template, with both sides raw engine templates: each is normalised (``LEVELS.normalise`` levels, one more when
-its scale is not the engine's) and their encrypted cosine taken (``LEVELS.score``). The cosine holds the score in
-every slot ``= 0 (mod S)`` (``S = slots // 256``) and zeros elsewhere, so up to ``S`` scores are packed into one
-ciphertext by :func:`cryptoface.match.homomorphic.pack_gallery`'s rotations (no level): pair k of a batch is in
+template. One-round protocol, both sides raw engine templates: each is normalised (``LEVELS.normalise`` levels,
+one more when its scale is not the engine's) and their encrypted cosine taken (``LEVELS.score``); refresh
+protocol, both sides client-normalised (:mod:`cryptoface.match.refresh`): the cosine alone. The cosine holds the
+score in every slot ``= 0 (mod S)`` (``S = slots // 256``) and zeros elsewhere, so up to ``S`` scores are packed
+into one ciphertext by :func:`cryptoface.match.homomorphic.pack_gallery`'s rotations (no level): pair k of a batch is in
 slot ``k`` (:func:`score_slots`). Nothing here decrypts; the client reads the scores with :func:`unpack_scores`.
 """
 
@@ -32,9 +33,10 @@ class PackedScores:
     count: int
 
 
-def pair_levels(layout: TemplateLayout) -> int:
-    """Levels a raw template in ``layout`` needs for one pair score: normalisation, then the cosine."""
-    return hm.normalise_levels(layout) + LEVELS.score
+def pair_levels(layout: TemplateLayout | None) -> int:
+    """Levels a template needs for one pair score: normalisation then the cosine for a raw template in ``layout``,
+    the cosine alone for a client-normalised one (``layout`` None)."""
+    return LEVELS.score if layout is None else hm.normalise_levels(layout) + LEVELS.score
 
 
 def batch_capacity(slots: int) -> int:
@@ -42,35 +44,41 @@ def batch_capacity(slots: int) -> int:
     return gallery_layout(slots).capacity
 
 
-def _check_template(backend: CkksBackend, ct: Any, layout: TemplateLayout, side: str) -> None:
+def _check_template(backend: CkksBackend, ct: Any, layout: TemplateLayout | None, side: str) -> None:
     """Refuse a template with too few levels left, as the service does before normalising a probe."""
     need = pair_levels(layout)
     level = backend.level(ct)
     if level < need:
-        raise CiphertextError(f"the {side} template is at level {level}; normalising and scoring it needs {need} "
-                              "levels (parameters with a matching reserve, e.g. cryptoface.params.default_parameters)")
+        what = "scoring" if layout is None else "normalising and scoring"
+        raise CiphertextError(f"the {side} template is at level {level}; {what} it needs {need} levels (one-round "
+                              "templates need parameters with a matching reserve: default_parameters(protocol="
+                              "'one-round'))")
 
 
-def compare_templates(backend: CkksBackend, a: Any, b: Any, layout: TemplateLayout) -> Any:
-    """Encrypted cosine of two raw templates in ``layout``: both normalised, then multiplied and summed.
+def compare_templates(backend: CkksBackend, a: Any, b: Any, layout: TemplateLayout | None) -> Any:
+    """Encrypted cosine of two templates: raw ones in ``layout`` are normalised first, client-normalised ones
+    (``layout`` None, :mod:`cryptoface.match.refresh`) are only multiplied and summed.
 
     The same steps and levels as the service's verify (``hm.normalise`` then ``hm.cosine``); the result is at
     ``level - pair_levels(layout)`` with the score in every slot ``= 0 (mod slots // 256)``."""
-    try:
-        check_layout(layout, backend.slots)
-    except ParameterError as exc:
-        raise CiphertextError(f"template layout does not fit these parameters: {exc}") from exc
+    if layout is not None:
+        try:
+            check_layout(layout, backend.slots)
+        except ParameterError as exc:
+            raise CiphertextError(f"template layout does not fit these parameters: {exc}") from exc
     _check_template(backend, a, layout, "first")
     _check_template(backend, b, layout, "second")
-    na = hm.normalise(backend, a, layout)
-    nb = hm.normalise(backend, b, layout)
-    return hm.cosine(backend, na, nb)
+    if layout is None:
+        return hm.cosine(backend, a, b)
+    return hm.cosine(backend, hm.normalise(backend, a, layout), hm.normalise(backend, b, layout))
 
 
 def score_pairs(
-    backend: CkksBackend, pairs: Iterable[tuple[Any, Any]], layout: TemplateLayout, *, capacity: int | None = None
+    backend: CkksBackend, pairs: Iterable[tuple[Any, Any]], layout: TemplateLayout | None, *,
+    capacity: int | None = None,
 ) -> Iterator[PackedScores]:
-    """Score each (a, b) template pair and yield packed batches of at most ``capacity`` scores, in input order.
+    """Score each (a, b) template pair and yield packed batches of at most ``capacity`` scores, in input order
+    (``layout`` None: client-normalised templates, see :func:`compare_templates`).
 
     Lazy on purpose: ``pairs`` may be a generator that runs the encrypted inference, and only one batch's score
     ciphertexts are held at a time. ``capacity`` defaults to :func:`batch_capacity`; 1 sends each score alone."""

@@ -165,7 +165,8 @@ def _probe(p: TemplateProbeIn | ImageProbe) -> Probe:
     if isinstance(p, ImageProbe):
         return {"images": [_b64(x, "image ciphertext") for x in p.images], "resolution": p.resolution,
                 "packing": p.packing}
-    return {"ciphertext": _b64(p.ciphertext, "template ciphertext"), "stride": p.stride, "replicas": p.replicas}
+    return {"ciphertext": _b64(p.ciphertext, "template ciphertext"), "stride": p.stride, "replicas": p.replicas,
+            "normalised": p.normalised}
 
 
 def _key_set_out(r: KeySetRecord) -> KeySetOut:

@@ -42,6 +42,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cryptoface.backends.protocol import CkksParameters
+from cryptoface.params import ciphertext_bytes, switching_key_bytes
 from cryptoface.service.errors import BusyError
 
 # Loaded / stored bytes of a key set. OpenFHE deserialises each key into polynomials of exactly the serialised
@@ -57,16 +58,6 @@ NET4_PATCHES = 4
 DEFAULT_BUDGET_FRACTION = 0.70
 TRIM_AT = 32 * 1024 * 1024  # a charge this large given back: return free heap memory to the OS
 Evictor = Callable[[int], int]  # asked to free at least n bytes of idle cache; returns the bytes it freed
-
-
-def ciphertext_bytes(params: CkksParameters) -> int:
-    """Bytes of one fresh ciphertext at these parameters (2 x N x (levels + 1) x 8)."""
-    return 2 * params.ring_degree * (params.levels + 1) * 8
-
-
-def switching_key_bytes(params: CkksParameters) -> int:
-    """Bytes of one relinearisation or rotation key (hybrid key switching: 2 x dnum polynomials over Q*P)."""
-    return 2 * params.key_switch_digits * params.ring_degree * (params.levels + 1 + params.special_primes) * 8
 
 
 def key_set_stored(backend: str, params: CkksParameters, stored_bytes: int, n_evaluation_keys: int) -> int:

@@ -24,7 +24,7 @@ from cryptoface.engine import infer_template
 from cryptoface.engine.plaintexts import PlaintextCache, PlaintextCacheReport, new_cache
 from cryptoface.errors import CiphertextError, ParameterError
 from cryptoface.match import homomorphic as hm
-from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout
+from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout, normalised_layout
 from cryptoface.match.pairs import score_pairs, score_slots
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
 from cryptoface.names import validate_name
@@ -67,7 +67,8 @@ from cryptoface.store.base import (
 )
 
 MODES = ("score", "decision")
-Probe = dict[str, Any]  # {"images": [bytes], "resolution", "packing"} or {"ciphertext": bytes, "stride", "replicas"}
+# {"images": [bytes], "resolution", "packing"} or {"ciphertext": bytes, "stride", "replicas", "normalised"}
+Probe = dict[str, Any]
 
 
 @dataclass
@@ -91,6 +92,12 @@ def _discard(backend: CkksBackend) -> None:
     unload = getattr(backend, "unload_keys", None)
     if unload is not None:
         unload()
+
+
+def _answer(backend: CkksBackend, ct: Any) -> bytes:
+    """A result ciphertext as sent to the client: dropped to level 0 first (the client only decrypts it, and every
+    level dropped is one RNS limb fewer to download; dropping changes no value)."""
+    return backend.serialize(backend.level_down(ct, 0) if backend.level(ct) > 0 else ct)
 
 
 def _has_images(probes: Sequence[Probe]) -> bool:
@@ -391,6 +398,8 @@ class MatchService:
                 )
             cts = [read_untrusted(be, b) for b in probe["images"]]
             return self._infer(state, cts, packing=probe.get("packing") or "monolithic")
+        if probe.get("normalised"):
+            raise ServiceInputError("this request takes images or a raw template, not a client-normalised one")
         ct = read_untrusted(be, probe["ciphertext"])
         try:
             layout = TemplateLayout(int(probe.get("stride", 1)), int(probe.get("replicas", 1)))
@@ -398,6 +407,20 @@ class MatchService:
         except (ValueError, ParameterError) as exc:
             raise ServiceInputError(str(exc)) from exc
         return ct, layout
+
+    @staticmethod
+    def _fresh_template(state: _KeySetState, probe: Probe, need: int) -> tuple[Any, int]:
+        """A client-normalised template (refresh protocol): checked for layout and levels, used as it is."""
+        be = state.backend
+        stride = normalised_layout(be.slots).stride
+        if int(probe.get("stride", stride)) != stride or int(probe.get("replicas", 1)) != 1:
+            raise ServiceInputError(f"a normalised template has stride {stride} (slots / 256) and one copy at these "
+                                    "parameters")
+        ct = read_untrusted(be, probe["ciphertext"])
+        level = be.level(ct)
+        if level < need:
+            raise CiphertextError(f"the normalised template is at level {level}; this matching needs {need} levels")
+        return ct, stride
 
     def _infer(self, state: _KeySetState, cts: list[Any], packing: str = "monolithic") -> tuple[Any, TemplateLayout]:
         """The template: monolithic plan in process, or patch-parallel units on the executor.
@@ -463,6 +486,10 @@ class MatchService:
         return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas}
 
     def _normalised(self, state: _KeySetState, probe: Probe, extra_levels: int) -> tuple[Any, int]:
+        """(normalised template, stride recorded with it): normalised here from images or a raw template, or as
+        the client normalised it (refresh protocol)."""
+        if probe.get("normalised"):
+            return self._fresh_template(state, probe, extra_levels)
         ct, layout = self._template_from_probe(state, probe)
         need = hm.normalise_levels(layout) + extra_levels
         level = state.backend.level(ct)
@@ -527,7 +554,8 @@ class MatchService:
             if template_level < need:
                 raise ServiceInputError(
                     f"decision-only matching needs templates with {need} levels left, these have {template_level}; "
-                    "use mode 'score' or larger parameters"
+                    "use mode 'score', or enrol the subject with decision-ready templates (refresh protocol: "
+                    "'enroll --decision-ready')"
                 )
             return LEVELS.decision
         return 0
@@ -544,7 +572,7 @@ class MatchService:
             for r in records:
                 self._check_compatible(r, stride, state)
                 s = hm.cosine(be, p, be.deserialize(r.ciphertext), TemplateLayout(stride))
-                out.append(be.serialize(hm.decision(be, s, self.threshold) if mode == "decision" else s))
+                out.append(_answer(be, hm.decision(be, s, self.threshold) if mode == "decision" else s))
         return out
 
     def _check_compatible(self, r: TemplateRecord, stride: int, state: _KeySetState) -> None:
@@ -562,9 +590,15 @@ class MatchService:
             raise ServiceInputError(f"send 1 to {MAX_COMPARE_PAIRS} pairs per request, not {len(pairs)}")
         probes = [p for pair in pairs for p in pair]
         record = self._active(caller, key_id, probes)
+        fresh = {bool(p.get("normalised")) for p in probes}
+        if len(fresh) != 1:
+            raise ServiceInputError("the probes of one compare request must be all raw or all client-normalised")
         with self._serving(record, heavy=_has_images(probes)) as state, state.lock:
             be = state.backend
-            templates = [self._template_from_probe(state, p) for p in probes]
+            if fresh.pop():
+                templates = [(self._fresh_template(state, p, LEVELS.score)[0], None) for p in probes]
+            else:
+                templates = [self._template_from_probe(state, p) for p in probes]
             layouts = {layout for _, layout in templates}
             if len(layouts) != 1:
                 raise ServiceInputError("the probes of one compare request must share one template layout")
@@ -573,12 +607,15 @@ class MatchService:
                 batches = list(score_pairs(be, zip(cts[0::2], cts[1::2], strict=True), layouts.pop()))
             except ParameterError as exc:
                 raise ServiceInputError(str(exc)) from exc
-            return [(be.serialize(b.ciphertext), [int(i) for i in score_slots(be.slots, b.count)]) for b in batches]
+            return [(_answer(be, b.ciphertext), [int(i) for i in score_slots(be.slots, b.count)]) for b in batches]
 
     def identify(
         self, caller: Caller, key_id: str, probe: Probe, mode: str = "score"
     ) -> list[tuple[bytes, list[int], list[str]]]:
-        """Score the probe against every enrolled template: (result ciphertext, score slots, subject per slot)."""
+        """Score the probe against every enrolled template: (result ciphertext, score slots, subject per slot).
+
+        Score mode with fresh templates (refresh protocol, a level to spare) answers densely: one ciphertext per
+        ``slots`` templates (:func:`~cryptoface.match.homomorphic.dense_scores`), else one per gallery chunk."""
         record = self._active(caller, key_id, [probe])
         records = self.store.templates(key_id)
         if not records:
@@ -595,24 +632,32 @@ class MatchService:
             chunks = self._galleries(key_id, state, gallery, records)
             rep = hm.replicate_probe(be, p, gallery)
             names = {r.id: r.subject for r in records}
-            out = []
+            chunk_ids = [ids for _, ids in chunks]
+            tau = self.threshold if mode == "decision" else None
             if self.executor is not None:  # gallery chunks sharded over the executor's workers
                 from cryptoface.engine.parallel import sharded_scores
 
-                scores = sharded_scores(self.executor, be, self._handle(self.executor, state), rep,
-                                        [c for c, _ in chunks], [len(ids) for _, ids in chunks],
-                                        self.threshold if mode == "decision" else None)
-                for s_bytes, (_, ids) in zip(scores, chunks, strict=True):
-                    slots = [int(x) for x in gallery.score_slots(len(ids))]
-                    out.append((s_bytes, slots, [names[i] for i in ids]))
-                return out
-            for ct_bytes, ids in chunks:
-                s = hm.gallery_scores(be, rep, be.deserialize(ct_bytes), gallery, len(ids))
-                if mode == "decision":
-                    s = hm.decision(be, s, self.threshold)
-                slots = [int(x) for x in gallery.score_slots(len(ids))]
-                out.append((be.serialize(s), slots, [names[i] for i in ids]))
-        return out
+                shards = sharded_scores(self.executor, be, self._handle(self.executor, state), rep,
+                                        [c for c, _ in chunks], list(map(len, chunk_ids)), tau)
+                scores = (be.deserialize(s) for s in shards)
+            else:
+                from cryptoface.engine.evaluator import default_workers
+
+                scores = hm.scored_chunks(be, rep, ((be.deserialize(c), len(ids)) for c, ids in chunks), gallery,
+                                          default_workers())
+                if tau is not None:
+                    scores = (hm.decision(be, s, tau) for s in scores)
+            # fresh templates carry the mask's level: 256 chunks per answer instead of one (N = 2^16)
+            level = min(be.level(p), min(r.level for r in records)) - LEVELS.score
+            if mode == "score" and level >= LEVELS.pack:
+                answers = hm.dense_scores(be, zip(scores, map(len, chunk_ids), strict=True), gallery)
+                per = gallery.slots // gallery.capacity
+                groups = [[i for part in chunk_ids[g:g + per] for i in part] for g in range(0, len(chunk_ids), per)]
+            else:
+                answers = ((s, gallery.score_slots(len(i)).tolist()) for s, i in zip(scores, chunk_ids, strict=True))
+                groups = chunk_ids
+            return [(_answer(be, ct), [int(x) for x in slots], [names[i] for i in group])
+                    for (ct, slots), group in zip(answers, groups, strict=True)]
 
     def _galleries(
         self, key_id: str, state: _KeySetState, gallery: GalleryLayout, records: list[TemplateRecord]
@@ -643,6 +688,7 @@ class MatchService:
             "normalise_levels": LEVELS.normalise,
             "score_levels": LEVELS.score,
             "decision_levels": LEVELS.decision,
+            "pack_levels": LEVELS.pack,
             "max_heavy": self.slots.n,
             "memory": self.budget.snapshot(),
         }

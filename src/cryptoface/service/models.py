@@ -130,11 +130,14 @@ class ProofOut(BaseModel):
 
 # -- probes ---------------------------------------------------------------------------------------------
 class TemplateProbe(_Strict):
-    """An encrypted raw (un-normalised) template, e.g. what /infer returned."""
+    """An encrypted template: raw (un-normalised, e.g. what /infer returned) or normalised by the client."""
 
-    ciphertext: str = Field(description="base64 ciphertext of a raw 256-d template")
+    ciphertext: str = Field(description="base64 ciphertext of a 256-d template")
     stride: PowerOfTwo = Field(1, description="template layout stride")
     replicas: PowerOfTwo = Field(1, description="template copies, one every 256*stride slots")
+    normalised: bool = Field(False, description="true: the client normalised the template and encrypted it in the "
+                             "normalised layout (stride slots/256, one copy) at the levels matching needs; the "
+                             "server only scores it")
 
 
 class ImageProbe(_Strict):
