@@ -120,10 +120,8 @@ def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) ->
             chunks = ((io.read(f"gallery-{k:05d}.ct"), count) for k, count in enumerate(counts))
             # the service's scoring: chunks on the engine's default threads
             scores = list(zip(hm.scored_chunks(be, rep, chunks, gallery, default_workers()), counts, strict=True))
-            if job.fresh:  # the service's dense answer (fresh templates carry the mask's level)
-                answers = list(hm.dense_scores(be, scores, gallery))
-            else:
-                answers = [(s, gallery.score_slots(count).tolist()) for s, count in scores]
+            # the service's answers: dense ones when the fresh templates carry the mask's level
+            answers = list(hm.gallery_answers(be, scores, gallery, dense=job.fresh))
             for k, (s, _) in enumerate(answers):
                 if r == 0:
                     io.write(f"scores-{size}-{k:05d}.ct", s)
@@ -166,7 +164,7 @@ def _verify_pairs(job: ServerJob, be: Any, io: _Exchange, keys: FileKeys, out: A
         (record,) = store.templates(key_id, subject)
         s = hm.cosine(be, pn, be.deserialize(record.ciphertext))
         t3 = time.perf_counter()
-        size = io.write(f"score-{i:05d}.ct", be.level_down(s, 0) if be.level(s) > 0 else s)  # as the service sends it
+        size = io.write(f"score-{i:05d}.ct", hm.lowest_level(be, s))  # as the service sends it
         verify_s = time.perf_counter() - t
         out.put(("pair", {"i": i, "enroll_s": enroll_s, "verify_s": verify_s, "normalise_s": t2 - t1,
                           "cosine_s": t3 - t2, "template_bytes": len(data), "template_level": be.level(tl),

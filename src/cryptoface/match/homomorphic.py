@@ -396,6 +396,23 @@ def dense_scores(backend: CkksBackend, chunks: Iterable[tuple[Any, int]], galler
         yield acc, slots
 
 
+def gallery_answers(backend: CkksBackend, scores: Iterable[tuple[Any, int]], gallery: GalleryLayout, dense: bool
+                    ) -> Iterator[tuple[Any, list[int]]]:
+    """The 1:N answers the client downloads from ``(chunk scores, count)``: dense ones (:func:`dense_scores`) or
+    one per chunk, each with the slots of its scores in order."""
+    if dense:
+        yield from dense_scores(backend, scores, gallery)
+        return
+    for s, count in scores:
+        yield s, gallery.score_slots(count).tolist()
+
+
+def lowest_level(backend: CkksBackend, ct: Any) -> Any:
+    """``ct`` dropped to level 0 (values unchanged): what is sent to a client that only decrypts it, one RNS
+    limb instead of ``level + 1``."""
+    return backend.level_down(ct, 0) if backend.level(ct) > 0 else ct
+
+
 def decision(backend: CkksBackend, scores: Any, tau: float, stages: tuple[str, ...] = SIGN_STAGES) -> Any:
     """F(score) ~ sign(score - tau) in every score slot: > 0 accept, < 0 reject (``LEVELS.decision`` levels)."""
     v = scores

@@ -95,9 +95,8 @@ def _discard(backend: CkksBackend) -> None:
 
 
 def _answer(backend: CkksBackend, ct: Any) -> bytes:
-    """A result ciphertext as sent to the client: dropped to level 0 first (the client only decrypts it, and every
-    level dropped is one RNS limb fewer to download; dropping changes no value)."""
-    return backend.serialize(backend.level_down(ct, 0) if backend.level(ct) > 0 else ct)
+    """A result ciphertext as sent to the client (at level 0: one RNS limb to download)."""
+    return backend.serialize(hm.lowest_level(backend, ct))
 
 
 def _has_images(probes: Sequence[Probe]) -> bool:
@@ -648,14 +647,10 @@ class MatchService:
                 if tau is not None:
                     scores = (hm.decision(be, s, tau) for s in scores)
             # fresh templates carry the mask's level: 256 chunks per answer instead of one (N = 2^16)
-            level = min(be.level(p), min(r.level for r in records)) - LEVELS.score
-            if mode == "score" and level >= LEVELS.pack:
-                answers = hm.dense_scores(be, zip(scores, map(len, chunk_ids), strict=True), gallery)
-                per = gallery.slots // gallery.capacity
-                groups = [[i for part in chunk_ids[g:g + per] for i in part] for g in range(0, len(chunk_ids), per)]
-            else:
-                answers = ((s, gallery.score_slots(len(i)).tolist()) for s, i in zip(scores, chunk_ids, strict=True))
-                groups = chunk_ids
+            dense = mode == "score" and min(be.level(p), min(r.level for r in records)) - LEVELS.score >= LEVELS.pack
+            answers = hm.gallery_answers(be, zip(scores, map(len, chunk_ids), strict=True), gallery, dense)
+            per = gallery.slots // gallery.capacity if dense else 1
+            groups = [[i for part in chunk_ids[g:g + per] for i in part] for g in range(0, len(chunk_ids), per)]
             return [(_answer(be, ct), [int(x) for x in slots], [names[i] for i in group])
                     for (ct, slots), group in zip(answers, groups, strict=True)]
 
