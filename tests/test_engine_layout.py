@@ -60,19 +60,19 @@ def test_template_layout() -> None:
 
 @pytest.mark.parametrize("resolution", [64, 96, 128])
 def test_default_parameters_secure(resolution: int) -> None:
-    for protocol, reserve in (("refresh", 0), ("one-round", LEVELS.matching_reserve)):
+    for protocol, reserve, bits in (("refresh", 0, 43), ("one-round", LEVELS.matching_reserve, 42)):
         p = default_parameters(resolution, protocol=protocol)
         p.check_security()
         assert p.log_qp <= 1772
         assert p.levels == LEVELS.network_levels(resolution) + reserve
-        assert p.ring_degree == 1 << 16 and p.scale_bits == 42
+        assert p.ring_degree == 1 << 16 and p.scale_bits == bits
 
 
 def test_default_parameters_levels_and_modes() -> None:
     from cryptoface.errors import ParameterError
 
     p = default_parameters(64)
-    assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (23, 42, 2, 1566)
+    assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (23, 43, 2, 1589)
     p = default_parameters(64, protocol="one-round")
     assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (30, 42, 4, 1680)
     d = default_parameters(64, mode="decision", protocol="one-round")

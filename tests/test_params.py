@@ -26,7 +26,9 @@ def test_defaults_are_unchanged():
     one_round = default_parameters(64, protocol="one-round")
     assert (one_round.levels, one_round.key_switch_digits) == (30, 4)
     decision = default_parameters(64, mode="decision", protocol="one-round")
-    assert (decision.levels, decision.key_switch_digits) == (39, 14)
+    # 40 limbs in digits of 2: the largest digit (q0 + one 40-bit prime, 100 bits) needs 2 special primes; with
+    # dnum 14 (digits of 3 limbs) it would need 3 and pass 1772 bits (OpenFHE refuses that set at 128 bits)
+    assert (decision.levels, decision.key_switch_digits, decision.special_primes) == (39, 20, 2)
 
 
 @pytest.mark.parametrize("text", ["[]", "1", "null", '{"levels": "x"}', '{"bogus": 1}', "{", '{"log_ring": 40}'])

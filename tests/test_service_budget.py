@@ -3,6 +3,7 @@ shared by concurrent requests, and every charge given back (also when a load fai
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import ClassVar
@@ -134,3 +135,17 @@ def test_evicted_key_sets_are_closed_before_their_bytes_are_given_back():
         cache.forget("ofh2")  # deleted while in use: closed when its last request ends
         assert State.closed == 1
     assert State.closed == 2 and State.charged == [600, 900] and budget.used == 500
+
+
+def test_the_command_line_caps_heap_arenas_unless_the_user_set_them():
+    """cryptoface.heap.limit_arenas: set once at start-up, never over a MALLOC_ARENA_MAX the user chose."""
+    import subprocess
+    import sys
+
+    code = "from cryptoface.heap import limit_arenas; print(limit_arenas())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
+    ours = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    theirs = subprocess.run([sys.executable, "-c", code], env={**env, "MALLOC_ARENA_MAX": "4"},
+                            capture_output=True, text=True, check=True)
+    glibc = sys.platform.startswith("linux")
+    assert ours.stdout.strip() == str(glibc) and theirs.stdout.strip() == "False"

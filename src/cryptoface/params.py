@@ -36,12 +36,17 @@ released Net4, research/paper-net4-lfw.md): a pending product is x^2 * 2^84 < 2^
 leaves 18 bits of integer headroom at level 0 for the score.
 
 Key-switching digits: the smallest dnum whose log2(QP) passes the 128-bit HE-standard bound at N = 2^16
-(1772 bits). Refresh: 23 levels x 42 + 60 = 1026 bits of Q, dnum 2 (12 limbs a digit) with 9 special primes ->
-1566 bits (dnum 1 needs P >= Q: 2106 bits). One-round score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3
+(1772 bits). P must cover the largest digit: OpenFHE cuts the levels + 1 limbs into digits of ceil((levels + 1) /
+dnum) limbs, the first holding the 60-bit q0 (``CkksParameters.special_primes``). Refresh: 23 levels x 43 + 60 =
+1049 bits of Q, dnum 2 (12 limbs a digit, the first 60 + 11 x 43 = 533 bits) with 9 special primes -> 1589 bits
+(dnum 1 needs P >= Q). At 42 bits Net4's error was 1.7e-4 to 1.31e-3 x max|ref| over five key sets, over the
+1e-3 target for one of them; the 43rd bit halves it at no cost in keys or time; a 44th would need a tenth special
+prime (keys 2.02 GB instead of 1.96, measured). One-round score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3
 would need 8 special primes (1800 bits, too many), dnum 4 needs 6 -> 1680 bits (OpenFHE's own HEStd_128_classic
 check agrees; it also rejects 41 bits at dnum 3). dnum 4 keys are ~26 % larger than dnum 3 keys at 40 bits;
 rotations cost the same (measured). One-round decision mode (39 levels) has no room for 42 bits: at 40 bits Q is
-1620 bits, only 152 are left for P, so dnum 14 (2 special primes, 1740 bits) -- evaluation keys about 5x larger.
+1620 bits, only 152 are left for P, so dnum 20 (digits of 2 limbs, 2 special primes, 1740 bits; OpenFHE refuses
+dnum 14, whose 3-limb digits need 3) -- evaluation keys about 5x larger.
 """
 
 from __future__ import annotations
@@ -55,8 +60,9 @@ from cryptoface.backends.protocol import CkksParameters
 from cryptoface.errors import ParameterError
 from cryptoface.model import spec
 
-SCALE_BITS = 42  # score mode
+SCALE_BITS = 42  # one-round score mode
 DECISION_SCALE_BITS = 40  # 39 levels of 42 bits do not fit 128-bit security at N = 2^16
+REFRESH_SCALE_BITS = 43  # the refresh protocol's 23 levels leave room for one more bit at the same dnum and P
 LOG_RING = 16
 FIRST_MOD_BITS = 60  # q0: decryption headroom for the score at level 0
 SPECIAL_MOD_BITS = 60
@@ -173,7 +179,7 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
         if levels < LEVELS.fresh_template("decision"):
             raise ParameterError(f"{levels} levels cannot hold a fresh decision-mode probe "
                                  f"({LEVELS.fresh_template('decision')} levels)")
-        return secure_parameters(levels)
+        return secure_parameters(levels, scale_bits=REFRESH_SCALE_BITS)
     if mode == "decision":
         levels += LEVELS.decision if sign_levels is None else sign_levels
         return secure_parameters(levels, scale_bits=DECISION_SCALE_BITS)
@@ -224,6 +230,7 @@ __all__ = [
     "MODES",
     "PARAM_FIELDS",
     "PROTOCOLS",
+    "REFRESH_SCALE_BITS",
     "SCALE_BITS",
     "SPECIAL_MOD_BITS",
     "LevelBudget",

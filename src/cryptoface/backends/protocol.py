@@ -76,8 +76,10 @@ class CkksParameters:
 
     @property
     def special_primes(self) -> int:
-        # hybrid key switching: P must be at least as large as one digit, i.e. log2(Q) / dnum bits
-        digit_bits = -(-self.log_q // self.key_switch_digits)
+        # hybrid key switching: P must be at least as large as the largest digit. OpenFHE splits the levels + 1
+        # limbs into digits of ceil((levels + 1) / dnum) limbs, and the first holds q0, so it is the largest
+        per = -(-(self.levels + 1) // self.key_switch_digits)
+        digit_bits = self.first_mod_bits + (per - 1) * self.scale_bits
         return -(-digit_bits // self.special_mod_bits)
 
     @property

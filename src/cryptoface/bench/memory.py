@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cryptoface.heap import trim_heap
+
 
 def peak_rss_bytes() -> int:
     """This process's peak resident set size.
@@ -33,12 +35,3 @@ def drop_client_rotation_keys(backend: Any) -> None:
     if release is not None:
         release()
     trim_heap()
-
-
-def trim_heap() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise: freed key bytes stay resident)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        with contextlib.suppress(OSError, AttributeError):
-            ctypes.CDLL("libc.so.6").malloc_trim(0)

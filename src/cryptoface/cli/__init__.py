@@ -7,6 +7,7 @@ import importlib
 import sys
 
 from cryptoface.errors import CryptoFaceError
+from cryptoface.heap import limit_arenas
 
 # Modules under cryptoface.cli, each exposing register(subparsers) that sets ``func`` on its parser.
 COMMAND_MODULES = [
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cryptoface`` script; returns the process exit status."""
+    limit_arenas()  # before any engine or server thread exists (cryptoface.heap)
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -34,14 +34,12 @@ load test then makes the same admission decisions as a real one (its RSS stays f
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from cryptoface.backends.protocol import CkksParameters
+from cryptoface.heap import rss_bytes, trim_heap
 from cryptoface.params import ciphertext_bytes, switching_key_bytes
 from cryptoface.service.errors import BusyError
 
@@ -77,32 +75,6 @@ def working_set(params: CkksParameters, kind: str, patches: int = NET4_PATCHES) 
     if kind == "infer":
         return INFER_CIPHERTEXTS * ciphertext_bytes(params) * max(patches, NET4_PATCHES) // NET4_PATCHES
     return MATCH_CIPHERTEXTS * ciphertext_bytes(params)
-
-
-def _libc_trim() -> ctypes._CFuncPtr | None:  # type: ignore[name-defined]
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):  # not glibc: nothing to trim
-        return None
-
-
-_MALLOC_TRIM = _libc_trim()
-
-
-def trim_heap() -> None:
-    """Give free heap pages back to the operating system (glibc; a no-op elsewhere)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def rss_bytes() -> int:
-    """Resident set size of this process (0 where /proc is missing)."""
-    try:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
 
 
 def default_budget() -> int:
