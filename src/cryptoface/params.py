@@ -26,14 +26,16 @@ templates carry matching's levels instead: ``LEVELS.fresh_template``):
 The matching depths follow from :mod:`cryptoface.match.poly`'s degrees (this bottom-layer module cannot
 import it); a test asserts the table equals ``chebyshev_depth(INV_SQRT_DEGREE)`` and ``sign_depth()``.
 
-Scale: 42 bits in score mode, chosen for precision. CKKS noise is a fixed number of units of the scale, so
+Scale: 42 bits in one-round score mode, 43 in the refresh protocol, chosen for precision (as many bits as the
+128-bit bound allows at the smallest dnum). CKKS noise is a fixed number of units of the scale, so
 each extra bit halves the relative error: on OpenFHE at N = 2^16 a rotation's error std is 2.3e-7 at 40 bits
 and 6.6e-8 at 42 (``scripts/bench_backends.py``-style probe, recorded in the README), and encrypted Net4 at
 40 bits missed the 1e-3 relative-error target (1.39e-3). Headroom: the largest values the engine meets are
 the monic quadratics' inputs/outputs of the early blocks (|x| up to ~2.3e3, q(x) up to ~3.1e6 on the
-released Net4, research/paper-net4-lfw.md): a pending product is x^2 * 2^84 < 2^107, far below the
-60 + 42 * level bits at every level the network uses (level >= 7: >= 354 bits); the first prime (60 bits)
-leaves 18 bits of integer headroom at level 0 for the score.
+released Net4, research/paper-net4-lfw.md): a pending product is x^2 * 2^86 < 2^109, far below the
+60 + 43 * level bits of every level >= 2 (>= 146 bits), where the network's quadratics run; the first
+prime (60 bits) leaves 17 bits of integer headroom at level 0 for the raw template (refresh: values ~0.3) or the
+score (one-round: 18 bits).
 
 Key-switching digits: the smallest dnum whose log2(QP) passes the 128-bit HE-standard bound at N = 2^16
 (1772 bits). P must cover the largest digit: OpenFHE cuts the levels + 1 limbs into digits of ceil((levels + 1) /
