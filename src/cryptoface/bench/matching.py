@@ -184,8 +184,7 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     # the probe for 1:N: the right image of the first genuine pair; the gallery: every other template, then noise
     probe_img = pairs[int(np.nonzero(tpl.same)[0][0]) if tpl.same.any() else 0][1]
     gl = gallery_layout(params.slots)
-    gallery_vectors = _gallery_vectors(tpl, probe_img, max(sizes, default=0), options.seed,
-                                       _clear_normaliser(options.protocol))
+    gallery_vectors = _gallery_vectors(tpl, probe_img, max(sizes, default=0), options.seed, reference)
 
     # client, on the backend protocol: the key set measured is exactly matching's steps for the engine's
     # replicated layout (ClientKeys.generate adds a single-copy layout's fill steps)
@@ -207,9 +206,9 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
         n_gallery_cts = -(-len(gallery_vectors) // gl.capacity)
         enc_times = []
         bar = _progress(len(used) + n_gallery_cts, "encrypting (client)", options.progress)
-        if options.protocol == "refresh":
-            report.client_refresh = _refresh_cost(backend, emb[used[0]], options)
         fresh = options.protocol == "refresh"
+        if fresh:
+            report.client_refresh = _refresh_cost(backend, emb[used[0]], options)
         for k in used:
             t = time.perf_counter()
             values = normalised(emb[k]) if fresh else emb[k]
