@@ -21,6 +21,14 @@ Real OpenFHE key sets (N = 2^14, 7 levels, matching keys ~0.7 GB per tenant; ~10
     .venv-openfhe/bin/python scripts/load_test.py --backend openfhe --log-ring 14 --levels 7 --tenants 3 \\
         --clients 4 --requests 120 --time-limit 900 --json load-openfhe.json
 
+Real OpenFHE key sets at the product's default parameters (``--levels 0``: N = 2^16, 23 levels, 2.03 GB stored
+per tenant; budget for one loaded key set and one inference, so tenants take turns; ~12 minutes)::
+
+    .venv-openfhe/bin/python scripts/load_test.py --backend openfhe --levels 0 --tenants 3 --clients 3 \\
+        --subjects 1 --requests 18 --headroom 9000000000 --time-limit 1500 --json load-full.json
+
+The report's ``health.uncharged`` is the most the server's RSS stood above its budget's charges at a probe.
+
 Every loop is bounded in count and time, and all traffic goes to 127.0.0.1.
 """
 
@@ -59,10 +67,12 @@ def serve(args: argparse.Namespace) -> int:
     """Run the server (this is the child process): budget = RSS after start-up + headroom."""
     import uvicorn
 
+    from cryptoface.heap import limit_arenas
     from cryptoface.service import create_app
     from cryptoface.service.budget import rss_bytes
     from cryptoface.store import SQLiteStore
 
+    limit_arenas()  # as `cryptoface serve` does (cryptoface.cli), before uvicorn's threads exist
     app = create_app(SQLiteStore(args.db), admin_key=os.environ[ADMIN_ENV], max_heavy=args.max_heavy,
                      retry_after=args.retry_after, memory_budget=1 << 62, observe_rss=True)
     budget = app.state.service.budget
@@ -83,14 +93,16 @@ def measure_keys(args: argparse.Namespace) -> int:
     """Loaded / stored bytes of a key set: a fresh process loads the saved keys as the server does (RSS growth)."""
     if args.keys_dir:  # the child: load and report
         from cryptoface.backends import backend_class
+        from cryptoface.heap import limit_arenas
         from cryptoface.params import params_from_json
         from cryptoface.service.budget import rss_bytes
 
+        limit_arenas()  # as the server does
         root = Path(args.keys_dir)
         meta = json.loads((root / "meta.json").read_text())
+        before = rss_bytes()  # the peak counts the bytes read too: the server reads them from its store
         keys = {p.stem.replace("_", ":"): p.read_bytes() for p in (root / "eval").iterdir()}
         stored = sum(len(v) for v in keys.values())
-        before = rss_bytes()
         backend = backend_class(meta["backend"]).from_public_keys(params_from_json(json.dumps(meta["params"])), keys)
         del keys  # the server drops the bytes once loaded; what stays is the backend
         import gc
@@ -229,8 +241,10 @@ def _call(http: httpx.Client, stats: Stats, op: str, method: str, path: str, dea
 
 def _params(args: argparse.Namespace) -> Any:
     from cryptoface.backends.protocol import CkksParameters
-    from cryptoface.params import secure_parameters
+    from cryptoface.params import default_parameters, secure_parameters
 
+    if args.levels == 0:  # the product's default parameters, as `cryptoface keygen` makes them
+        return default_parameters()
     if args.backend == "simulator":
         return CkksParameters(log_ring=args.log_ring, levels=args.levels)
     return secure_parameters(args.levels, args.log_ring)
@@ -305,14 +319,22 @@ def _client(url: str, tenant: Tenant, seed: int, stats: Stats, budget: list[int]
                       json={"probe": _probe(tenant, _embedding(rng), level)})
 
 
-def _health(url: str, stop: threading.Event, out: dict[str, Any]) -> None:
-    with httpx.Client(base_url=url, timeout=5) as http:
+def _health(server: ServerProcess, stop: threading.Event, out: dict[str, Any]) -> None:
+    """Probe /v1/health; beside it, how far the server's RSS stands above its budget's charges (what they miss)."""
+    with httpx.Client(base_url=server.url, timeout=5) as http:
         while not stop.is_set():
             t = time.perf_counter()
             try:
-                ok = http.get("/v1/health").status_code == 200
-            except httpx.HTTPError:
-                ok = False
+                r = http.get("/v1/health")
+                ok = r.status_code == 200
+                memory = r.json().get("memory", {}) if ok else {}
+            except (httpx.HTTPError, ValueError):
+                ok, memory = False, {}
+            if memory:
+                rss = server.status("VmRSS")
+                missed = rss - int(memory.get("baseline", 0)) - int(memory.get("used", 0))
+                if missed > out["uncharged"]["bytes"]:
+                    out["uncharged"] = {"bytes": missed, "rss": rss, "used": int(memory.get("used", 0))}
             out["checks"] += 1
             out["failed"] += 0 if ok else 1
             out["max_ms"] = max(out["max_ms"], (time.perf_counter() - t) * 1e3)
@@ -405,10 +427,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     with work as tmp:
         db = Path(args.db or Path(tmp) / "load.db")
         server = ServerProcess(db, headroom, args.max_heavy, args.retry_after, admin_key)
-        health = {"checks": 0, "failed": 0, "max_ms": 0.0}
+        health: dict[str, Any] = {"checks": 0, "failed": 0, "max_ms": 0.0,
+                                  "uncharged": {"bytes": 0, "rss": 0, "used": 0}}
         rss = {"peak": 0}
         stop = threading.Event()
-        watchers = [threading.Thread(target=_health, args=(server.url, stop, health), daemon=True),
+        watchers = [threading.Thread(target=_health, args=(server, stop, health), daemon=True),
                     threading.Thread(target=_rss, args=(server, stop, rss), daemon=True)]
         for w in watchers:
             w.start()
@@ -501,7 +524,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     m.add_argument("--keys-dir", default=None, help="(internal) the saved keys to load")
     p.add_argument("--backend", default="simulator", choices=("simulator", "openfhe", "desilofhe"))
     p.add_argument("--log-ring", type=int, default=12)
-    p.add_argument("--levels", type=int, default=24, help="CKKS levels (openfhe: the smallest secure dnum is chosen)")
+    p.add_argument("--levels", type=int, default=24,
+                   help="CKKS levels (openfhe: the smallest secure dnum); 0: the product's default parameters")
     p.add_argument("--tenants", type=int, default=4)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--subjects", type=int, default=3, help="subjects enrolled per tenant before the load")

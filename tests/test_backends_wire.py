@@ -118,3 +118,16 @@ def test_rotation_names_and_key_entry():
         wire.key_entry({"relin": b""}, "public")
     with pytest.raises(MissingKeyError):
         wire.key_entry([("public", b"")], "public")
+
+
+def test_unpack_without_copy_gives_views_into_the_input_and_still_checks_them():
+    """A server checks a whole key set before loading it: views hold its bytes once, copies held them twice
+    (the full-size load test peaked at 3x a key set's stored bytes while reading one)."""
+    data = blob()
+    frame = read(data, copy=False)
+    assert all(isinstance(p, memoryview) and p.obj is data for p in frame.payloads)
+    assert [bytes(p) for p in frame.payloads] == [b"abc", b""]
+    assert all(isinstance(p, bytes) for p in read(data).payloads)  # the default is a copy, as before
+    corrupt = data[:-1] + b"x"
+    with pytest.raises(CiphertextError, match="checksum"):
+        read(corrupt, copy=False)

@@ -207,8 +207,9 @@ class DesiloBackend:
         relin = None
         if "relin" in keys:
             relin = _unpack(keys["relin"], "relin", {}, fp, MissingKeyError, "desilofhe relinearisation key", key_id)
+        # views into ``keys``: a key set's bytes are held once while all frames are checked (see openfhe.py)
         rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _unpack(
-            data, "rotation", _ROTATION_FIELDS, fp, MissingKeyError, f"desilofhe {what}", key_id))
+            data, "rotation", _ROTATION_FIELDS, fp, MissingKeyError, f"desilofhe {what}", key_id, copy=False))
         backend = cls(params, threads=threads, device=device)
         backend._key_id = key_id
         backend._public = backend._load_key("public", public.payloads[0], backend.engine.deserialize_public_key)
@@ -243,9 +244,9 @@ class DesiloBackend:
             raise MissingKeyError("the secret key does not decrypt under this key set's public key; "
                                   "it belongs to another key set")
 
-    def _load_key(self, kind: str, payload: bytes, read: Callable[[bytes], Any]) -> Any:
+    def _load_key(self, kind: str, payload: bytes | memoryview, read: Callable[[bytes], Any]) -> Any:
         try:
-            return self._on_device(read(payload))
+            return self._on_device(read(bytes(payload)))  # bytes(b) is b itself; a view is copied, this key only
         except _LIBRARY_ERRORS as exc:
             raise MissingKeyError(f"unreadable desilofhe {kind} key: {exc}") from exc
 
@@ -461,7 +462,8 @@ class DesiloBackend:
 
 def _unpack(
     data: object, kind: str, schema: wire.Schema, fp: str, error: type[CryptoFaceError], what: str,
-    key_id: str | None = None,
+    key_id: str | None = None, copy: bool = True,
 ) -> wire.Frame:
     """One desilofhe frame with a single payload (every desilofhe object serialises to one blob)."""
-    return wire.unpack(data, wire.DESILO, kind, schema, payloads=1, fp=fp, error=error, what=what, key_id=key_id)
+    return wire.unpack(data, wire.DESILO, kind, schema, payloads=1, fp=fp, error=error, what=what, key_id=key_id,
+                       copy=copy)

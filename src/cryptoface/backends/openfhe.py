@@ -129,10 +129,10 @@ def _fingerprint(params: CkksParameters) -> str:
 
 def _unpack(
     data: object, kind: str, fp: str, error: type[CryptoFaceError], what: str, *,
-    key_id: str | None = None, schema: wire.Schema | None = None, payloads: int = 1,
+    key_id: str | None = None, schema: wire.Schema | None = None, payloads: int = 1, copy: bool = True,
 ) -> wire.Frame:
     return wire.unpack(data, wire.OPENFHE, kind, schema or {}, payloads=payloads, fp=fp, error=error, what=what,
-                       key_id=key_id)
+                       key_id=key_id, copy=copy)
 
 
 # key frame kind -> (what it is called in errors, header fields, payload count); the public frame also carries
@@ -144,11 +144,12 @@ _KEY_FRAMES: dict[str, tuple[str, wire.Schema, int]] = {
 }
 
 
-def _key_frame(data: object, kind: str, fp: str, *, key_id: str | None = None, what: str | None = None) -> wire.Frame:
+def _key_frame(data: object, kind: str, fp: str, *, key_id: str | None = None, what: str | None = None,
+               copy: bool = True) -> wire.Frame:
     """A checked key frame of ``kind`` ("public", "relin" or "rotation"); MissingKeyError otherwise."""
     name, schema, payloads = _KEY_FRAMES[kind]
     return _unpack(data, kind, fp, MissingKeyError, f"OpenFHE {what or name}", key_id=key_id, schema=schema,
-                   payloads=payloads)
+                   payloads=payloads, copy=copy)
 
 
 def _read(read: Any, blob: bytes, error: type[CryptoFaceError], what: str, *, quiet: bool = False) -> Any:
@@ -321,8 +322,10 @@ class OpenFHEBackend:
         public = _key_frame(wire.key_entry(keys, "public"), "public", fp)
         tag = public.key_id
         relin = _key_frame(keys["relin"], "relin", fp, key_id=tag) if "relin" in keys else None
+        # every frame checked before OpenFHE reads one, as views into ``keys`` (the bytes are held once, and one
+        # key's copy at a time while it is read: the memory budget charges stored + loaded bytes)
         rotations = wire.rotation_frames(keys, params.slots, lambda data, what: _key_frame(
-            data, "rotation", fp, key_id=tag, what=what))
+            data, "rotation", fp, key_id=tag, what=what, copy=False))
         backend = cls(params, threads=threads, _context=_client_context(public.payloads[0], params))
         backend._tag = tag
         backend._load_evaluation_keys(public.payloads[1], relin, rotations)
@@ -355,7 +358,8 @@ class OpenFHEBackend:
                         openfhe.DeserializeEvalMultKeyString(relin.payloads[0], openfhe.BINARY)
                 self._has_relin = True
             for step, frame in rotations.items():
-                key_map = _read(openfhe.DeserializeEvalKeyMapString, frame.payloads[0], MissingKeyError, "rotation key")
+                key_map = _read(openfhe.DeserializeEvalKeyMapString, bytes(frame.payloads[0]), MissingKeyError,
+                                "rotation key")
                 openfhe_keys.insert(self, step, key_map)
                 self._steps.add(step)
         except (RuntimeError, ValueError, TypeError) as exc:

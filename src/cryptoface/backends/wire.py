@@ -50,7 +50,7 @@ class Frame:
 
     key_id: str
     fields: Mapping[str, Any]
-    payloads: tuple[bytes, ...]
+    payloads: tuple[bytes | memoryview, ...]  # memoryviews of the input when unpacked with copy=False
 
 
 def fingerprint(*parts: object) -> str:
@@ -79,10 +79,13 @@ def unpack(
     error: type[CryptoFaceError],
     what: str,
     key_id: str | None = None,
+    copy: bool = True,
 ) -> Frame:
     """Parse ``data`` as a ``kind`` frame with exactly ``schema``'s fields and ``payloads`` payloads.
 
-    ``fp`` must match; so must ``key_id`` when given. Every failure raises ``error`` naming ``what``."""
+    ``fp`` must match; so must ``key_id`` when given. Every failure raises ``error`` naming ``what``.
+    ``copy=False`` returns the payloads as memoryviews into ``data`` instead of copies: a server checking a
+    whole key set before loading it then holds its bytes once, not twice."""
     buf = _as_bytes(data, error, what)
     header, body = _split(buf, magic, error, what)
     _check_reserved(header, kind, fp, key_id, error, what)
@@ -90,7 +93,7 @@ def unpack(
     unknown = set(header) - _RESERVED - set(schema)
     if unknown:
         raise error(f"{what} header has unexpected fields {sorted(unknown)}; it was not written by this backend")
-    parts = _payloads(buf, body, header, payloads, error, what)
+    parts = _payloads(buf, body, header, payloads, error, what, copy)
     return Frame(header["key_id"], fields, parts)
 
 
@@ -167,19 +170,21 @@ def _typed(header: dict[str, Any], name: str, typ: type, error: type[CryptoFaceE
 
 
 def _payloads(
-    buf: bytes, offset: int, header: dict[str, Any], count: int, error: type[CryptoFaceError], what: str
-) -> tuple[bytes, ...]:
+    buf: bytes, offset: int, header: dict[str, Any], count: int, error: type[CryptoFaceError], what: str,
+    copy: bool = True,
+) -> tuple[bytes | memoryview, ...]:
     sizes = _int_list(header, "sizes", count, error, what)
     crcs = _int_list(header, "crc", count, error, what)
     if offset + sum(sizes) != len(buf):
         raise error(f"{what} is truncated or has trailing bytes ({len(buf) - offset} payload bytes, "
                     f"header says {sum(sizes)})")
-    parts = []
+    parts: list[bytes | memoryview] = []
+    view = memoryview(buf)
     for size, crc in zip(sizes, crcs, strict=True):
-        part = buf[offset : offset + size]
+        part = view[offset : offset + size]
         if zlib.crc32(part) != crc:
             raise error(f"{what} is corrupt (checksum mismatch); fetch or export it again")
-        parts.append(part)
+        parts.append(part if not copy else part.tobytes())
         offset += size
     return tuple(parts)
 

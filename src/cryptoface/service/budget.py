@@ -25,8 +25,9 @@ real OpenFHE key sets loaded by several worker threads left the process 0.7 GB a
 Because the charges are estimates, the server also admits against what the process really holds
 (``observe_rss``): a reservation counts the larger of the charges and the resident memory above the baseline.
 Memory held for good is moved into the baseline (:meth:`MemoryBudget.retain`: an OpenFHE key set's
-relinearisation key, which outlives eviction). The full-size OpenFHE load test still peaked 1.6 % over its budget,
-inside a request rather than between requests (README, Load test): the charge of some phase is too low.
+relinearisation key, which outlives eviction). Reading a key set holds its stored bytes once (the frames checked
+before loading are views into them, :func:`cryptoface.backends.wire.unpack` with ``copy=False``) plus the loaded
+keys: a checked copy of every frame once made the full-size load test peak at three times the stored bytes.
 
 The simulator holds almost nothing, so it is charged what OpenFHE would hold at the same parameters: a simulator
 load test then makes the same admission decisions as a real one (its RSS stays far below the budget).
@@ -44,11 +45,11 @@ from cryptoface.params import ciphertext_bytes, switching_key_bytes
 from cryptoface.service.errors import BusyError
 
 # Loaded / stored bytes of a key set. OpenFHE deserialises each key into polynomials of exactly the serialised
-# coefficients plus object headers. Measured by `scripts/load_test.py --backend openfhe --log-ring 14 --levels 7
-# measure-keys` (a fresh process loads a saved key set as the server does): 527 MB stored, RSS +548 MB once loaded
-# (1.04), +1.07 GB at the peak of loading (2.04: the bytes read are still held, charged separately). Under load
-# (scripts/load_test.py, 3 tenants' key sets loaded by different worker threads) the process stood up to 0.5 GB
-# above the bytes charged at 1.1 (allocator slack: freed buffers kept by per-thread heaps); 1.35 covers that.
+# coefficients plus object headers. Measured by `scripts/load_test.py --backend openfhe --levels 0 measure-keys` (a
+# fresh process reads a saved key set and loads it as the server does; default parameters, 28 rotation keys):
+# 2.03 GB stored, RSS +2.28 GB once loaded (1.12), 4.32 GB at the peak counting the bytes read (2.12 = stored +
+# loaded: both charged). Under load (scripts/load_test.py, 3 tenants' key sets loaded by different worker threads)
+# the process stood up to 0.5 GB above the bytes charged at 1.1 (allocator slack); 1.35 covers that.
 KEY_LOAD_FACTOR = 1.35
 INFER_CIPHERTEXTS = 215
 MATCH_CIPHERTEXTS = 16
