@@ -55,8 +55,10 @@ def _check(result: dict, pairs: int, galleries: list[int], protocol: str = "refr
     st = result["storage"]
     assert st["subjects"] == pairs
     assert st["enrolled_gallery_max_abs_error"] < 1e-9 and st["enrolled_gallery_argmax_agrees"]
-    assert result["bytes_per_subject"]["total"] == pytest.approx(
-        st["template_bytes"] + result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16)
+    share = result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16
+    assert result["bytes_per_subject"]["total"] == pytest.approx(t["stored_template_bytes"] + share)
+    # the last pair's template vs the store's median: a frame header's number may print a byte longer or shorter
+    assert abs(t["stored_template_bytes"] - st["template_bytes"]) <= 8
     assert result["server"]["peak_rss_bytes"] > 0 and result["server"]["has_secret_key"] is False
     if protocol == "one-round":  # the server's 1/sqrt polynomial (the refresh protocol normalises exactly)
         assert result["inv_sqrt"]["max_rel_error_clear"] < 1e-4

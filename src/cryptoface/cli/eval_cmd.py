@@ -61,6 +61,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     lfw.set_defaults(func=run_lfw)
 
+    wild = sub.add_parser(
+        "wild",
+        help="in-the-wild validation: pairs of the CelebA identities of faces-train that training leaves out",
+    )
+    wild.add_argument("--train-dir", type=Path, required=True, help="the faces-train folder (tar shards + index.csv)")
+    common(wild)
+    wild.add_argument("--compare", action="append", default=[], metavar="MODEL",
+                      help="also score this model on the same pairs, as a row of one table (repeatable)")
+    wild.set_defaults(func=run_wild)
+
     pairs = sub.add_parser("pairs", help="your own pairs: CSV with columns image1,image2,same")
     pairs.add_argument("--csv", type=Path, required=True, help="CSV; image paths are relative to it")
     common(pairs)
@@ -142,6 +152,23 @@ def run_lfw(args: argparse.Namespace) -> int:
     compared = [(r, name, e.resolution) for (e, name), r in zip(embedders[1:], results[1:], strict=True)]
     return _finish(args, result, model_name, emb.resolution, title, compared, dataset="lfw", protocol="10-fold",
                    lfw_dir=str(args.lfw_dir))
+
+
+def run_wild(args: argparse.Namespace) -> int:
+    from cryptoface.eval.report import format_thresholds
+    from cryptoface.eval.wild import evaluate_wild, load_wild
+
+    embedders = [_embedder(args.model, args.resolution)] + [_embedder(m) for m in args.compare]  # checked first
+    wild = load_wild(args.train_dir, progress=not args.quiet)
+    results = [evaluate_wild(args.train_dir, emb, progress=not args.quiet, wild=wild) for emb, _ in embedders]
+    (emb, model_name), result = embedders[0], results[0]
+    title = f"in the wild, {emb.name} ({result['n_genuine']} genuine, {result['n_impostor']} impostor pairs)"
+    compared = [(r, name, e.resolution) for (e, name), r in zip(embedders[1:], results[1:], strict=True)]
+    code = _finish(args, result, model_name, emb.resolution, title, compared, dataset="wild",
+                   protocol="all pairs of held-out identities; accuracy = 1 - EER; identity-bootstrap 95 % intervals",
+                   train_dir=str(args.train_dir))
+    print(format_thresholds([(model_name, result)] + [(name, r) for r, name, _ in compared]))
+    return code
 
 
 def run_pairs(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cryptoface.errors import CryptoFaceError
+from cryptoface.match.threshold import DEFAULT_FAR, FARS
 from cryptoface.model import reference
 from cryptoface.model.file import load_model, model_tensors, read_header, save_model
 from cryptoface.model.fused import FusedModel
@@ -25,9 +26,43 @@ def register(subparsers: Any) -> None:
     imp.add_argument("--a2-floor", type=float, default=None, help="floor on |a2| (default: train.fuse's)")
     imp.set_defaults(func=_import_paper)
 
+    cal = sub.add_parser(
+        "calibrate",
+        help="set a model file's decision threshold for a false-accept rate on the in-the-wild validation",
+    )
+    cal.add_argument("file", type=Path, help="fused model file (.npz)")
+    cal.add_argument("--train-dir", type=Path, required=True, help="the faces-train folder (tar shards + index.csv)")
+    cal.add_argument("--far", type=float, default=DEFAULT_FAR, choices=FARS,
+                     help=f"false-accept rate (default {DEFAULT_FAR:g})")
+    cal.add_argument("--out", type=Path, default=None, help="model file to write (default: FILE itself)")
+    cal.add_argument("--quiet", action="store_true", help="no progress bars")
+    cal.set_defaults(func=_calibrate)
+
     info = sub.add_parser("info", help="summarise a model file: header, parameter count, coefficient ranges")
     info.add_argument("file", type=Path)
     info.set_defaults(func=_info)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from cryptoface.eval.embedders import FusedEmbedder
+    from cryptoface.eval.wild import calibration, evaluate_wild
+    from cryptoface.match.threshold import METADATA_KEY
+
+    model = load_model(args.file)
+    result = evaluate_wild(args.train_dir, FusedEmbedder(args.file), progress=not args.quiet)
+    detail = calibration(result, args.far)
+    old = model.metadata.get(METADATA_KEY)
+    model.metadata[METADATA_KEY] = detail["threshold"]
+    model.metadata["threshold_detail"] = detail
+    out = save_model(model, args.out or args.file)
+    lo, hi = detail["tar_ci95"]
+    print(f"threshold {detail['threshold']:.4f} for FAR {args.far:g}: TAR {100 * detail['tar']:.2f} % "
+          f"[{100 * lo:.2f}, {100 * hi:.2f}] on {detail['identities']} held-out identities; wrote {out}")
+    if old is not None:
+        scores, same = result["scores"], result["labels"]
+        print(f"the previous threshold {old:.4f} gave FAR {100 * np.mean(scores[~same] > old):.2f} % and TAR "
+              f"{100 * np.mean(scores[same] > old):.2f} % on the same pairs")
+    return 0
 
 
 def deterministic_inputs(resolution: int, n: int = 3) -> np.ndarray:

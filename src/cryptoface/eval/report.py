@@ -136,3 +136,18 @@ def format_table(reports: list[dict[str, Any]]) -> str:
         rows.append((str(r["model"]), acc, _pct(r["eer"]), _pct(r["tar_at_far_1e-2"]), _pct(r["tar_at_far_1e-3"])))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+
+
+def format_thresholds(results: list[tuple[str, dict[str, Any]]]) -> str:
+    """TAR and the cosine threshold at each FAR with their 95 % intervals (``eval wild``), one row per model."""
+    rows = [("model", "TAR@1e-3 [95 % CI]", "tau@1e-3 [95 % CI]", "TAR@1e-2 [95 % CI]", "tau@1e-2 [95 % CI]")]
+    for name, r in results:
+        cells = [name]
+        for far in ("1e-3", "1e-2"):
+            lo, hi = r[f"tar_at_far_{far}_ci95"]
+            cells.append(f"{100 * r[f'tar_at_far_{far}']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]")
+            lo, hi = r[f"threshold_at_far_{far}_ci95"]
+            cells.append(f"{r[f'threshold_at_far_{far}']:.4f} [{lo:.4f}, {hi:.4f}]")
+        rows.append(tuple(cells))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

@@ -32,6 +32,7 @@ class TrainConfig:
     limit: int | None = None  # use only the first N crops (smoke runs)
     holdout: float = 0.02  # fraction of crops kept out of training to report validation losses
     holdout_identities: int = 0  # labelled identities kept entirely out of training: held-out pair accuracy
+    exclude_wild: bool = True  # keep the in-the-wild validation identities (cryptoface.eval.wild) out of training
     teacher: str = "sface"  # "sface" or "random" (tests)
     teacher_views: int = 2  # 2: original + flipped crop embedded by the teacher; 1: original only
     teacher_partial: bool = False  # train on the crops whose teacher chunk is cached (cache filling elsewhere)

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cryptoface.errors import CryptoFaceError
+from cryptoface.eval.wild import BOOTSTRAP, calibration, is_validation_identity, validation_rows, wild_result
+from cryptoface.match.threshold import DEFAULT_FAR
 from cryptoface.model.file import save_model
 from cryptoface.train.config import TrainConfig
 from cryptoface.train.data import TrainIndex, labelled_identities, load_crops, read_index
@@ -174,6 +176,10 @@ def prepare_data(cfg: TrainConfig) -> Prepared:
         n = len(index) if cfg.limit is None else min(cfg.limit, len(index))
         report = {"crops": int(n), "with_teacher": int(ok.sum())}
         usable, report["guard"] = guard_rows(cfg, index, full_teacher, ok)
+    wild = np.array([is_validation_identity(ident) for ident in index.identity[: len(usable)]], bool)
+    if cfg.exclude_wild:
+        usable &= ~wild
+    report["wild_validation_crops"] = int(wild.sum()) if cfg.exclude_wild else 0
     rows = np.flatnonzero(usable)
     # A crop's hold-out membership depends only on its row and the seed, so it stays put when a partial
     # teacher cache grows between epochs.
@@ -296,6 +302,24 @@ def lr_at(cfg: TrainConfig, step: int, total: int, frac: float | None = None) ->
 
 
 # ----------------------------------------------------------------------------- evaluation helpers
+
+
+def wild_evaluation(model: PatchCNN, data: Prepared, resolution: int, bootstrap: int = 0) -> dict[str, Any] | None:
+    """:func:`cryptoface.eval.wild.wild_result` of the model on the in-the-wild validation crops (None without)."""
+    rows = np.array(validation_rows(data.index), np.int64)
+    rows = rows[rows < len(data.crops)]
+    if len(rows) < 2:
+        return None
+    labels = np.unique([data.index.identity[i] for i in rows], return_inverse=True)[1]
+    return wild_result(embed_rows(model, data.crops, rows, resolution), labels, bootstrap=bootstrap)
+
+
+def wild_metrics(model: PatchCNN, data: Prepared, resolution: int) -> dict[str, float]:
+    """EER and TAR@FAR on the in-the-wild validation identities (no bootstrap: a per-epoch figure for selection)."""
+    res = wild_evaluation(model, data, resolution)
+    if res is None:
+        return {}
+    return {"wild_eer": res["eer"], "wild_tar_1e-3": res["tar_at_far_1e-3"], "wild_tar_1e-2": res["tar_at_far_1e-2"]}
 
 
 @torch.no_grad()
@@ -517,6 +541,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if penalty is not None:
             rec["herpn_max_train"] = penalty.max_seen()
             penalty.maxima.clear()
+        if cfg.exclude_wild:
+            if penalty is not None:
+                penalty.enabled = False
+            rec.update(wild_metrics(model, data, cfg.resolution))
+            if penalty is not None:
+                penalty.enabled = True
+                penalty.pop()
         if len(data.val_rows):
             if penalty is not None:
                 penalty.enabled = False
@@ -577,6 +608,11 @@ def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_image
     # Only identities with >= 2 images give genuine pairs (CelebA); embed those crops.
     lab_emb = embed_rows(model, data.crops, lab_rows, resolution)
     thr = training_pairs_threshold(lab_emb, [data.index.identity[i] for i in lab_rows])
+    # the shipped rule: tau for DEFAULT_FAR on the in-the-wild validation impostors, when training left them out
+    wild = wild_evaluation(model, data, resolution, bootstrap=BOOTSTRAP) if data.report.get("wild_validation_crops") \
+        else None
+    if wild is not None:
+        thr = calibration(wild, DEFAULT_FAR)
     return {"norm_stats": {**squared_norm_stats(emb), "faces": "training crops"}, "threshold": thr}
 
 
