@@ -125,6 +125,25 @@ def test_validation_crops_load_and_training_never_sees_them(tmp_path: Path) -> N
     assert any(is_validation_identity(index.identity[i]) for i in data.train_rows)
 
 
+def test_a_trained_model_gets_tau_for_the_far_on_the_left_out_identities(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch", reason="training needs the 'train' extra (torch)")
+    from cryptoface.train.config import load_config
+    from cryptoface.train.train import build_model, model_statistics, prepare_data, wild_metrics
+
+    root = make_train_folder(tmp_path / "faces-train")
+    repo = Path(__file__).resolve().parents[1]
+    cfg = load_config(repo / "configs" / "smoke.json",
+                      [f"train_dir={root}", f"cache_dir={tmp_path / 'cache'}", f"out_dir={tmp_path / 'run'}"])
+    data = prepare_data(cfg)
+    model, _ = build_model(cfg, data, torch.device("cpu"))
+    stats = model_statistics(model.eval(), data, cfg.resolution)
+    detail = stats["threshold"]
+    assert detail["far"] == 1e-3 and detail["identities"] == len({i for i in map(str, range(40))
+                                                                  if is_validation_identity(f"celeba:{i}")})
+    assert detail["threshold"] == detail["thresholds"]["1e-3"] and len(detail["tar_ci95"]) == 2
+    assert set(wild_metrics(model, data, cfg.resolution)) == {"wild_eer", "wild_tar_1e-3", "wild_tar_1e-2"}
+
+
 def test_eval_wild_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cryptoface.assets import default_model_path
     from cryptoface.cli import main

@@ -75,10 +75,10 @@ def test_train_smoke_checkpoint_resume_export(tmp_path: Path) -> None:
     meta = model.metadata
     assert meta["training"]["config"]["teacher"] == "random"
     assert np.isfinite(meta["norm_stats"]["mean"]) and meta["threshold"] is not None
-    # celeba:4 and celeba:6 are in-the-wild validation identities: left out, and tau is chosen on their pairs
+    # celeba:4 and celeba:6 are in-the-wild validation identities: left out of training; two are too few for a
+    # FAR, so tau stays the training-pair one (tests/test_eval_wild.py covers the FAR rule)
     assert meta["training"]["data"]["wild_validation_crops"] == 12
-    assert meta["threshold_detail"]["far"] == 1e-3 and meta["threshold_detail"]["identities"] == 2
-    assert "wild_eer" in history[-1]
+    assert "far" not in meta["threshold_detail"] and "wild_eer" not in history[-1]
     emb = forward(model, np.zeros((2, 3, 64, 64)))
     assert emb.shape == (2, 256) and np.all(np.isfinite(emb))
 

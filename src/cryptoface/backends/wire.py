@@ -84,8 +84,9 @@ def unpack(
     """Parse ``data`` as a ``kind`` frame with exactly ``schema``'s fields and ``payloads`` payloads.
 
     ``fp`` must match; so must ``key_id`` when given. Every failure raises ``error`` naming ``what``.
-    ``copy=False`` returns the payloads as memoryviews into ``data`` instead of copies: a server checking a
-    whole key set before loading it then holds its bytes once, not twice."""
+    ``copy=False`` returns the payloads as memoryviews into ``data`` (when it is ``bytes``; into a private copy of
+    a bytearray or memoryview) instead of copies: a server checking a whole key set before loading it then holds
+    its bytes once, not twice."""
     buf = _as_bytes(data, error, what)
     header, body = _split(buf, magic, error, what)
     _check_reserved(header, kind, fp, key_id, error, what)

@@ -134,20 +134,26 @@ def format_table(reports: list[dict[str, Any]]) -> str:
     for r in reports:
         acc = _pct(r["accuracy"]) + ("" if r.get("accuracy_std") is None else f" ± {100 * r['accuracy_std']:.2f}")
         rows.append((str(r["model"]), acc, _pct(r["eer"]), _pct(r["tar_at_far_1e-2"]), _pct(r["tar_at_far_1e-3"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
+    return _columns(rows)
 
 
 def format_thresholds(results: list[tuple[str, dict[str, Any]]]) -> str:
     """TAR and the cosine threshold at each FAR with their 95 % intervals (``eval wild``), one row per model."""
-    rows = [("model", "TAR@1e-3 [95 % CI]", "tau@1e-3 [95 % CI]", "TAR@1e-2 [95 % CI]", "tau@1e-2 [95 % CI]")]
+    from cryptoface.match.threshold import FARS, far_key
+
+    rows = [("model", *(f"{w}@{far_key(f)} [95 % CI]" for f in FARS for w in ("TAR", "tau")))]
     for name, r in results:
         cells = [name]
-        for far in ("1e-3", "1e-2"):
+        for far in map(far_key, FARS):
             lo, hi = r[f"tar_at_far_{far}_ci95"]
             cells.append(f"{100 * r[f'tar_at_far_{far}']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]")
             lo, hi = r[f"threshold_at_far_{far}_ci95"]
             cells.append(f"{r[f'threshold_at_far_{far}']:.4f} [{lo:.4f}, {hi:.4f}]")
         rows.append(tuple(cells))
+    return _columns(rows)
+
+
+def _columns(rows: list[tuple[str, ...]]) -> str:
+    """Rows of cells as left-aligned columns two spaces apart."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)

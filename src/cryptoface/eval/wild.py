@@ -30,7 +30,7 @@ from tqdm import tqdm
 from cryptoface.errors import DataError
 from cryptoface.eval import metrics
 from cryptoface.eval.embedders import Embedder
-from cryptoface.match.threshold import FARS
+from cryptoface.match.threshold import FARS, far_key
 from cryptoface.train.data import TrainIndex, decode_crop, iter_crop_bytes, read_index
 
 VALIDATION_PERCENT = 40  # of the CelebA identities; the rest may be used for training
@@ -131,23 +131,22 @@ def summarize_wild(scores: np.ndarray, same: np.ndarray, id_a: np.ndarray, id_b:
     order = np.argsort(scores[~same], kind="stable")
     imp, ia, ib = scores[~same][order], id_a[~same][order], id_b[~same][order]
     out: dict[str, Any] = {"accuracy": 1.0 - e, "accuracy_std": None, "eer": e, "eer_threshold": e_thr}
-    ones = np.ones(len(imp))
     rng = np.random.default_rng(seed)
-    draws = [np.bincount(rng.integers(0, n_ids, n_ids), minlength=n_ids).astype(np.float64)
-             for _ in range(bootstrap)]
+    boot: dict[float, tuple[list[float], list[float]]] = {far: ([], []) for far in fars}
+    for _ in range(bootstrap):
+        w = np.bincount(rng.integers(0, n_ids, n_ids), minlength=n_ids).astype(np.float64)
+        imp_w, gen_w = w[ia] * w[ib], w[gen_id]
+        for far in fars:
+            t = _threshold_at(imp, imp_w, far)
+            boot[far][0].append(_tar(gen, gen_w, t))
+            boot[far][1].append(t)
     for far in fars:
-        thr = _threshold_at(imp, ones, far)
-        tar = _tar(gen, np.ones(len(gen)), thr)
-        boot_tar, boot_thr = [], []
-        for w in draws:
-            t = _threshold_at(imp, w[ia] * w[ib], far)
-            boot_thr.append(t)
-            boot_tar.append(_tar(gen, w[gen_id], t))
-        key = f"{far:.0e}".replace("e-0", "e-")
-        out[f"tar_at_far_{key}"] = tar
+        thr = _threshold_at(imp, np.ones(len(imp)), far)
+        key = far_key(far)
+        out[f"tar_at_far_{key}"] = _tar(gen, np.ones(len(gen)), thr)
         out[f"threshold_at_far_{key}"] = thr
-        out[f"tar_at_far_{key}_ci95"] = _interval(boot_tar)
-        out[f"threshold_at_far_{key}_ci95"] = _interval(boot_thr)
+        out[f"tar_at_far_{key}_ci95"] = _interval(boot[far][0])
+        out[f"threshold_at_far_{key}_ci95"] = _interval(boot[far][1])
     return out
 
 
@@ -166,9 +165,12 @@ def evaluate_wild(train_dir: str | os.PathLike[str], embedder: Embedder, progres
 
 
 def wild_result(embeddings: np.ndarray, labels: np.ndarray, bootstrap: int = BOOTSTRAP) -> dict[str, Any]:
-    """Metrics, counts and the pair scores of validation ``embeddings`` with identity ``labels`` (0..k-1)."""
-    scores, same, a, b = pair_scores(embeddings, labels)
+    """Metrics, counts and the pair scores of validation ``embeddings`` with identity ``labels`` (0..k-1);
+    DataError with fewer than :data:`MIN_IDENTITIES` identities (no meaningful FAR, nor interval)."""
     n_ids = int(labels.max()) + 1 if len(labels) else 0
+    if n_ids < MIN_IDENTITIES:
+        raise DataError(f"only {n_ids} in-the-wild validation identities (need {MIN_IDENTITIES})")
+    scores, same, a, b = pair_scores(embeddings, labels)
     result = summarize_wild(scores, same, a, b, n_ids, bootstrap=bootstrap)
     result.update(
         n_pairs=len(scores),
@@ -184,7 +186,7 @@ def wild_result(embeddings: np.ndarray, labels: np.ndarray, bootstrap: int = BOO
 
 def calibration(result: dict[str, Any], far: float) -> dict[str, Any]:
     """The model metadata's ``threshold_detail`` for a threshold chosen at ``far`` on the validation impostors."""
-    key = f"{far:.0e}".replace("e-0", "e-")
+    key = far_key(far)
     if f"threshold_at_far_{key}" not in result:
         raise DataError(f"no threshold at FAR {far:g} in this evaluation (have {', '.join(map(str, FARS))})")
     return {
@@ -194,7 +196,7 @@ def calibration(result: dict[str, Any], far: float) -> dict[str, Any]:
         "threshold_ci95": result[f"threshold_at_far_{key}_ci95"],
         "tar": result[f"tar_at_far_{key}"],
         "tar_ci95": result[f"tar_at_far_{key}_ci95"],
-        "thresholds": {f: result[f"threshold_at_far_{f}"] for f in ("1e-3", "1e-2")},
+        "thresholds": {far_key(f): result[f"threshold_at_far_{far_key(f)}"] for f in FARS},
         "eer": result["eer"],
         "split": result["split"],
         "genuine_pairs": result["n_genuine"],
@@ -204,6 +206,7 @@ def calibration(result: dict[str, Any], far: float) -> dict[str, Any]:
 
 
 __all__ = [
+    "MIN_IDENTITIES",
     "VALIDATION_PERCENT",
     "WildSet",
     "calibration",

@@ -16,6 +16,11 @@ FARS = (1e-3, 1e-2)
 DEFAULT_FAR = 1e-3
 
 
+def far_key(far: float) -> str:
+    """How a false-accept rate is spelt in report keys: 1e-3 -> "1e-3" (``tar_at_far_1e-3``)."""
+    return f"{far:.0e}".replace("e-0", "e-")
+
+
 def threshold_from_metadata(metadata: Mapping[str, Any] | None) -> float:
     """tau from a model's metadata (cosine in (-1, 1)); ``DEFAULT_THRESHOLD`` when absent."""
     if metadata and metadata.get(METADATA_KEY) is not None:
