@@ -24,8 +24,9 @@ non-finite HerPN outputs and embeddings. Layer names follow :mod:`cryptoface.mod
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -173,6 +174,16 @@ class RangePenalty:
         total = sum(self.terms) if self.terms else 0.0
         self.terms = []
         return total
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hooks off for a block of evaluation forwards; anything collected meanwhile is dropped after."""
+        self.enabled = False
+        try:
+            yield
+        finally:
+            self.enabled = True
+            self.pop()
 
     def remove(self) -> None:
         for h in self._handles:

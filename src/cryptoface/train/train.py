@@ -19,6 +19,7 @@ same run state; the data, model, loss and range pieces live in their own modules
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -550,27 +551,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         if penalty is not None:
             rec["herpn_max_train"] = penalty.max_seen()
             penalty.maxima.clear()
-        if cfg.exclude_wild:
-            if penalty is not None:
-                penalty.enabled = False
-            rec.update(wild_metrics(model, data, cfg.resolution))
-            if penalty is not None:
-                penalty.enabled = True
-                penalty.pop()
-        if len(data.val_rows):
-            if penalty is not None:
-                penalty.enabled = False
-            ve = embed_rows(model, data.crops, data.val_rows, cfg.resolution)
-            vt = data.teacher[data.val_rows, 0]
-            rec["val_relational"] = float(relational_loss(torch.from_numpy(ve), torch.from_numpy(vt)))
-            held = set(data.report.get("holdout_identities", []))
-            if held:
-                keep = np.array([data.index.identity[i] in held for i in data.val_rows])
-                pairs = training_pairs_threshold(ve[keep], [data.index.identity[i] for i in data.val_rows[keep]])
-                rec["val_pair_accuracy"] = pairs["accuracy"]
-            if penalty is not None:
-                penalty.enabled = True
-                penalty.pop()
+        with penalty.paused() if penalty is not None else contextlib.nullcontext():  # evaluation, not training
+            if cfg.exclude_wild:
+                rec.update(wild_metrics(model, data, cfg.resolution))
+            if len(data.val_rows):
+                ve = embed_rows(model, data.crops, data.val_rows, cfg.resolution)
+                vt = data.teacher[data.val_rows, 0]
+                rec["val_relational"] = float(relational_loss(torch.from_numpy(ve), torch.from_numpy(vt)))
+                held = set(data.report.get("holdout_identities", []))
+                if held:
+                    keep = np.array([data.index.identity[i] in held for i in data.val_rows])
+                    pairs = training_pairs_threshold(ve[keep], [data.index.identity[i] for i in data.val_rows[keep]])
+                    rec["val_pair_accuracy"] = pairs["accuracy"]
         history.append(rec)
         spent_before += rec["seconds"]
         log(f"epoch {epoch + 1}: {json.dumps(rec)}")
