@@ -109,7 +109,7 @@ def test_validation_crops_load_and_training_never_sees_them(tmp_path: Path) -> N
     assert rows and all(is_validation_identity(index.identity[i]) for i in rows)
     wild = load_wild(root, progress=False)
     assert wild.crops.shape == (len(rows), 112, 112, 3) and len(wild.names) == len(set(wild.labels))
-    assert wild.n_genuine == len(wild.names) * 3 and wild.n_impostor > 0
+    assert np.bincount(wild.labels).tolist() == [3] * len(wild.names)  # every crop of each validation identity
 
     pytest.importorskip("torch", reason="training needs the 'train' extra (torch)")
     from cryptoface.train.config import load_config
@@ -195,3 +195,17 @@ def test_calibrate_writes_the_threshold_for_the_far_and_the_client_uses_it(tmp_p
     assert threshold_from_model_file(model) == pytest.approx(result["threshold_at_far_1e-2"])
     assert detail["far"] == 1e-2 and np.mean(imp > detail["threshold"]) <= 1e-2
     assert set(detail["thresholds"]) == {"1e-3", "1e-2"} and detail["identities"] == result["n_identities"]
+
+
+def test_calibrate_refuses_an_unreported_far_before_any_work(tmp_path: Path) -> None:
+    import shutil
+
+    from cryptoface.assets import default_model_path
+    from cryptoface.cli import main
+
+    model = tmp_path / "model.npz"
+    shutil.copy(default_model_path(), model)
+    before = model.read_bytes()
+    missing = tmp_path / "no-such-folder"  # never read: the rate is checked first
+    assert main(["model", "calibrate", str(model), "--train-dir", str(missing), "--far", "0.05", "--quiet"]) == 2
+    assert model.read_bytes() == before

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 
 from cryptoface.errors import CryptoFaceError
-from cryptoface.match.threshold import DEFAULT_FAR, FARS
 from cryptoface.model import reference
 from cryptoface.model.file import load_model, model_tensors, read_header, save_model
 from cryptoface.model.fused import FusedModel
@@ -32,8 +31,9 @@ def register(subparsers: Any) -> None:
     )
     cal.add_argument("file", type=Path, help="fused model file (.npz)")
     cal.add_argument("--train-dir", type=Path, required=True, help="the faces-train folder (tar shards + index.csv)")
-    cal.add_argument("--far", type=float, default=DEFAULT_FAR, choices=FARS,
-                     help=f"false-accept rate (default {DEFAULT_FAR:g})")
+    # no choices here: the rates live in cryptoface.match, whose import is not worth every command's start-up
+    cal.add_argument("--far", type=float, default=None,
+                     help="false-accept rate, one of those `eval wild` reports (default: the shipped threshold's)")
     cal.add_argument("--out", type=Path, default=None, help="model file to write (default: FILE itself)")
     cal.add_argument("--quiet", action="store_true", help="no progress bars")
     cal.set_defaults(func=_calibrate)
@@ -44,19 +44,23 @@ def register(subparsers: Any) -> None:
 
 
 def _calibrate(args: argparse.Namespace) -> int:
+    from cryptoface.errors import DataError
     from cryptoface.eval.embedders import FusedEmbedder
     from cryptoface.eval.wild import calibration, evaluate_wild
-    from cryptoface.match.threshold import METADATA_KEY
+    from cryptoface.match.threshold import DEFAULT_FAR, FARS, METADATA_KEY
 
+    far = DEFAULT_FAR if args.far is None else args.far
+    if far not in FARS:  # before minutes of embedding
+        raise DataError(f"--far must be one of {', '.join(f'{f:g}' for f in FARS)}, got {far:g}")
     model = load_model(args.file)
     result = evaluate_wild(args.train_dir, FusedEmbedder(args.file), progress=not args.quiet)
-    detail = calibration(result, args.far)
+    detail = calibration(result, far)
     old = model.metadata.get(METADATA_KEY)
     model.metadata[METADATA_KEY] = detail["threshold"]
     model.metadata["threshold_detail"] = detail
     out = save_model(model, args.out or args.file)
     lo, hi = detail["tar_ci95"]
-    print(f"threshold {detail['threshold']:.4f} for FAR {args.far:g}: TAR {100 * detail['tar']:.2f} % "
+    print(f"threshold {detail['threshold']:.4f} for FAR {far:g}: TAR {100 * detail['tar']:.2f} % "
           f"[{100 * lo:.2f}, {100 * hi:.2f}] on {detail['identities']} held-out identities; wrote {out}")
     if old is not None:
         scores, same = result["scores"], result["labels"]

@@ -56,16 +56,6 @@ class WildSet:
     labels: np.ndarray
     names: tuple[str, ...]
 
-    @property
-    def n_genuine(self) -> int:
-        counts = np.bincount(self.labels)
-        return int((counts * (counts - 1) // 2).sum())
-
-    @property
-    def n_impostor(self) -> int:
-        n = len(self.labels)
-        return n * (n - 1) // 2 - self.n_genuine
-
 
 def validation_rows(index: TrainIndex) -> list[int]:
     """Rows of ``index`` whose identity is in the validation split (identities with at least two crops)."""

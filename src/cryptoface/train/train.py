@@ -316,10 +316,8 @@ def wild_evaluation(model: PatchCNN, data: Prepared, resolution: int, bootstrap:
     """:func:`cryptoface.eval.wild.wild_result` of the model on the in-the-wild validation crops (None without)."""
     rows = np.array(validation_rows(data.index), np.int64)
     rows = rows[rows < len(data.crops)]
-    if len(rows) < 2:
-        return None
-    labels = np.unique([data.index.identity[i] for i in rows], return_inverse=True)[1]
-    if int(labels.max()) + 1 < MIN_IDENTITIES:
+    names, labels = np.unique([data.index.identity[i] for i in rows], return_inverse=True)
+    if len(names) < MIN_IDENTITIES:
         return None  # too few for a FAR (smoke data): the training-pair figures stand in
     return wild_result(embed_rows(model, data.crops, rows, resolution), labels, bootstrap=bootstrap)
 
@@ -604,16 +602,18 @@ def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_image
             "(BatchNorm running statistics or weights diverged); nothing exported. Resume from an earlier "
             "checkpoint with a lower lr, or use bn_mode = 'frozen'"
         )
-    labelled = np.array([bool(data.index.identity[i]) for i in data.train_rows])
-    lab_rows = data.train_rows[labelled]
-    # Only identities with >= 2 images give genuine pairs (CelebA); embed those crops.
-    lab_emb = embed_rows(model, data.crops, lab_rows, resolution)
-    thr = training_pairs_threshold(lab_emb, [data.index.identity[i] for i in lab_rows])
-    # the shipped rule: tau for DEFAULT_FAR on the in-the-wild validation impostors, when training left them out
+    # the shipped rule: tau for DEFAULT_FAR on the in-the-wild validation impostors, when training left them out;
+    # else the accuracy-optimal tau on training pairs
     wild = wild_evaluation(model, data, resolution, bootstrap=BOOTSTRAP) if data.report.get("wild_validation_crops") \
         else None
     if wild is not None:
         thr = calibration(wild, DEFAULT_FAR)
+    else:
+        labelled = np.array([bool(data.index.identity[i]) for i in data.train_rows])
+        lab_rows = data.train_rows[labelled]
+        # Only identities with >= 2 images give genuine pairs (CelebA); embed those crops.
+        lab_emb = embed_rows(model, data.crops, lab_rows, resolution)
+        thr = training_pairs_threshold(lab_emb, [data.index.identity[i] for i in lab_rows])
     return {"norm_stats": {**squared_norm_stats(emb), "faces": "training crops"}, "threshold": thr}
 
 
