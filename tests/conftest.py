@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from browser import browser  # noqa: F401  (the headless Chromium fixture, tests/browser.py)
+
 REPO = Path(__file__).resolve().parents[1]
 FACES = Path(__file__).resolve().parent / "data" / "faces"
 

@@ -55,6 +55,8 @@ ROUTES = [
     ("POST", f"/v1/keysets/{KID}/subjects/1/templates"), ("DELETE", f"/v1/keysets/{KID}/subjects/1"),
     ("DELETE", f"/v1/keysets/{KID}/templates/1"), ("POST", f"/v1/keysets/{KID}/infer"),
     ("POST", f"/v1/keysets/{KID}/verify"), ("POST", f"/v1/keysets/{KID}/identify"), ("GET", "/v1/audit"),
+    ("POST", f"/v1/keysets/{KID}/jobs"), ("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{'A' * 22}"),
+    ("GET", f"/v1/jobs/{'A' * 22}/result"), ("POST", f"/v1/jobs/{'A' * 22}/cancel"), ("DELETE", f"/v1/jobs/{'A' * 22}"),
 ]
 ADMIN_ROUTES = [("POST", "/v1/admin/tenants"), ("GET", "/v1/admin/tenants"),
                 ("POST", "/v1/admin/tenants/tn_0123456789abcdef/api-keys"), ("DELETE", "/v1/admin/api-keys/abc")]

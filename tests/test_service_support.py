@@ -89,6 +89,20 @@ def running(db: Path, **kw: Any) -> Iterator[Server]:
         srv.stop()
 
 
+def hold_heavy_slot(srv: Server) -> None:
+    """Take the server's only heavy slot as a running inference would (the last key upload may still hold it)."""
+    from cryptoface.errors import CryptoFaceError
+
+    deadline = time.time() + 10
+    while True:
+        try:
+            srv.service.slots.acquire()
+            return
+        except CryptoFaceError:
+            assert time.time() < deadline, "the heavy slot stayed taken"
+            time.sleep(0.02)
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "bench_match_cmd",
     "train_cmd",
     "prepare_cmd",
+    "ui_cmd",
 ]
 
 

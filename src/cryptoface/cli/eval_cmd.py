@@ -6,7 +6,6 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
-from cryptoface.errors import ModelFileError
 from cryptoface.eval.pairs import DEFAULT_NO_FACE_POLICY, NO_FACE_POLICIES
 
 
@@ -86,24 +85,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _embedder(model: str | None, resolution: int | None = None):
-    """The embedder of ``model`` (None: the bundled model), checked against ``resolution`` when given."""
-    from cryptoface.assets import default_model_path
-    from cryptoface.eval.embedders import FusedEmbedder, SFaceEmbedder
-    from cryptoface.model.file import read_header
+    from cryptoface.eval.embedders import embedder_for
 
-    model = model if model is not None else default_model_path()
-    if str(model).lower() == "sface":
-        emb = SFaceEmbedder()
-        if resolution not in (None, emb.resolution):
-            raise ModelFileError(f"SFace takes {emb.resolution}x{emb.resolution} crops; drop --resolution")
-        return emb, "sface"
-    header_res = int(read_header(model)["resolution"])
-    if resolution not in (None, header_res):
-        raise ModelFileError(
-            f"{model} is a {header_res}x{header_res} model but --resolution {resolution} was given; "
-            "drop --resolution (it is read from the model file)"
-        )
-    return FusedEmbedder(model), str(model)
+    return embedder_for(model, resolution)
 
 
 def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution: int, title: str,

@@ -318,12 +318,39 @@ def _probe(args: argparse.Namespace, client: Any, photo: Any) -> Any:
     return probe
 
 
+class _JobBar:
+    """The server's inference progress as a terminal bar (one per job; the CLI waits on one job at a time)."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.job_id = ""
+
+    def __call__(self, job: Any) -> None:
+        from tqdm import tqdm
+
+        if job.job_id != self.job_id:
+            self.close()
+            self.job_id = job.job_id
+        if self.bar is None and job.total:
+            self.bar = tqdm(total=job.total, desc="server: encrypted inference", unit="layer", file=sys.stderr)
+        if self.bar is not None:
+            self.bar.set_postfix_str(job.step or job.state)
+            self.bar.update(job.done - self.bar.n)
+            if job.state in ("done", "failed", "cancelled"):
+                self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
 def _connect(args: argparse.Namespace) -> Any:
     from cryptoface.client import Client
 
     return Client.connect(args.server, args.home, api_key=args.api_key, ca_cert=args.ca_cert,
                           insecure_http=args.insecure_http, threshold=args.threshold,
-                          protocol=getattr(args, "protocol", DEFAULT_PROTOCOL))
+                          protocol=getattr(args, "protocol", DEFAULT_PROTOCOL), progress=_JobBar())
 
 
 def _check_name(name: str) -> str:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from cryptoface.client.keys import ClientKeys
 from cryptoface.client.transport import (
     Challenge,
     ImageProbe,
+    JobInfo,
     Probe,
     ScoreChunk,
     ServerError,
@@ -68,6 +70,16 @@ class SubjectExistsError(CryptoFaceError):
 
 class UnknownSubjectError(CryptoFaceError):
     """No subject of that name is enrolled under this key set."""
+
+
+class JobCancelledError(CryptoFaceError):
+    """The server's inference job was cancelled (by this client, another one of the tenant's, or a shutdown)."""
+
+
+Progress = Callable[[JobInfo], None]
+JOB_POLL_SECONDS = 1.0  # how often a waiting client asks the server how its inference job stands
+TRANSIENT_STATUSES = (0, 502, 503, 504)  # unreachable, or a proxy's answer: poll again
+MAX_POLL_MISSES = 5
 
 
 @dataclass(frozen=True)
@@ -117,11 +129,15 @@ class Client:
     """Encrypt, enrol, verify, identify under one key set, through one transport."""
 
     def __init__(self, keys: ClientKeys, transport: Transport, *, threshold: float | None = None,
-                 protocol: str = DEFAULT_PROTOCOL) -> None:
+                 protocol: str = DEFAULT_PROTOCOL, progress: Progress | None = None,
+                 poll_seconds: float = JOB_POLL_SECONDS) -> None:
         """``protocol``: "refresh" (the client normalises each template and encrypts it afresh) or "one-round"
-        (the server normalises; needs a key set with matching's levels, ``keygen --protocol one-round``)."""
+        (the server normalises; needs a key set with matching's levels, ``keygen --protocol one-round``).
+        ``progress(job)`` is called while the server's inference job runs (a progress bar, a web page)."""
         self.keys = keys
         self.transport = transport
+        self.progress = progress
+        self.poll_seconds = float(poll_seconds)
         self.threshold = default_threshold() if threshold is None else float(threshold)
         if not -1.0 < self.threshold < 1.0:
             raise CryptoFaceError(f"threshold {self.threshold} is not a cosine in (-1, 1)")
@@ -214,12 +230,13 @@ class Client:
         self.transport.delete_key_set(key_id or self.key_id)
 
     # -- probes ---------------------------------------------------------------------------------
-    def encrypt_photo(self, photo: str | os.PathLike[str], *, packing: str = "monolithic") -> ImageProbe:
-        """Align, preprocess and encrypt a photo for the service's encrypted inference."""
+    def encrypt_photo(self, photo: str | os.PathLike[str] | np.ndarray, *, packing: str = "monolithic") -> ImageProbe:
+        """Align, preprocess and encrypt a photo (a file, or an RGB array: a photo or an aligned 112x112 crop) for
+        the service's encrypted inference."""
         from cryptoface.client.photos import encrypt_photo
 
         resolution = self._resolution()
-        cts = encrypt_photo(self.keys, Path(photo), resolution, packing)
+        cts = encrypt_photo(self.keys, photo if isinstance(photo, np.ndarray) else Path(photo), resolution, packing)
         return ImageProbe(tuple(self.keys.backend.serialize(c) for c in cts), resolution, packing)
 
     def template_probe(self, ciphertext: Any) -> TemplateProbe:
@@ -227,11 +244,57 @@ class Client:
         return TemplateProbe(self.keys.backend.serialize(ciphertext), self.keys.stride)
 
     def infer(self, probe: PhotoOrProbe) -> TemplateProbe:
-        """Run the encrypted inference once and keep its encrypted template for several requests."""
+        """Run the encrypted inference once and keep its encrypted template for several requests.
+
+        It runs as a job on the server (:meth:`wait_job`): no HTTP call lasts minutes, :attr:`progress` sees each
+        network layer, and an interrupt here cancels the server's work."""
         probe = self._probe(probe)
         if isinstance(probe, TemplateProbe):
             return probe
-        return self.transport.infer(self.key_id, probe)
+        job = self.transport.submit_infer(self.key_id, probe)
+        del probe  # the image ciphertexts are on the server now
+        return self.wait_job(job.job_id)
+
+    def wait_job(self, job_id: str) -> TemplateProbe:
+        """Wait for an inference job (reporting to :attr:`progress`), collect its template and forget the job.
+
+        The job is cancelled if the wait is interrupted (Ctrl-C, an error in the progress callback);
+        JobCancelledError if it was cancelled elsewhere; the job's own error if it failed."""
+        wait = min(0.05, self.poll_seconds)  # short jobs (the simulator, small rings) end within a few polls
+        misses = 0
+        try:
+            while True:
+                try:
+                    job = self.transport.job(job_id)
+                    misses = 0
+                except ServerError as exc:  # a dropped connection or a proxy's hiccup is no reason to give up
+                    misses += 1
+                    if exc.status not in TRANSIENT_STATUSES or misses > MAX_POLL_MISSES:
+                        raise
+                    time.sleep(self.poll_seconds)
+                    continue
+                if self.progress is not None:
+                    self.progress(job)
+                if job.state == "cancelled":
+                    raise JobCancelledError(f"the server's inference job {job_id} was cancelled")
+                if job.state in ("done", "failed"):
+                    result = self.transport.job_result(job_id)  # raises the job's error if it failed
+                    break
+                if job.state not in ("queued", "running"):
+                    raise ServerError(0, "bad_job_state", f"the server reports job state {job.state!r}")
+                time.sleep(wait)
+                wait = min(2 * wait, self.poll_seconds)
+        except BaseException:
+            with contextlib.suppress(CryptoFaceError):
+                self.transport.delete_job(job_id)  # cancels it if it is still running
+            raise
+        with contextlib.suppress(CryptoFaceError):
+            self.transport.delete_job(job_id)
+        return result
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        """Ask the server to stop an inference job (it stops at its next network layer)."""
+        return self.transport.cancel_job(job_id)
 
     def refresh(self, probe: PhotoOrProbe, mode: str = "score") -> TemplateProbe:
         """The probe's template normalised here and encrypted afresh at the levels ``mode`` needs.

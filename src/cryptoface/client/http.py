@@ -26,6 +26,7 @@ from cryptoface.client.transport import (
     AuthError,
     Challenge,
     ImageProbe,
+    JobInfo,
     KeySetInfo,
     PairChunk,
     Probe,
@@ -54,6 +55,15 @@ def _probe_json(probe: Probe) -> dict[str, Any]:
         return out
     return {"ciphertext": _b64(probe.ciphertext), "stride": probe.stride, "replicas": probe.replicas,
             "normalised": probe.normalised}
+
+
+def _job(out: dict[str, Any]) -> JobInfo:
+    p, err = out.get("progress") or {}, out.get("error")
+    return JobInfo(str(out["job_id"]), str(out["key_id"]), str(out["kind"]), str(out["state"]), int(p.get("done", 0)),
+                   int(p.get("total", 0)), str(p.get("step", "")), float(out["created"]),
+                   None if out.get("started") is None else float(out["started"]),
+                   None if out.get("ended") is None else float(out["ended"]),
+                   None if not err else f"{err.get('error')}: {err.get('detail')}")
 
 
 def _seg(value: str | int) -> str:
@@ -196,6 +206,25 @@ class HTTPTransport:
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe:
         out = self._call("POST", f"{self._keyset(key_id)}/infer", json={"probe": _probe_json(probe)})
         return TemplateProbe(base64.b64decode(out["ciphertext"]), int(out["stride"]), int(out["replicas"]))
+
+    def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
+        return _job(self._call("POST", f"{self._keyset(key_id)}/jobs", json={"probe": _probe_json(probe)}))
+
+    def job(self, job_id: str) -> JobInfo:
+        return _job(self._call("GET", f"/v1/jobs/{_seg(job_id)}"))
+
+    def jobs(self) -> list[JobInfo]:
+        return [_job(o) for o in self._call("GET", "/v1/jobs")]
+
+    def job_result(self, job_id: str) -> TemplateProbe:
+        out = self._call("GET", f"/v1/jobs/{_seg(job_id)}/result")
+        return TemplateProbe(base64.b64decode(out["ciphertext"]), int(out["stride"]), int(out["replicas"]))
+
+    def cancel_job(self, job_id: str) -> JobInfo:
+        return _job(self._call("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))
+
+    def delete_job(self, job_id: str) -> None:
+        self._call("DELETE", f"/v1/jobs/{_seg(job_id)}")
 
     def create_subject(self, key_id: str, subject: str, probes: list[Probe]) -> Subject:
         return _subject(self._call("POST", f"{self._keyset(key_id)}/subjects",

@@ -17,6 +17,7 @@ from cryptoface.client.transport import (
     LOCAL_TENANT,
     Challenge,
     ImageProbe,
+    JobInfo,
     KeySetInfo,
     PairChunk,
     Probe,
@@ -33,6 +34,7 @@ LOCAL_ACTOR = "local"  # what the audit log names as the actor of in-process req
 def _http_equivalent(exc: BaseException) -> tuple[int, str] | None:
     """(status, code) the HTTP server answers for this service or store error (None: not a refusal it maps)."""
     from cryptoface.service import errors as se
+    from cryptoface.service import jobs as sj
     from cryptoface.store import base as sb
 
     table: list[tuple[type[BaseException], int, str]] = [
@@ -45,6 +47,11 @@ def _http_equivalent(exc: BaseException) -> tuple[int, str] | None:
         (sb.TemplateCapError, 409, "template_cap"),
         (sb.ConflictError, 409, "conflict"),
         (se.BusyError, 503, "busy"),
+        (sj.JobNotFoundError, 404, "unknown_job"),
+        (sj.JobNotDoneError, 409, "job_not_done"),
+        (sj.JobLimitError, 429, "too_many_jobs"),
+        (sj.JobTimeoutError, 503, "job_timed_out"),
+        (sj.JobInternalError, 500, "internal_error"),
     ]
     return next(((status, code) for cls, status, code in table if isinstance(exc, cls)), None)
 
@@ -116,6 +123,31 @@ class InProcessTransport:
         return TemplateProbe(out["ciphertext"], int(out["stride"]), int(out["replicas"]))
 
     @_translated
+    def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
+        return _job(self.service.submit_infer(self.caller, key_id, probe.to_request()))
+
+    @_translated
+    def job(self, job_id: str) -> JobInfo:
+        return _job(self.service.job(self.caller, job_id))
+
+    @_translated
+    def jobs(self) -> list[JobInfo]:
+        return [_job(v) for v in self.service.job_list(self.caller)]
+
+    @_translated
+    def job_result(self, job_id: str) -> TemplateProbe:
+        out = self.service.job_result(self.caller, job_id)
+        return TemplateProbe(out["ciphertext"], int(out["stride"]), int(out["replicas"]))
+
+    @_translated
+    def cancel_job(self, job_id: str) -> JobInfo:
+        return _job(self.service.cancel_job(self.caller, job_id))
+
+    @_translated
+    def delete_job(self, job_id: str) -> None:
+        self.service.delete_job(self.caller, job_id)
+
+    @_translated
     def create_subject(self, key_id: str, subject: str, probes: list[Probe]) -> Subject:
         return _subject(self.service.create_subject(self.caller, key_id, subject, [p.to_request() for p in probes]))
 
@@ -155,6 +187,12 @@ class InProcessTransport:
 
     def close(self) -> None:
         """The service belongs to the caller; nothing to release here."""
+
+
+def _job(v: Any) -> JobInfo:
+    err = None if v.error is None else f"{type(v.error).__name__}: {v.error}"
+    return JobInfo(v.job_id, v.key_id, v.kind, v.state, v.progress.done, v.progress.total, v.progress.step,
+                   v.created, v.started, v.ended, err)
 
 
 def local_tenant(service: Any) -> str:

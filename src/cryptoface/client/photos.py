@@ -15,7 +15,8 @@ STANDIN_LABEL = "STAND-IN: embedding computed IN THE CLEAR on the client, then e
 STANDIN_NORM_SQ = 289.6  # mean ||e||^2 of the paper model on LFW; stand-in embeddings are rescaled to it
 
 
-def encrypt_photo(keys: ClientKeys, photo: str | Path, resolution: int, packing: str = "monolithic") -> list[Any]:
+def encrypt_photo(keys: ClientKeys, photo: str | Path | np.ndarray, resolution: int, packing: str = "monolithic"
+                  ) -> list[Any]:
     """The encrypted model input of a photo, aligned and preprocessed on the client.
 
     ``packing="units"``: each group of <= 4 patches packed by the Net4 plan, concatenated in unit order (for a
@@ -30,7 +31,7 @@ def encrypt_photo(keys: ClientKeys, photo: str | Path, resolution: int, packing:
     return encrypt_image(keys.backend, resolution, x)
 
 
-def standin_template(keys: ClientKeys, model: Any, photo: str | Path, level: int | None = None) -> Any:
+def standin_template(keys: ClientKeys, model: Any, photo: str | Path | np.ndarray, level: int | None = None) -> Any:
     """TEST/DEMO STAND-IN, NOT INFERENCE: clear embedding of the photo, rescaled, encrypted in the template layout."""
     from cryptoface.face import preprocess
     from cryptoface.model.reference import forward

@@ -107,6 +107,31 @@ class Challenge:
     nonce: str  # hex
 
 
+@dataclass(frozen=True)
+class JobInfo:
+    """A server-side inference job as its owner sees it (see :mod:`cryptoface.service.jobs`)."""
+
+    job_id: str
+    key_id: str
+    kind: str
+    state: str  # queued | running | done | failed | cancelled
+    done: int  # network layers done ...
+    total: int  # ... of this many (0 while queued)
+    step: str  # the last layer done
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    error: str | None = None  # the failure's code and detail ("code: detail")
+
+    @property
+    def ended_ok(self) -> bool:
+        return self.state == "done"
+
+    @property
+    def fraction(self) -> float:
+        return self.done / self.total if self.total else 0.0
+
+
 @runtime_checkable
 class Transport(Protocol):
     """The matching service as a client sees it (all keys public, all values encrypted)."""
@@ -129,6 +154,20 @@ class Transport(Protocol):
         """Erase the key set with its keys, subjects and templates."""
 
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe: ...
+
+    def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
+        """:meth:`infer` as a job on the server: accepted at once, collected with :meth:`job_result`."""
+
+    def job(self, job_id: str) -> JobInfo: ...
+
+    def jobs(self) -> list[JobInfo]: ...
+
+    def job_result(self, job_id: str) -> TemplateProbe:
+        """The done job's template; the job's own error if it failed; a 409 ServerError if it has not ended."""
+
+    def cancel_job(self, job_id: str) -> JobInfo: ...
+
+    def delete_job(self, job_id: str) -> None: ...
 
     def create_subject(self, key_id: str, subject: str, probes: list[Probe]) -> Subject: ...
 

@@ -6,7 +6,7 @@ the client derives the same rotation-key set and input packing as the server wit
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -57,16 +57,25 @@ def encrypt_image(backend: Any, resolution: int, x: np.ndarray) -> list[Any]:
 
 def infer_template(
     backend: Any, model: FusedModel, cts: Sequence[Any], *, progress: bool = False, workers: int | None = None,
-    plaintexts: Any = None, model_id: str = "",
+    plaintexts: Any = None, model_id: str = "", on_layer: Callable[[int, int, str], None] | None = None,
 ) -> tuple[Any, TemplateLayout]:
     """Server side: the encrypted template (one ciphertext) and its layout from encrypted face inputs
     (``workers`` engine threads; None = one per CPU, at most two, on a thread-safe backend, else one;
-    ``plaintexts``: a :class:`~cryptoface.engine.plaintexts.PlaintextCache` for ``model_id``'s weights)."""
+    ``plaintexts``: a :class:`~cryptoface.engine.plaintexts.PlaintextCache` for ``model_id``'s weights;
+    ``on_layer(done, total, name)`` after every plan layer: progress, and a point where a caller may abort)."""
     from cryptoface.engine.evaluator import EncryptedModel
 
     engine = EncryptedModel(model, backend, _plan(backend, model.resolution), workers=workers,
                             plaintexts=plaintexts, model_id=model_id)
-    return engine.infer(cts, progress=progress)
+    hook = None
+    if on_layer is not None:
+        names = [layer.name for layer in engine.plan.layers]
+        position = {id(layer): i for i, layer in enumerate(engine.plan.layers)}
+
+        def hook(layer: Any, _outputs: list[Any]) -> None:
+            on_layer(position[id(layer)] + 1, len(names), layer.name)
+
+    return engine.infer(cts, progress=progress, on_layer=hook)
 
 
 __all__ = [

@@ -12,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import cv2
 import numpy as np
 
+from cryptoface.errors import ModelFileError
 from cryptoface.face.assets import sface_path
 from cryptoface.face.resize import to_model_input
 from cryptoface.model.file import load_model
@@ -92,3 +93,24 @@ def make_embedder(model: str | os.PathLike[str]) -> Embedder:
     if str(model).lower() == "sface":
         return SFaceEmbedder()
     return FusedEmbedder(model)
+
+
+def embedder_for(model: str | os.PathLike[str] | None, resolution: int | None = None) -> tuple[Embedder, str]:
+    """(embedder, name) of ``model``: a fused file, ``"sface"``, or None for the bundled model; ModelFileError
+    when ``resolution`` is given and differs from the model's."""
+    from cryptoface.assets import default_model_path
+    from cryptoface.model.file import read_header
+
+    model = model if model is not None else default_model_path()
+    if str(model).lower() == "sface":
+        emb = SFaceEmbedder()
+        if resolution not in (None, emb.resolution):
+            raise ModelFileError(f"SFace takes {emb.resolution}x{emb.resolution} crops; drop --resolution")
+        return emb, "sface"
+    header_res = int(read_header(model)["resolution"])
+    if resolution not in (None, header_res):
+        raise ModelFileError(
+            f"{model} is a {header_res}x{header_res} model but --resolution {resolution} was given; "
+            "drop --resolution (it is read from the model file)"
+        )
+    return FusedEmbedder(model), str(model)

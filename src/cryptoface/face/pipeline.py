@@ -6,7 +6,7 @@ import numpy as np
 
 from cryptoface.errors import ImageError
 from cryptoface.face.align import CROP_SIZE, warp_face
-from cryptoface.face.detect import PRODUCT_MIN_SCORE, detect_face
+from cryptoface.face.detect import PRODUCT_MIN_SCORE, Face, detect_face
 from cryptoface.face.image import ImageSource, load_image_file
 from cryptoface.face.refine import refine_landmarks
 from cryptoface.face.resize import to_model_input
@@ -58,8 +58,15 @@ def align_face(
         if not _is_aligned_crop(img):
             raise ImageError(f"an aligned crop must be {CROP_SIZE}x{CROP_SIZE}, got {img.shape[1]}x{img.shape[0]}")
         return img
+    return detect_and_align(img, select=select, min_score=min_score, refine=refine)[1]
+
+
+def detect_and_align(
+    img: np.ndarray, select: str = "largest", min_score: float | None = PRODUCT_MIN_SCORE, refine: bool = True
+) -> tuple[Face, np.ndarray]:
+    """(the main face as detected, its 112x112x3 aligned crop) of an RGB uint8 photo; see :func:`align_face`."""
     face = detect_face(img, select=select, min_score=min_score)
-    return warp_face(img, refine_landmarks(img, face) if refine else face.landmarks)
+    return face, warp_face(img, refine_landmarks(img, face) if refine else face.landmarks)
 
 
 def preprocess(image: ImageSource | np.ndarray, resolution: int, aligned: bool | None = None) -> np.ndarray:

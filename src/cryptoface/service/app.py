@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Response, Security
@@ -44,6 +46,15 @@ from cryptoface.service.errors import (
     ServiceInputError,
     UnauthorizedError,
 )
+from cryptoface.service.jobs import (
+    JobCancelledError,
+    JobInternalError,
+    JobLimitError,
+    JobNotDoneError,
+    JobNotFoundError,
+    JobTimeoutError,
+    JobView,
+)
 from cryptoface.service.models import (
     HEX64,
     ApiKeyOut,
@@ -59,6 +70,8 @@ from cryptoface.service.models import (
     ImageProbe,
     InferIn,
     InferOut,
+    JobOut,
+    JobProgress,
     KeySetIn,
     KeySetOut,
     ProofIn,
@@ -103,6 +116,12 @@ ERRORS: list[tuple[type[BaseException], int, str]] = [
     (UnknownTemplateError, 404, "unknown_template"),
     (UnknownTenantError, 404, "unknown_tenant"),
     (UnknownApiKeyError, 404, "unknown_api_key"),
+    (JobNotFoundError, 404, "unknown_job"),
+    (JobNotDoneError, 409, "job_not_done"),
+    (JobCancelledError, 409, "job_cancelled"),
+    (JobLimitError, 429, "too_many_jobs"),
+    (JobTimeoutError, 503, "job_timed_out"),
+    (JobInternalError, 500, "internal_error"),
     (KeySetPendingError, 409, "key_set_pending"),
     (TemplateCapError, 409, "template_cap"),
     (ConflictError, 409, "conflict"),
@@ -147,6 +166,7 @@ MATCH = (*KEYSET, *BODY, 400, 409, 501)
 KeyId = Annotated[str, Path(pattern=HEX64, description="the key set's id: sha256 hex of its public key")]
 SubjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 TemplateId = Annotated[int, Path(ge=1, le=MAX_ID)]
+JobId = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{22}$", description="a job's id (from POST .../jobs)")]
 KeyKind = Annotated[str, Path(min_length=1, max_length=64, description="'relin' or 'rotation:<step>'")]
 
 _api_key = APIKeyHeader(name="x-api-key", auto_error=False, description="a tenant's API key")
@@ -175,6 +195,15 @@ def _key_set_out(r: KeySetRecord) -> KeySetOut:
 
 def _subject_out(s: SubjectRecord) -> SubjectOut:
     return SubjectOut(subject_id=s.id, subject=s.name, template_ids=list(s.template_ids))
+
+
+def _job_out(v: JobView) -> JobOut:
+    error = None
+    if v.error is not None:
+        error = ErrorOut(error=error_status(v.error)[1], detail=str(v.error))
+    return JobOut(job_id=v.job_id, key_id=v.key_id, kind=v.kind, state=v.state,
+                  progress=JobProgress(done=v.progress.done, total=v.progress.total, step=v.progress.step),
+                  created=v.created, started=v.started, ended=v.ended, error=error)
 
 
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -257,7 +286,14 @@ def create_app(
                            retry_after=retry_after, device=device, plaintext_budget=plaintext_budget)
     auth = Authenticator(store, admin_key)
     backends = available_backends()  # once: importing a missing library again on every health check costs
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()  # running jobs stop at their next layer; queued ones are dropped
+
     app = FastAPI(
+        lifespan=lifespan,
         title="CryptoFace matching server",
         version=API_VERSION,
         description="Encrypted face templates: the server never holds a secret key, a face, a template or a score "
@@ -391,6 +427,43 @@ def create_app(
         out = service.infer(caller, key_id, _probe(body.probe))
         return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
                         replicas=out["replicas"])
+
+    # -- jobs: inference that outlives one HTTP call ----------------------------------------------------
+    @app.post("/v1/keysets/{key_id}/jobs", status_code=202, response_model=JobOut, responses=_err(*MATCH, 429))
+    @limits.policy("json")
+    def submit_job(key_id: KeyId, body: InferIn, caller: Tenant, response: Response) -> JobOut:
+        view = service.submit_infer(caller, key_id, _probe(body.probe))
+        response.headers["location"] = f"/v1/jobs/{view.job_id}"
+        return _job_out(view)
+
+    @app.get("/v1/jobs", response_model=list[JobOut], responses=_err(*TENANT))
+    @limits.policy()
+    def jobs(caller: Tenant) -> list[JobOut]:
+        return [_job_out(v) for v in service.job_list(caller)]
+
+    @app.get("/v1/jobs/{job_id}", response_model=JobOut, responses=_err(*TENANT, 404, 422))
+    @limits.policy()
+    def job(job_id: JobId, caller: Tenant) -> JobOut:
+        return _job_out(service.job(caller, job_id))
+
+    @app.get("/v1/jobs/{job_id}/result", response_model=InferOut,
+             responses=_err(*TENANT, 400, 404, 409, 422, 500, 501))
+    @limits.policy()
+    def job_result(job_id: JobId, caller: Tenant) -> InferOut:
+        out = service.job_result(caller, job_id)
+        return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
+                        replicas=out["replicas"])
+
+    @app.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_err(*TENANT, 404, 422))
+    @limits.policy()
+    def cancel_job(job_id: JobId, caller: Tenant) -> JobOut:
+        return _job_out(service.cancel_job(caller, job_id))
+
+    @app.delete("/v1/jobs/{job_id}", status_code=204, responses=_err(*TENANT, 404, 422))
+    @limits.policy()
+    def delete_job(job_id: JobId, caller: Tenant) -> Response:
+        service.delete_job(caller, job_id)
+        return Response(status_code=204)
 
     @app.post("/v1/keysets/{key_id}/verify", response_model=VerifyOut, responses=_err(*MATCH))
     @limits.policy("json")

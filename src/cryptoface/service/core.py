@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +45,7 @@ from cryptoface.service.errors import (
     ServiceInputError,
     UnauthorizedError,
 )
+from cryptoface.service.jobs import JobLimitError, JobQueue, JobView, Progress
 from cryptoface.service.keycache import KeySetCache
 from cryptoface.service.kinds import allowed_kinds
 from cryptoface.service.limits import MAX_COMPARE_PAIRS, HeavySlots
@@ -103,6 +104,9 @@ def _has_images(probes: Sequence[Probe]) -> bool:
     return any(p.get("images") is not None for p in probes)
 
 
+Report = Callable[[Progress], None]
+
+
 class MatchService:
     """Tenants' key sets, subjects and encrypted matching (enrol / verify / identify / infer)."""
 
@@ -154,6 +158,13 @@ class MatchService:
         self._plaintext_budget = plaintext_budget
         self._plaintexts: dict[str, PlaintextCache] = {}  # backend:device:params id -> kept weight plaintexts
         self._plaintexts_lock = threading.Lock()
+        self.jobs = JobQueue(max_heavy)  # inference as jobs: as many run at once as there are heavy slots
+        self._job_bytes = 0  # image bytes held by jobs that have not ended
+        self._job_bytes_lock = threading.Lock()
+
+    def close(self) -> None:
+        """Cancel the jobs and stop their workers (the store and executor belong to the caller)."""
+        self.jobs.close()
 
     # -- admin: tenants and API keys ------------------------------------------------------------------
     @staticmethod
@@ -381,8 +392,10 @@ class MatchService:
         return any(s.backend.has_secret_key for s in self.cache.states())
 
     # -- templates ----------------------------------------------------------------------------------
-    def _template_from_probe(self, state: _KeySetState, probe: Probe) -> tuple[Any, TemplateLayout]:
-        """Raw template ciphertext + layout from a request probe: images (engine) or an encrypted template."""
+    def _template_from_probe(self, state: _KeySetState, probe: Probe, report: Report | None = None
+                             ) -> tuple[Any, TemplateLayout]:
+        """Raw template ciphertext + layout from a request probe: images (engine) or an encrypted template;
+        ``report`` gets the inference's progress."""
         be = state.backend
         if probe.get("images") is not None:
             if self.model is None:
@@ -396,7 +409,7 @@ class MatchService:
                     f"{self.model.resolution} inputs"
                 )
             cts = [read_untrusted(be, b) for b in probe["images"]]
-            return self._infer(state, cts, packing=probe.get("packing") or "monolithic")
+            return self._infer(state, cts, packing=probe.get("packing") or "monolithic", report=report)
         if probe.get("normalised"):
             raise ServiceInputError("this request takes images or a raw template, not a client-normalised one")
         ct = read_untrusted(be, probe["ciphertext"])
@@ -421,7 +434,8 @@ class MatchService:
             raise CiphertextError(f"the normalised template is at level {level}; this matching needs {need} levels")
         return ct, stride
 
-    def _infer(self, state: _KeySetState, cts: list[Any], packing: str = "monolithic") -> tuple[Any, TemplateLayout]:
+    def _infer(self, state: _KeySetState, cts: list[Any], packing: str = "monolithic", report: Report | None = None
+               ) -> tuple[Any, TemplateLayout]:
         """The template: monolithic plan in process, or patch-parallel units on the executor.
 
         ``packing="units"``: the client packed each unit's patches by the Net4 plan (engine.units.encrypt_units,
@@ -435,13 +449,19 @@ class MatchService:
         n_units = len(unit_patches(self.model.n_patches))
         use_units = packing == "units" or (self.executor is not None and n_units == 1)
         if not use_units:
+            on_layer = None if report is None else (lambda done, total, name: report(Progress(done, total, name)))
             return infer_template(state.backend, self.model, cts, progress=self.progress,
-                                  plaintexts=self._plaintext_cache(state), model_id=self.model_id)
+                                  plaintexts=self._plaintext_cache(state), model_id=self.model_id, on_layer=on_layer)
         per = unit_plan(state.backend.slots, state.backend.params.levels).input_layout.n_cts
         if len(cts) != per * n_units:
             raise ServiceInputError(f"unit packing: expected {n_units} x {per} image ciphertexts, got {len(cts)}")
         engine, handle = self._engine_for(state)
-        return engine.infer(state.backend, handle, [cts[u * per:(u + 1) * per] for u in range(n_units)])
+        if report is not None:  # the units run elsewhere as one step: progress is coarse
+            report(Progress(0, 1, f"{n_units} patch-parallel unit(s)"))
+        out = engine.infer(state.backend, handle, [cts[u * per:(u + 1) * per] for u in range(n_units)])
+        if report is not None:
+            report(Progress(1, 1, "done"))
+        return out
 
     def _units_runner(self) -> Any:
         """The executor unit-packed probes run on: the configured one, else a private in-process one."""
@@ -472,17 +492,66 @@ class MatchService:
                                        keys=self.store.key_set_keys(state.key_id))
         return state.handle
 
-    def infer(self, caller: Caller, key_id: str, probe: Probe) -> dict[str, Any]:
+    def infer(self, caller: Caller, key_id: str, probe: Probe, report: Report | None = None) -> dict[str, Any]:
         """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
 
-        Lets a client reuse one inference for several requests (e.g. verify, then identify)."""
+        Lets a client reuse one inference for several requests (e.g. verify, then identify). ``report`` gets the
+        progress per network layer; an exception it raises (a cancelled job) stops the inference there."""
         if probe.get("images") is None:
             raise ServiceInputError("infer takes an image probe")
         record = self._active(caller, key_id, [probe])
         with self._serving(record, heavy=True) as state, state.lock:
-            ct, layout = self._template_from_probe(state, probe)
+            ct, layout = self._template_from_probe(state, probe, report)
             data = state.backend.serialize(ct)
         return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas}
+
+    # -- jobs ---------------------------------------------------------------------------------------
+    def submit_infer(self, caller: Caller, key_id: str, probe: Probe) -> JobView:
+        """:meth:`infer` as a job: checked now (key set owned and active, an image probe), its images charged to
+        the memory budget until it ends (BusyError when they do not fit), run when a heavy slot is free; the
+        result is collected with :meth:`job_result`."""
+        if probe.get("images") is None:
+            raise ServiceInputError("an inference job takes an image probe")
+        self._active(caller, key_id, [probe])
+        held = sum(len(c) for c in probe["images"])  # the image ciphertexts wait in memory with the job
+        with self._job_bytes_lock:  # waiting jobs may hold a quarter of the budget: the running one needs the rest
+            if self._job_bytes + held > self.budget.capacity // 4:
+                raise JobLimitError("the server's job queue is full; retry later")
+            self._job_bytes += held
+        try:
+            self.budget.take(held, "a queued inference job")
+        except BaseException:
+            self._release_job_bytes(held, charged=False)
+            raise
+        try:
+            return self.jobs.submit(self._tenant(caller), key_id, "infer",
+                                    lambda report: self.infer(caller, key_id, probe, report),
+                                    on_end=lambda: self._release_job_bytes(held))
+        except BaseException:
+            self._release_job_bytes(held)
+            raise
+
+    def _release_job_bytes(self, held: int, charged: bool = True) -> None:
+        with self._job_bytes_lock:
+            self._job_bytes -= held
+        if charged:
+            self.budget.give(held)
+
+    def job(self, caller: Caller, job_id: str) -> JobView:
+        return self.jobs.get(self._tenant(caller), job_id)
+
+    def job_list(self, caller: Caller) -> list[JobView]:
+        return self.jobs.list(self._tenant(caller))
+
+    def job_result(self, caller: Caller, job_id: str) -> dict[str, Any]:
+        """The ended job's result (as :meth:`infer` returns it); its error if it failed."""
+        return self.jobs.result(self._tenant(caller), job_id)
+
+    def cancel_job(self, caller: Caller, job_id: str) -> JobView:
+        return self.jobs.cancel(self._tenant(caller), job_id)
+
+    def delete_job(self, caller: Caller, job_id: str) -> None:
+        self.jobs.delete(self._tenant(caller), job_id)
 
     def _normalised(self, state: _KeySetState, probe: Probe, extra_levels: int) -> tuple[Any, int]:
         """(normalised template, stride recorded with it): normalised here from images or a raw template, or as

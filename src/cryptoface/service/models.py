@@ -181,6 +181,26 @@ class InferOut(BaseModel):
     replicas: int
 
 
+class JobProgress(BaseModel):
+    done: int = Field(description="steps (network layers) done")
+    total: int = Field(description="steps in all (0 while queued)")
+    step: str = Field(description="name of the last step done")
+
+
+class JobOut(BaseModel):
+    """An inference job: poll it, cancel it, collect its result (GET /v1/jobs/{job_id}/result) once done."""
+
+    job_id: str
+    key_id: str
+    kind: str
+    state: str = Field(description="queued | running | done | failed | cancelled")
+    progress: JobProgress
+    created: float = Field(description="Unix time")
+    started: float | None
+    ended: float | None
+    error: ErrorOut | None = Field(description="why it failed (the status code is in /result's answer)")
+
+
 class VerifyIn(_Strict):
     subject: SubjectName
     probe: Probe
