@@ -17,8 +17,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from cryptoface.assets import default_model_path
-from cryptoface.eval.embedders import cosine_scores, make_embedder
+from cryptoface.eval.embedders import cosine_scores, embedder_for
 from cryptoface.eval.lfw import LFW_FACE_SELECT, image_root, read_pairs, summarize
 from cryptoface.face.align import warp_face
 from cryptoface.face.detect import detect_face
@@ -40,7 +39,7 @@ def main() -> None:
     pairs = read_pairs(args.lfw_dir / "pairs.txt")
     names = sorted(set(pairs.left) | set(pairs.right))
     root = image_root(args.lfw_dir)
-    embedder = make_embedder(args.model or default_model_path())
+    embedder, _ = embedder_for(args.model)
     photos = {rel: load_image_file(root / rel) for rel in tqdm(names, desc="reading photos", unit="img")}
     faces = {rel: detect_face(img, select=LFW_FACE_SELECT, min_score=None, min_eye_distance=0)
              for rel, img in tqdm(photos.items(), desc="detecting", unit="img")}

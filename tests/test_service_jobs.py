@@ -263,3 +263,14 @@ def test_closing_the_queue_ends_waiting_jobs_and_releases_what_they_hold():
     assert queue.get("t", first.job_id).state == "cancelled"
     with pytest.raises(JobLimitError):
         queue.submit("t", "k", "infer", lambda report: 1)
+
+
+def test_the_cli_draws_the_servers_progress_as_a_bar(capsys):
+    from cryptoface.cli.service_cmd import _JobBar
+    from cryptoface.client.transport import JobInfo
+
+    bar = _JobBar()
+    for state, done in [("queued", 0), ("running", 1), ("running", 12), ("done", 23)]:
+        bar(JobInfo("j1", "k", "infer", state, done, 23 if state != "queued" else 0, f"layer{done}", 0.0))
+    err = capsys.readouterr().err
+    assert "server: encrypted inference" in err and "23/23" in err and bar.bar is None  # closed at the end

@@ -84,12 +84,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pairs.set_defaults(func=run_pairs)
 
 
-def _embedder(model: str | None, resolution: int | None = None):
-    from cryptoface.eval.embedders import embedder_for
-
-    return embedder_for(model, resolution)
-
-
 def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution: int, title: str,
             compared: Sequence[tuple[dict, str, int]] = (), **extra) -> int:
     """Print, and write as asked, the report of ``result`` and of the ``compared`` (result, model, resolution)."""
@@ -121,11 +115,12 @@ def _finish(args: argparse.Namespace, result: dict, model_name: str, resolution:
 
 def run_lfw(args: argparse.Namespace) -> int:
     from cryptoface.errors import DataError
+    from cryptoface.eval.embedders import embedder_for
     from cryptoface.eval.lfw import evaluate_lfw
 
     if args.limit is not None and args.limit < 1:
         raise DataError("--limit must be at least 1")
-    embedders = [_embedder(args.model, args.resolution)] + [_embedder(m) for m in args.compare]  # checked first
+    embedders = [embedder_for(args.model, args.resolution)] + [embedder_for(m) for m in args.compare]  # checked first
     results = [
         evaluate_lfw(args.lfw_dir, emb, limit=args.limit, cache_dir=args.cache_dir, progress=not args.quiet,
                      select=args.select)
@@ -139,10 +134,11 @@ def run_lfw(args: argparse.Namespace) -> int:
 
 
 def run_wild(args: argparse.Namespace) -> int:
+    from cryptoface.eval.embedders import embedder_for
     from cryptoface.eval.report import format_thresholds
     from cryptoface.eval.wild import evaluate_wild, load_wild
 
-    embedders = [_embedder(args.model, args.resolution)] + [_embedder(m) for m in args.compare]  # checked first
+    embedders = [embedder_for(args.model, args.resolution)] + [embedder_for(m) for m in args.compare]  # checked first
     wild = load_wild(args.train_dir, progress=not args.quiet)
     results = [evaluate_wild(args.train_dir, emb, progress=not args.quiet, wild=wild) for emb, _ in embedders]
     (emb, model_name), result = embedders[0], results[0]
@@ -156,9 +152,10 @@ def run_wild(args: argparse.Namespace) -> int:
 
 
 def run_pairs(args: argparse.Namespace) -> int:
+    from cryptoface.eval.embedders import embedder_for
     from cryptoface.eval.pairs import evaluate_pairs
 
-    emb, model_name = _embedder(args.model, args.resolution)
+    emb, model_name = embedder_for(args.model, args.resolution)
     result = evaluate_pairs(args.csv, emb, threshold=args.threshold, no_face=args.no_face)
     title = f"{args.csv.name}, {emb.name} ({result['n_pairs']} pairs)"
     return _finish(

@@ -88,13 +88,6 @@ def cosine_scores(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->i", a, b) / np.maximum(na * nb, 1e-300)
 
 
-def make_embedder(model: str | os.PathLike[str]) -> Embedder:
-    """``"sface"`` -> SFaceEmbedder, anything else -> FusedEmbedder on that model file."""
-    if str(model).lower() == "sface":
-        return SFaceEmbedder()
-    return FusedEmbedder(model)
-
-
 def embedder_for(model: str | os.PathLike[str] | None, resolution: int | None = None) -> tuple[Embedder, str]:
     """(embedder, name) of ``model``: a fused file, ``"sface"``, or None for the bundled model; ModelFileError
     when ``resolution`` is given and differs from the model's."""

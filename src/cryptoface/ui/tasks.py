@@ -161,9 +161,16 @@ class TaskRunner:
                 log.info("cancelling the server job failed: %s", type(exc).__name__)
         return task
 
-    def close(self) -> None:
-        for task in self.all():
-            self.cancel(task.task_id)
+    def close(self, wait: float = 5.0) -> None:
+        """Cancel every task (their server jobs too, for at most ``wait`` seconds: a hung server does not hold the
+        app's exit) and stop the worker."""
+        def cancel_all() -> None:
+            for task in self.all():
+                self.cancel(task.task_id)
+
+        closer = threading.Thread(target=cancel_all, name="ui-close", daemon=True)
+        closer.start()
+        closer.join(wait)
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, task: Task, work: Work) -> None:
