@@ -17,7 +17,7 @@ from cryptoface.ui.photos import Photo
 from cryptoface.ui.tasks import Run
 
 
-def _template(client: Client, photo: Photo, run: Run, standin: Any = None, mode: str = "score") -> TemplateProbe:
+def _template(client: Client, photo: Photo, run: Run, standin: Any = None) -> TemplateProbe:
     """The photo's template as matching takes it under the client's protocol, each stage a timed step.
 
     ``standin`` (a FusedModel; TESTING ONLY, for key sets too small for the network): the raw template is the
@@ -39,7 +39,7 @@ def _template(client: Client, photo: Photo, run: Run, standin: Any = None, mode:
     if client.protocol != "refresh":
         return raw
     with run.step("decrypt, normalise, encrypt afresh"):
-        return client.refresh(raw, mode)
+        return client.refresh(raw)
 
 
 def enrol(client: Client, photo: Photo, subject: str, add: bool, run: Run, standin: Any = None) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def verify(client: Client, photo: Photo, subject: str, run: Run, standin: Any = 
     fresh = _template(client, photo, run, standin)
     with run.step("match (server) and decrypt"):
         r = client.verify(subject, fresh)
-    return {"subject": r.subject, "decision": "ACCEPT" if r.accepted else "REJECT", "score": round(max(r.values), 4),
+    return {"subject": r.subject, "decision": "ACCEPT" if r.accepted else "REJECT", "score": round(r.score, 4),
             "threshold": r.threshold}
 
 
