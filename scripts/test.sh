@@ -28,6 +28,7 @@ if [ "${CRYPTOFACE_SKIP_OPENFHE:-0}" != "1" ]; then
   run .venv-openfhe/bin/python -m pytest -q -m "not slow" tests/test_backends_conformance.py tests/test_backends_params.py \
     tests/test_backends_wire.py tests/test_client_keys.py tests/test_cli_sequence.py tests/test_service_fuzz.py \
     tests/test_openfhe_screen.py tests/test_openfhe_keys.py tests/test_container.py tests/test_public_keys.py \
-    tests/test_match_pairs.py tests/test_ui_browser.py::test_the_web_app_on_openfhe_at_test_size_with_stand_in_templates
+    tests/test_match_pairs.py tests/test_match_ring.py \
+    tests/test_ui_browser.py::test_the_web_app_on_openfhe_at_test_size_with_stand_in_templates
 fi
 echo "== all test stages passed"

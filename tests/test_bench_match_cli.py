@@ -47,15 +47,20 @@ def _check(result: dict, pairs: int, galleries: list[int], protocol: str = "refr
     for size in galleries:
         g = result["identify"][str(size)]
         assert g["ciphertexts"] == -(-size // 16)  # 4096 slots: 16 templates per gallery ciphertext
-        # refresh: one dense answer for up to 4096 scores; one-round: one answer per gallery ciphertext
-        assert g["result_ciphertexts"] == (g["ciphertexts"] if protocol == "one-round" else 1)
+        # refresh: one answer per 16 chunks (a group); one-round: one answer per gallery ciphertext
+        assert g["result_ciphertexts"] == (g["ciphertexts"] if protocol == "one-round" else -(-size // 256))
+        assert (g.get("server_group_build_s") is not None) == (protocol == "refresh")
         assert g["argmax"] == g["argmax_clear"]
         assert g["max_abs_error"] < 1e-9
         assert g["server_score_s_median"] > 0
     st = result["storage"]
     assert st["subjects"] == pairs
     assert st["enrolled_gallery_max_abs_error"] < 1e-9 and st["enrolled_gallery_argmax_agrees"]
-    share = result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16
+    # the share of the gallery form the service stores: a chunk per 16 templates, or (refresh: grouped) 16
+    # ciphertexts one level lower per 16 chunks (the same bytes on the simulator)
+    share = st["gallery_share_bytes_full"]
+    chunk_share = result["identify"][str(galleries[0])]["gallery_ciphertext_bytes"] / 16
+    assert share == pytest.approx(chunk_share, rel=1e-3)  # the simulator's ciphertext size does not shrink by level
     assert result["bytes_per_subject"]["total"] == pytest.approx(t["stored_template_bytes"] + share)
     # the last pair's template vs the store's median: a frame header's number may print a byte longer or shorter
     assert abs(t["stored_template_bytes"] - st["template_bytes"]) <= 8
@@ -67,11 +72,15 @@ def _check(result: dict, pairs: int, galleries: list[int], protocol: str = "refr
     assert len(result["per_pair"]) == pairs
 
 
-@pytest.mark.parametrize("protocol", ["refresh", "one-round"])
-def test_bench_match_synthetic(tmp_path, protocol):
-    result = _run(tmp_path, "--pairs", "5", "--gallery", "20,40", "--protocol", protocol)
-    _check(result, 5, [20, 40], protocol)
+@pytest.mark.parametrize(("protocol", "ring", "levels"), [("refresh", "match", 2), ("refresh", "network", 23),
+                                                          ("one-round", "match", 30)])
+def test_bench_match_synthetic(tmp_path, protocol, ring, levels):
+    result = _run(tmp_path, "--pairs", "5", "--gallery", "20,300", "--protocol", protocol, "--ring", ring)
+    _check(result, 5, [20, 300], protocol)
     assert "synthetic" in result["pairs_source"]
+    # the matching ring (refresh's default) or the network's levels; one-round has no ring
+    assert result["ring"] == ("network" if protocol == "one-round" else ring)
+    assert result["params"]["levels"] == levels
 
 
 def test_bench_match_lfw_layout_from_bundled_faces(tmp_path):

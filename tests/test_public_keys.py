@@ -92,7 +92,7 @@ def test_folders_holding_a_secret_key_are_refused(tmp_path):
 
 def test_public_folder_is_never_the_home_nor_replaced_silently(tmp_path):
     keys = ClientKeys.generate("simulator", SIM_PARAMS)
-    with pytest.raises(KeyHomeError, match="must not be the key home"):
+    with pytest.raises(KeyHomeError, match="must be outside the key home"):
         keys.save(tmp_path / "h", public_out=tmp_path / "h")
     keys.save(tmp_path / "h", public_out=tmp_path / "p")
     other = ClientKeys.generate("simulator", SIM_PARAMS)

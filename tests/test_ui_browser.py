@@ -26,8 +26,7 @@ from cryptoface.assets import SAMPLES_DIR, default_model_path
 from cryptoface.backends import available_backends
 from cryptoface.client import Client, ClientKeys
 from cryptoface.client.http import HTTPTransport
-from cryptoface.match.layout import normalised_layout
-from cryptoface.match.refresh import refreshed_slots
+from cryptoface.match.refresh import normalised
 from cryptoface.model.file import load_model
 from cryptoface.params import default_parameters, secure_parameters
 from test_service_support import Server, hold_heavy_slot, running
@@ -97,14 +96,14 @@ def _walk_and_check(keys: ClientKeys, srv: Server, caplog, tmp_path, **ui) -> Re
     pages: list[str] = []
     templates: list[np.ndarray] = []
 
-    def recorded(slot_values, layout):  # the client's decrypted, normalised template, as it holds it
-        out = refreshed_slots(slot_values, layout)
-        templates.append(out[normalised_layout(out.size).slots_of(256)])
+    def recorded(embedding):  # the client's decrypted, normalised template, as it holds it
+        out = normalised(embedding)
+        templates.append(out)
         return out
 
     logging.getLogger("selenium").setLevel(logging.WARNING)  # its debug log holds whole pages, not ours to check
     with caplog.at_level(logging.DEBUG), running_ui(client, srv.url, **ui) as session, chromium() as driver, \
-            mock.patch("cryptoface.client.client.refreshed_slots", recorded):
+            mock.patch("cryptoface.client.client.normalised", recorded):
         walk = Walk(driver, session, tmp_path / "shots")
         original = walk.shot
 
@@ -125,11 +124,21 @@ def _walk_and_check(keys: ClientKeys, srv: Server, caplog, tmp_path, **ui) -> Re
     return recorder
 
 
+def _on_the_ring(recorder: Recorder, keys: ClientKeys) -> None:
+    """Templates were enrolled and matched under the matching ring's key set, inference under the network's."""
+    posts = [url for method, url, _, _ in recorder.requests if method == "POST"]
+    ring = f"/v1/keysets/{keys.match.key_id}/"
+    assert any(u.endswith(ring + "subjects") for u in posts) and any(u.endswith(ring + "verify") for u in posts)
+    assert any(u.endswith(ring + "identify") for u in posts)
+    assert not any(ring in u and u.endswith("/jobs") for u in posts)
+
+
 def test_the_web_app_end_to_end_on_the_simulator(tmp_path, caplog):
     model = load_model(default_model_path())
     with running(tmp_path / "server.db", model=model, model_id="bundled") as srv:
-        keys = ClientKeys.generate("simulator", default_parameters(64), resolution=64)
+        keys = ClientKeys.generate("simulator", default_parameters(64), resolution=64, match_ring=True)
         recorder = _walk_and_check(keys, srv, caplog, tmp_path)
+    _on_the_ring(recorder, keys)
     submitted = [url for method, url, _, _ in recorder.requests if method == "POST" and url.endswith("/jobs")]
     assert len(submitted) == 4  # every inference ran as a server job (enrol, accept, reject, identify)
 
@@ -138,8 +147,8 @@ def test_the_web_app_end_to_end_on_the_simulator(tmp_path, caplog):
 def test_the_web_app_on_openfhe_at_test_size_with_stand_in_templates(tmp_path, caplog):
     model = load_model(default_model_path())
     with running(tmp_path / "server.db") as srv:
-        keys = ClientKeys.generate("openfhe", secure_parameters(7, log_ring=14), stride=1)
-        _walk_and_check(keys, srv, caplog, tmp_path, standin=model)
+        keys = ClientKeys.generate("openfhe", secure_parameters(7, log_ring=14), stride=1, match_ring=True)
+        _on_the_ring(_walk_and_check(keys, srv, caplog, tmp_path, standin=model), keys)  # real, N = 2^13
 
 
 def test_the_app_refuses_strangers_other_sites_and_other_hosts(tmp_path):

@@ -87,7 +87,8 @@ def run_demo(backend: str, model: Any, *, mode: str = "score", device: str = "cp
         service = MatchService(store, model=model, threshold=tau, progress=True, device=device)
         with step("client: key generation (secret key stays here)"):
             options = {} if device == "cpu" else {"device": device}
-            keys = ClientKeys.generate(backend, params, resolution=model.resolution, **options)
+            keys = ClientKeys.generate(backend, params, resolution=model.resolution,
+                                       match_ring=protocol == "refresh", **options)
         client = Client.in_process(keys, service, threshold=tau, protocol=protocol)
         with step("server: registers the public key, checks the proof of possession, stores the evaluation keys"):
             client.register()

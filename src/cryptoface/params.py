@@ -15,9 +15,9 @@ templates carry matching's levels instead: ``LEVELS.fresh_template``):
   template whose scale is not ``TEMPLATE_SCALE`` costs one more level;
 * score 1: the ct x ct product; the replicated / ring-filling layouts make every rotate-and-add sum cyclic,
   so no mask level is needed and nothing but scores is revealed;
-* pack 1 (refresh protocol): a 0/1 mask per 1:N gallery chunk, so that the scores of up to ``slots`` templates
-  share one answer ciphertext instead of one ciphertext per ``slots / 256`` templates
-  (:func:`cryptoface.match.homomorphic.dense_scores`); the client's fresh templates carry it;
+* pack 1 (refresh protocol): a 0/1 mask on the 1:N gallery, so that the scores of many chunks share one answer
+  ciphertext (:func:`cryptoface.match.homomorphic.grouped_gallery`, or ``dense_scores`` when scoring is sharded);
+  the client's fresh templates carry it;
 * decision 9: the composite sign of ``score - tau``, three degree-7 stages g3 f3 f3 (3 each; a 2-stage g3 f3
   takes 6). One-round decision-only mode needs these on top of the template's levels:
   ``default_parameters(resolution, mode="decision", protocol="one-round")``; in the refresh protocol the client's
@@ -49,6 +49,13 @@ check agrees; it also rejects 41 bits at dnum 3). dnum 4 keys are ~26 % larger t
 rotations cost the same (measured). One-round decision mode (39 levels) has no room for 42 bits: at 40 bits Q is
 1620 bits, only 152 are left for P, so dnum 20 (digits of 2 limbs, 2 special primes, 1740 bits; OpenFHE refuses
 dnum 14, whose 3-limb digits need 3) -- evaluation keys about 5x larger.
+
+The matching ring (:func:`match_parameters`): a refreshed score-mode template needs only the cosine and the merge
+mask (2 levels), so the client encrypts it under a second, small key set: N = 2^13, 60 + 2 x 43 = 146 bits of Q,
+dnum 3 with one 60-bit special prime = 206 bits, under the 218-bit bound at N = 2^13. A stored template is then 3
+limbs of 2^13 (394 KB instead of 3.15 MB), and a key switch carries 1 special prime instead of the network's 9,
+which is what 1:N scoring costs (``scripts/bench_match_chunk.py``). Decision-ready templates (cosine + sign, 10
+levels) do not fit N = 2^13 at 128-bit and stay in the network's ring.
 """
 
 from __future__ import annotations
@@ -66,6 +73,7 @@ SCALE_BITS = 42  # one-round score mode
 DECISION_SCALE_BITS = 40  # 39 levels of 42 bits do not fit 128-bit security at N = 2^16
 REFRESH_SCALE_BITS = 43  # the refresh protocol's 23 levels leave room for one more bit at the same dnum and P
 LOG_RING = 16
+MATCH_LOG_RING = 13  # the matching ring of client-refreshed score-mode templates
 FIRST_MOD_BITS = 60  # q0: decryption headroom for the score at level 0
 SPECIAL_MOD_BITS = 60
 MODES = ("score", "decision")
@@ -75,6 +83,9 @@ MODES = ("score", "decision")
 # (the HE benchmark's workload); the server normalises, so every network ciphertext carries matching's levels.
 PROTOCOLS = ("refresh", "one-round")
 DEFAULT_PROTOCOL = "refresh"
+# Where refreshed score-mode templates are stored and matched: the client's matching ring (match_parameters) or the
+# network's ring.
+RINGS = ("match", "network")
 
 
 @dataclass(frozen=True)
@@ -188,6 +199,11 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
     return secure_parameters(levels)
 
 
+def match_parameters() -> CkksParameters:
+    """The matching ring's parameters: N = 2^13, the levels of a fresh score-mode template, the refresh scale."""
+    return secure_parameters(LEVELS.fresh_template("score"), log_ring=MATCH_LOG_RING, scale_bits=REFRESH_SCALE_BITS)
+
+
 def ciphertext_bytes(params: CkksParameters) -> int:
     """Bytes of one fresh ciphertext at these parameters (2 x N x (levels + 1) x 8; OpenFHE's serialised size)."""
     return 2 * params.ring_degree * (params.levels + 1) * 8
@@ -229,10 +245,12 @@ __all__ = [
     "FIRST_MOD_BITS",
     "LEVELS",
     "LOG_RING",
+    "MATCH_LOG_RING",
     "MODES",
     "PARAM_FIELDS",
     "PROTOCOLS",
     "REFRESH_SCALE_BITS",
+    "RINGS",
     "SCALE_BITS",
     "SPECIAL_MOD_BITS",
     "LevelBudget",
@@ -240,6 +258,7 @@ __all__ = [
     "ciphertext_bytes",
     "default_parameters",
     "digits_fit",
+    "match_parameters",
     "params_from_json",
     "params_to_json",
     "secure_parameters",

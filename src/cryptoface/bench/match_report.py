@@ -24,8 +24,10 @@ STORAGE_NOTE = ("the store keeps each normalised template (one ciphertext at the
                 "only the public key here (the service also stores the evaluation keys, once per client)")
 TIMING_NOTE = ("verify = deserialize probe + normalise + cosine against the stored template + serialize the score; "
                "enrol = normalise + store write")
-BYTES_METHOD = ("serialized normalised template as the store keeps it + one packed gallery ciphertext "
-                "(same level) divided by its capacity; evaluation keys (per client, not per subject) excluded")
+BYTES_METHOD = ("serialized normalised template as the store keeps it + its share of a full stored gallery (the "
+                "server's store: one packed chunk per capacity templates, or a group of 16 ciphertexts per 16 "
+                "chunks; before the store stage: one client-packed chunk); evaluation keys (per client, not per "
+                "subject) excluded")
 
 
 @dataclass(kw_only=True)
@@ -87,7 +89,7 @@ class IdentifyReport(Report):
     templates_per_ciphertext: int
     content: str = IDENTIFY_CONTENT
     gallery_ciphertext_bytes: int
-    result_ciphertexts: int  # answers the client downloads: one per chunk, or one per 256 chunks when dense
+    result_ciphertexts: int  # answers the client downloads: one per chunk, or one per 16 chunks when grouped
     result_ciphertext_bytes: int
     download_bytes: int
     server_probe_normalise_s: float
@@ -96,6 +98,7 @@ class IdentifyReport(Report):
     server_score_s_runs: list[float]
     server_workers: int  # threads scoring gallery chunks (the service's default)
     server_total_s: float
+    server_group_build_s: float | None = field(default=None, metadata=OPTIONAL)  # once per change of the gallery
     client_decrypt_argmax_s: float
     argmax: int
     argmax_clear: int
@@ -139,7 +142,7 @@ class Timing1to1(Report):
 
 @dataclass(kw_only=True)
 class BytesPerSubject(Report):
-    """Storage per subject from the first stored template and one client-packed gallery ciphertext."""
+    """Storage per subject: the first stored template and its share of a stored gallery (:data:`BYTES_METHOD`)."""
 
     template_bytes: int
     gallery_share_bytes: float
@@ -175,6 +178,7 @@ class MatchReport(Report):
     command: str | None
     backend: str
     protocol: str  # refresh: the client's fresh normalised templates; one-round: the server normalises
+    ring: str = "network"  # where templates are matched: the client's matching ring (match) or the network's
     device: str
     threads: int
     params: dict[str, int]
@@ -213,15 +217,18 @@ class MatchReport(Report):
         if self.timing_1to1 is not None and first is not None:
             t = self.timing_1to1.stored_template_bytes
             share = first.gallery_ciphertext_bytes / first.templates_per_ciphertext
+            if self.storage is not None and self.storage.gallery_share_bytes_full is not None:
+                share = self.storage.gallery_share_bytes_full  # the form the service stores
             self.bytes_per_subject = BytesPerSubject(template_bytes=t, gallery_share_bytes=share, total=t + share)
 
     def summary(self) -> dict[str, Any]:
         """The figures the CLI prints."""
         d = self.to_dict()
-        keep = {k: d.get(k) for k in ("backend", "protocol", "device", "keygen_s", "evaluation_key_bytes", "scores",
-                                      "timing_1to1", "client_refresh", "inv_sqrt")}
+        keep = {k: d.get(k) for k in ("backend", "protocol", "ring", "params", "device", "keygen_s",
+                                      "evaluation_key_bytes", "scores", "timing_1to1", "client_refresh", "inv_sqrt")}
         keep["identify"] = {k: {f: v.get(f) for f in ("ciphertexts", "gallery_ciphertext_bytes", "server_total_s",
-                                                      "server_score_s_median", "result_ciphertexts", "download_bytes",
+                                                      "server_score_s_median", "server_group_build_s",
+                                                      "result_ciphertexts", "download_bytes",
                                                       "client_decrypt_argmax_s", "max_abs_error", "argmax",
                                                       "argmax_clear")}
                             for k, v in d.get("identify", {}).items()}

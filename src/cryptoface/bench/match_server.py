@@ -92,7 +92,10 @@ class _Exchange:
         self.backend, self.folder = backend, folder
 
     def read(self, name: str) -> Any:
-        return self.backend.deserialize((self.folder / name).read_bytes())
+        return self.backend.deserialize(self.data(name))
+
+    def data(self, name: str) -> bytes:
+        return (self.folder / name).read_bytes()
 
     def write(self, name: str, ct: Any) -> int:
         data = self.backend.serialize(ct)
@@ -111,17 +114,32 @@ def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) ->
     t = time.perf_counter()
     rep = hm.replicate_probe(be, probe, gallery)
     replicate_s = time.perf_counter() - t
+    r_ = hm.GROUP_CHUNKS
     for size in job.gallery_sizes:
         n_ct = -(-size // gallery.capacity)
+        counts = [min(gallery.capacity, size - k * gallery.capacity) for k in range(n_ct)]
+        group_s, groups = None, []
+        if job.fresh:  # the service's stored form: gallery groups, built once per change of the enrolled set
+
+            def group(first: int, part: list[int]) -> tuple[list[bytes], list[int]]:
+                cts = [io.data(f"gallery-{k:05d}.ct") for k in range(first, first + len(part))]
+                return [be.serialize(c) for c in hm.grouped_gallery(be, cts, gallery)], part
+
+            t = time.perf_counter()
+            groups = list(hm.map_in_order(be, group, ((a, counts[a:a + r_]) for a in range(0, n_ct, r_)),
+                                          default_workers()))
+            group_s = time.perf_counter() - t
         runs = []
         for r in range(job.runs):
             t = time.perf_counter()
-            counts = [min(gallery.capacity, size - k * gallery.capacity) for k in range(n_ct)]
-            chunks = ((io.read(f"gallery-{k:05d}.ct"), count) for k, count in enumerate(counts))
-            # the service's scoring: chunks on the engine's default threads
-            scores = list(zip(hm.scored_chunks(be, rep, chunks, gallery, default_workers()), counts, strict=True))
-            # the service's answers: dense ones when the fresh templates carry the mask's level
-            answers = list(hm.gallery_answers(be, scores, gallery, dense=job.fresh))
+            # the service's scoring and answers, on the engine's default threads: stored groups (deserialised by the
+            # workers) when the fresh templates carry the mask's level, else one answer per chunk
+            if job.fresh:
+                answers = list(hm.grouped_answers(be, rep, groups, gallery, default_workers()))
+            else:
+                chunks = ((io.data(f"gallery-{k:05d}.ct"), count) for k, count in enumerate(counts))
+                scores = zip(hm.scored_chunks(be, rep, chunks, gallery, default_workers()), counts, strict=True)
+                answers = list(hm.gallery_answers(be, scores, gallery, dense=False))
             for k, (s, _) in enumerate(answers):
                 if r == 0:
                     io.write(f"scores-{size}-{k:05d}.ct", s)
@@ -130,7 +148,7 @@ def _identify(job: ServerJob, be: Any, io: _Exchange, gallery: Any, out: Any) ->
             runs.append(time.perf_counter() - t)
         out.put(("gallery", {"size": size, "ciphertexts": n_ct, "score_s_runs": runs, "workers": default_workers(),
                              "answer_slots": [[int(x) for x in slots] for _, slots in answers],
-                             "probe_normalise_s": normalise_s, "replicate_s": replicate_s,
+                             "probe_normalise_s": normalise_s, "replicate_s": replicate_s, "group_s": group_s,
                              "rss_bytes": peak_rss_bytes()}))
 
 
@@ -176,30 +194,42 @@ def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id
                       ) -> dict[str, Any]:
     """The enrolled subjects packed into galleries by the server (the service's identify path) and scored;
     the ``store`` message."""
+    from cryptoface.engine.evaluator import default_workers
     from cryptoface.match import homomorphic as hm
 
     records = store.templates(key_id)
     t = time.perf_counter()
-    chunks = []
-    for start in range(0, len(records), gallery.capacity):
-        part = records[start: start + gallery.capacity]
-        packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
-        chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
+    grouped = job.fresh  # the service's form: groups when the fresh templates carry the mask's level
+    per = gallery.capacity * (hm.GROUP_CHUNKS if grouped else 1)
+    rows, built = [], []
+    for start, cts in zip(range(0, len(records), per), hm.build_galleries(
+            be, [r.ciphertext for r in records], gallery, grouped, default_workers()), strict=True):
+        ids = [r.id for r in records[start:start + per]]
+        built.append((cts, ids))
+        for k, c in enumerate(cts):
+            part = (ids if k == 0 else []) if grouped else ids[k * gallery.capacity:(k + 1) * gallery.capacity]
+            rows.append((be.serialize(c), part, be.level(c)))
     # keyed by the enrolled templates' stride (the store checks the packed ids against templates of that stride)
-    store.replace_galleries(key_id, job.layout.stride, job.model_id, chunks)
+    store.replace_galleries(key_id, job.layout.stride, job.model_id, rows)
     pack_s = time.perf_counter() - t
     probe = _normalised(job, be, io.read("probe.ct"))
     rep = hm.replicate_probe(be, probe, gallery)
     t = time.perf_counter()
-    for k, g in enumerate(store.galleries(key_id, job.layout.stride, job.model_id)):
-        s = hm.gallery_scores(be, rep, be.deserialize(g.ciphertext), gallery, len(g.template_ids))
+    if grouped:
+        groups = [(cts, hm.gallery_counts(len(ids), gallery, True)[0]) for cts, ids in built]
+        answers = list(hm.grouped_answers(be, rep, groups, gallery, default_workers()))
+    else:
+        answers = [(hm.gallery_scores(be, rep, c, gallery, len(ids)), gallery.score_slots(len(ids)).tolist())
+                   for cts, ids in built for c in cts]
+    for k, (s, _) in enumerate(answers):
         io.write(f"enrolled-scores-{k:05d}.ct", s)
     score_s = time.perf_counter() - t
     gallery_rows = store.galleries(key_id, job.layout.stride, job.model_id)
     return {
         "subjects": len(records), "template_bytes": [len(r.ciphertext) for r in records],
         "gallery_ciphertexts": len(gallery_rows), "gallery_bytes": [len(g.ciphertext) for g in gallery_rows],
-        "gallery_template_ids": [list(g.template_ids) for g in gallery_rows],
+        "gallery_template_ids": [list(g.template_ids) for g in gallery_rows], "grouped": grouped,
+        "answer_slots": [[int(x) for x in slots] for _, slots in answers],
         "template_ids": [r.id for r in records], "pack_s": pack_s, "score_s": score_s,
         "template_level": records[0].level,
     }

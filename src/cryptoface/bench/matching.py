@@ -55,7 +55,7 @@ from cryptoface.bench.memory import drop_client_rotation_keys, peak_rss_bytes
 from cryptoface.bench.report import bytes_by_kind, median, params_summary
 from cryptoface.errors import DataError, ParameterError
 from cryptoface.match.layout import EMBEDDING_DIM, GalleryLayout
-from cryptoface.params import PROTOCOLS
+from cryptoface.params import PROTOCOLS, RINGS
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -64,6 +64,7 @@ class MatchOptions:
 
     backend: str = "openfhe"
     protocol: str = "refresh"  # cryptoface.params.PROTOCOLS: who normalises the templates
+    ring: str = "match"  # refresh protocol: templates on the client's matching ring (RINGS), or the network's
     lfw_dir: Path | None = None  # None: synthetic embeddings
     pairs: int = 200
     gallery_sizes: tuple[int, ...] = (1000, 10000)
@@ -80,12 +81,22 @@ class MatchOptions:
     command: str | None = None  # the command line, recorded in the report
 
 
-def match_parameters(options: MatchOptions) -> Any:
-    """The Net4 parameters of the options' protocol, or (simulator only) the same levels on a smaller ring."""
+def on_ring(options: MatchOptions) -> bool:
+    """Whether the templates are matched on the client's matching ring (refresh protocol, ``ring="match"``)."""
+    if options.ring not in RINGS:
+        raise DataError(f"ring must be one of {RINGS}, got {options.ring!r}")
+    return options.protocol == "refresh" and options.ring == "match"
+
+
+def match_parameters(options: MatchOptions, network: bool = False) -> Any:
+    """The parameters templates are matched under: the matching ring's (:func:`on_ring`) or Net4's of the options'
+    protocol (``network``: always Net4's); (simulator only) the same levels on a smaller ring."""
     from cryptoface.backends.protocol import CkksParameters
     from cryptoface.params import default_parameters
+    from cryptoface.params import match_parameters as ring_parameters
 
-    params = default_parameters(64, protocol=options.protocol)
+    ring = on_ring(options) and not network
+    params = ring_parameters() if ring else default_parameters(64, protocol=options.protocol)
     if options.log_ring is None:
         return params
     if options.backend != "simulator":
@@ -157,7 +168,8 @@ def run_match_bench(options: MatchOptions, on_update: Callable[[MatchReport], No
     explicit = options.threshold is not None
     tau = float(options.threshold) if explicit else threshold_from_model_file(model_path)
     report = MatchReport(
-        command=options.command, backend=options.backend, protocol=options.protocol, device=options.device,
+        command=options.command, backend=options.backend, protocol=options.protocol,
+        ring=options.ring if options.protocol == "refresh" else "network", device=options.device,
         threads=options.threads, params=params_summary(params),
         model=str(model_path), threshold=tau,
         threshold_source="--threshold" if explicit else f"model file {model_path.name} (or default)",
@@ -249,19 +261,26 @@ def _clear_normaliser(protocol: str) -> Callable[[np.ndarray], np.ndarray]:
 def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) -> dict[str, float]:
     """Client seconds of one refresh (median of ``options.runs``): decrypt the engine's raw template (at level 0,
     as the network leaves it), normalise in the clear, encrypt afresh at the fresh template's level."""
-    from cryptoface.match.layout import place
-    from cryptoface.match.refresh import refreshed_slots
+    from cryptoface.backends import create_backend
+    from cryptoface.match.layout import normalised_layout, place
+    from cryptoface.match.refresh import normalised, raw_embedding
     from cryptoface.params import LEVELS
 
-    params = backend.params
+    network = backend
+    if on_ring(options):  # the raw template comes in the network's ring: its key set decrypts it
+        network = create_backend(options.backend, match_parameters(options, network=True), threads=options.threads,
+                                 device=options.device)
+        network.generate_keys([])  # a secret and a public key: the client's network key set, without rotations
+    params = network.params
     layout, _ = _engine_template(options, params)
-    raw = backend.serialize(backend.encrypt(place(embedding, layout, params.slots), 0))
+    raw = network.serialize(network.encrypt(place(embedding, layout, params.slots), 0))
+    target = normalised_layout(backend.slots)
     decrypt, fresh = [], []
     for _ in range(max(1, options.runs)):
         t = time.perf_counter()
-        slots = refreshed_slots(backend.decrypt(backend.deserialize(raw)), layout)
+        unit = normalised(raw_embedding(network.decrypt(network.deserialize(raw)), layout))
         t1 = time.perf_counter()
-        backend.serialize(backend.encrypt(slots, LEVELS.fresh_template("score")))
+        backend.serialize(backend.encrypt(place(unit, target, backend.slots), LEVELS.fresh_template("score")))
         decrypt.append(t1 - t)
         fresh.append(time.perf_counter() - t1)
     return {"raw_template_bytes": float(len(raw)), "decrypt_normalise_s": median(decrypt) or 0.0,
@@ -343,6 +362,7 @@ def _client_loop(options: MatchOptions, backend: Any, job: ServerJob, report: Ma
             elif kind == "store":
                 report.storage = _check_store(backend, msg, tpl, probe_n, gl, work,
                                               _clear_normaliser(options.protocol))
+                report.refresh()
             elif kind == "done":
                 server.peak_rss_bytes = msg["peak_rss_bytes"]
                 break
@@ -378,6 +398,7 @@ def _check_gallery(backend: Any, msg: dict[str, Any], gallery_vectors: np.ndarra
         server_probe_normalise_s=msg["probe_normalise_s"], server_replicate_s=msg["replicate_s"],
         server_score_s_median=score_median, server_score_s_runs=msg["score_s_runs"], server_workers=msg["workers"],
         server_total_s=msg["probe_normalise_s"] + msg["replicate_s"] + score_median,
+        server_group_build_s=msg["group_s"],
         client_decrypt_argmax_s=client_s, argmax=best, argmax_clear=int(np.argmax(clear)),
         best_score=float(scores[best]), best_score_clear=float(clear.max()),
         max_abs_error=float(np.max(np.abs(scores - clear))), server_rss_bytes=msg["rss_bytes"],
@@ -388,13 +409,17 @@ def _check_store(backend: Any, msg: dict[str, Any], tpl: PairTemplates, probe_n:
                  work: Path, normalise: Callable[[np.ndarray], np.ndarray]) -> StorageReport:
     """Client: bytes per subject from the server's store, and the server-packed gallery scores vs clear."""
     tb, gb = msg["template_bytes"], msg["gallery_bytes"]
-    per_gallery = [b / len(ids) for b, ids in zip(gb, msg["gallery_template_ids"], strict=True)]
-    full = gb[0] / gl.capacity if gb else None
+    from cryptoface.match.homomorphic import GROUP_CHUNKS
+
+    rows = GROUP_CHUNKS if msg["grouped"] else 1  # store rows per gallery (a group's ids are on its first row)
+    ids_of = [ids for ids in msg["gallery_template_ids"][::rows]]
+    per_gallery = [sum(gb[k * rows:(k + 1) * rows]) / len(ids) for k, ids in enumerate(ids_of)]
+    full = sum(gb[:rows]) / (rows * gl.capacity) if gb else None  # a full gallery's share per template
     order = {tid: n for n, tid in enumerate(msg["template_ids"])}
     scores, clear = [], []
-    for k, ids in enumerate(msg["gallery_template_ids"]):
+    for k, (ids, slots) in enumerate(zip(ids_of, msg["answer_slots"], strict=True)):
         v = backend.decrypt(backend.deserialize((work / f"enrolled-scores-{k:05d}.ct").read_bytes()))
-        scores.extend(v[gl.score_slots(len(ids))])
+        scores.extend(v[np.asarray(slots, dtype=np.int64)])
         clear.extend(float(normalise(tpl.embeddings[tpl.pairs[order[t]][0]]) @ probe_n) for t in ids)
     scores_a, clear_a = np.array(scores), np.array(clear)
     template_bytes = int(statistics.median(tb))

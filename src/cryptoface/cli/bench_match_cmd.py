@@ -13,7 +13,7 @@ from typing import Any
 
 from cryptoface.cli.device import add_device_arguments
 from cryptoface.errors import DataError
-from cryptoface.params import DEFAULT_PROTOCOL, PROTOCOLS
+from cryptoface.params import DEFAULT_PROTOCOL, PROTOCOLS, RINGS
 
 
 def register(sub: Any) -> None:
@@ -26,6 +26,9 @@ def register(sub: Any) -> None:
     p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
                    help="refresh (default): the templates are the client's fresh normalised ones, the server only "
                         "scores; one-round: raw engine templates, the server normalises them under encryption")
+    p.add_argument("--ring", choices=RINGS, default="match",
+                   help="refresh protocol: where templates are stored and matched: match (default: the client's "
+                        "matching ring, N = 2^13) or network (the network's ring, N = 2^16)")
     p.add_argument("--lfw-dir", type=Path, default=None,
                    help="LFW folder with pairs.txt (default: synthetic embeddings, for smoke tests)")
     p.add_argument("--pairs", type=int, default=200,
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from cryptoface.bench import MatchOptions, run_match_bench, write_json
 
     options = MatchOptions(
-        backend=args.backend, protocol=args.protocol, lfw_dir=args.lfw_dir, pairs=args.pairs,
+        backend=args.backend, protocol=args.protocol, ring=args.ring, lfw_dir=args.lfw_dir, pairs=args.pairs,
         gallery_sizes=_gallery_sizes(args.gallery),
         runs=args.runs, model=args.model, threshold=args.threshold, threads=args.threads, device=args.device,
         cache_dir=args.cache_dir,

@@ -40,10 +40,13 @@ def register(sub: Any) -> None:
                         "keys carry the network's levels only; one-round: the server normalises, the keys carry "
                         "matching's levels too (the HE benchmark's one-round workload)")
     p.add_argument("--stride", type=int, default=1, help="template layout stride of the engine")
+    p.add_argument("--no-match-ring", dest="match_ring", action="store_false",
+                   help="no matching ring: refreshed templates are stored and matched in the network's ring "
+                        "(3.15 MB a template instead of 394 KB, 1:N slower); one-round never has one")
     p.add_argument("--threads", type=int, default=1, help="backend threads for key generation")
     p.add_argument("--force", action="store_true",
-                   help="replace a key set already in --home (it stays registered on the server: run 'cryptoface "
-                        "delete keyset' first, or use 'cryptoface rotate-keys')")
+                   help="replace the key sets already in --home (they stay registered on the server: run "
+                        "'cryptoface delete keyset' without --key-id first, or use 'cryptoface rotate-keys')")
     p.add_argument("--public-out", type=Path, default=None, metavar="DIR",
                    help="also write a public key folder (public, relinearisation and rotation keys, no secret key) "
                         "for a server process to load")
@@ -192,11 +195,17 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         params = secure_parameters(levels, args.log_ring or LOG_RING)
     print(f"generating a {backend} key set: {backend_label(backend)}; N = 2^{params.log_ring}, {params.levels} levels")
     t = time.perf_counter()
-    keys = ClientKeys.generate(backend, params, stride=args.stride, resolution=resolution, threads=args.threads)
+    ring = args.match_ring and args.protocol == "refresh"
+    keys = ClientKeys.generate(backend, params, stride=args.stride, resolution=resolution, match_ring=ring,
+                               threads=args.threads)
     root = keys.save(args.home, overwrite=args.force, public_out=args.public_out)
     print(f"key id {keys.key_id}; {len(keys.backend.rotation_steps())} rotation keys "
           f"({keys.evaluation_key_bytes() / 1e9:.2f} GB of evaluation keys); saved to {root} "
           f"({time.perf_counter() - t:.1f} s)")
+    if keys.match is not None:
+        m = keys.match
+        print(f"matching ring: key id {m.key_id}; N = 2^{m.params.log_ring}, {m.params.levels} levels, "
+              f"{m.evaluation_key_bytes() / 1e6:.1f} MB of evaluation keys")
     if args.public_out is not None:
         print(f"public key folder (no secret key): {args.public_out}")
     return 0
@@ -428,10 +437,15 @@ def cmd_delete_template(args: argparse.Namespace) -> int:
 
 def cmd_delete_keyset(args: argparse.Namespace) -> int:
     with _connect(args) as c:
-        key_id = args.key_id or c.key_id
-        c.delete_key_set(key_id)
-    note = " (the local keys stay; the next enrolment registers them again)" if args.key_id is None else ""
-    print(f"erased key set {key_id[:12]} on the server with its keys, subjects and templates{note}")
+        own = [k.key_id for k in c.key_sets()]
+        if args.key_id is None or args.key_id in own:  # this client's: the network's and the matching ring's
+            c.delete_key_set()
+            ids, note = own, " (the local keys stay; the next enrolment registers them again)"
+        else:
+            c.delete_key_set(args.key_id)
+            ids, note = [args.key_id], ""
+    for key_id in ids:
+        print(f"erased key set {key_id[:12]} on the server with its keys, subjects and templates{note}")
     return 0
 
 

@@ -9,6 +9,12 @@ from the client's configuration (the model card's default), never from the serve
 [-1 - eps, 1 + eps] is reported as tampering, not as a decision. Decrypted values never go back to the service
 (CKKS is not IND-CPA-D secure): a refreshed template is a new encryption, and registration proves possession of
 the secret key with a hash of *rounded* integers only. Subject names are checked here, before any computation.
+
+A key home with a matching ring (:attr:`ClientKeys.match`) holds two key sets, both registered: the network's,
+under which photos are encrypted and inferred, and the ring's, under which refreshed score-mode templates are
+encrypted, enrolled and matched (394 KB a template instead of 3.15 MB, 1:N several times faster). Decision-ready
+templates need more levels than the ring has and stay under the network's key set. Subject names are unique
+across both; the client finds which key set holds a subject before it matches.
 """
 
 from __future__ import annotations
@@ -39,8 +45,8 @@ from cryptoface.client.transport import (
 )
 from cryptoface.engine.layout import TemplateLayout
 from cryptoface.errors import CryptoFaceError, ParameterError
-from cryptoface.match.layout import normalised_layout
-from cryptoface.match.refresh import refreshed_slots
+from cryptoface.match.layout import EMBEDDING_DIM, normalised_layout, place
+from cryptoface.match.refresh import normalised, raw_embedding
 from cryptoface.names import validate_name
 from cryptoface.params import DEFAULT_PROTOCOL, LEVELS, PROTOCOLS
 from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
@@ -187,47 +193,84 @@ class Client:
     def key_id(self) -> str:
         return self.keys.key_id
 
+    def key_sets(self) -> list[ClientKeys]:
+        """The key sets of this client: the network's, then the matching ring's if the home has one."""
+        return self.keys.key_sets()
+
+    def matcher(self, mode: str = "score") -> ClientKeys:
+        """The key set new templates of ``mode`` are enrolled and matched under: the matching ring for refreshed
+        score-mode templates when the home has one, else the network's."""
+        ring = self.keys.match
+        return ring if ring is not None and mode == "score" and self.protocol == "refresh" else self.keys
+
     # -- keys -----------------------------------------------------------------------------------
     def register(self) -> bool:
-        """Make sure the service holds this key set, proven and complete; True when it was created now.
+        """Make sure the service holds this client's key sets, proven and complete; True when one was created now.
 
         New: the public key goes first, the service's challenge is answered (:func:`prove_possession`), then
         each evaluation key is uploaded. A pending key set (an interrupted registration: its challenge is gone) is
         erased and registered again; an active one only gets the kinds it lacks. A registration created here is
         withdrawn if any later step fails."""
-        info = self.transport.key_set(self.key_id)
+        return bool(self._register_all())
+
+    def _register_all(self) -> list[str]:
+        """Register every key set of this client; the ids of those created now (withdrawn again on failure)."""
+        created: list[str] = []
+        try:
+            for keys in self.key_sets():
+                if self._register(keys):
+                    created.append(keys.key_id)
+        except BaseException:
+            self._withdraw(created)
+            raise
+        return created
+
+    def _withdraw(self, key_ids: Sequence[str]) -> None:
+        for key_id in key_ids:
+            with contextlib.suppress(CryptoFaceError):  # the caller's own error is the one to report
+                self.transport.delete_key_set(key_id)
+
+    def _register(self, keys: ClientKeys) -> bool:
+        info = self.transport.key_set(keys.key_id)
         if info is not None and info.status == "pending":
-            self.transport.delete_key_set(self.key_id)
+            self.transport.delete_key_set(keys.key_id)
             info = None
         have = set() if info is None else set(info.key_kinds) | {"public"}
-        if info is not None and self.keys.key_kinds and not set(self.keys.key_kinds) - have:
+        if info is not None and keys.key_kinds and not set(keys.key_kinds) - have:
             return False  # complete: nothing is read or exported again
-        keys = self.keys.evaluation_keys(exclude=have)
+        stream = keys.evaluation_keys(exclude=have)
         created = False
         try:
             if info is None:
-                kind, public = next(keys)
+                kind, public = next(stream)
                 if kind != "public":  # pragma: no cover - evaluation_keys yields the public key first
                     raise CryptoFaceError("the key home's public key is missing")
-                challenge = self.transport.create_key_set(self.keys.backend_name, self.keys.params_json, public)
+                challenge = self.transport.create_key_set(keys.backend_name, keys.params_json, public)
                 created = True
-                if challenge.key_id != self.key_id:
+                if challenge.key_id != keys.key_id:
                     raise ServerError(0, "key_id_mismatch", f"the service registered key set {challenge.key_id}, "
-                                      f"the client has {self.key_id}")
-                self.transport.prove(self.key_id, prove_possession(self.keys.backend, challenge))
-            for kind, data in keys:
-                self.transport.add_key(self.key_id, kind, data)
+                                      f"the client has {keys.key_id}")
+                self.transport.prove(keys.key_id, prove_possession(keys.backend, challenge))
+            for kind, data in stream:
+                self.transport.add_key(keys.key_id, kind, data)
         except BaseException:
             if created:
-                with contextlib.suppress(CryptoFaceError):  # the registration's own error is the one to report
-                    self.transport.delete_key_set(self.key_id)
+                self._withdraw([keys.key_id])
             raise
         return created
 
     def delete_key_set(self, key_id: str | None = None) -> None:
-        """Erase a key set (default: this one) on the service with everything enrolled under it. The local keys
-        stay: registering them again starts from an empty key set."""
-        self.transport.delete_key_set(key_id or self.key_id)
+        """Erase a key set (default: this client's, the matching ring's too) on the service with everything enrolled
+        under it. The local keys stay: registering them again starts from empty key sets."""
+        if key_id is not None:
+            self.transport.delete_key_set(key_id)
+            return
+        for keys in reversed(self.key_sets()):
+            try:
+                self.transport.delete_key_set(keys.key_id)
+            except ServerError as exc:
+                if exc.status != 404 or keys is self.keys:  # a ring never registered is nothing to erase
+                    raise
 
     # -- probes ---------------------------------------------------------------------------------
     def encrypt_photo(self, photo: str | os.PathLike[str] | np.ndarray, *, packing: str = "monolithic") -> ImageProbe:
@@ -296,35 +339,65 @@ class Client:
         """Ask the server to stop an inference job (it stops at its next network layer)."""
         return self.transport.cancel_job(job_id)
 
-    def refresh(self, probe: PhotoOrProbe, mode: str = "score") -> TemplateProbe:
-        """The probe's template normalised here and encrypted afresh at the levels ``mode`` needs.
+    def refresh(self, probe: PhotoOrProbe, mode: str = "score", *, keys: ClientKeys | None = None) -> TemplateProbe:
+        """The probe's template normalised here and encrypted afresh, under ``keys`` (default :meth:`matcher`), at
+        the levels ``mode`` needs.
 
         A photo or image probe costs one encrypted inference on the service (which returns the raw template); a
-        raw template probe is decrypted directly; a normalised one is returned as it is. The decrypted template
-        stays in this process: only a new encryption of its normalised copy is sent."""
+        raw template probe is decrypted directly; a normalised one is returned as it is when it is under ``keys`` with
+        the levels, else decrypted and encrypted afresh for them. The decrypted template stays in this process: only
+        a new encryption of its normalised copy is sent."""
         _check_mode(mode)
         template = self.infer(probe)
-        if template.normalised:
-            return template
-        be = self.keys.backend
+        target = keys or self.matcher(mode)
         level = LEVELS.fresh_template(mode)
+        if template.normalised:
+            if self._holds(target, template, level):
+                return template
+            unit = self._fresh_values(template)  # made for another key set or mode: encrypted afresh for this one
+        else:
+            unit = self._normalised_template(template)
+        be = target.backend
         if be.params.levels < level:
             raise CryptoFaceError(f"a fresh {mode}-mode template needs {level} levels; this key set has "
                                   f"{be.params.levels}")
+        fresh = be.encrypt(place(unit, normalised_layout(be.slots), be.slots), level)
+        return TemplateProbe(be.serialize(fresh), normalised_layout(be.slots).stride, 1, normalised=True)
+
+    @staticmethod
+    def _holds(keys: ClientKeys, template: TemplateProbe, level: int) -> bool:
+        """Whether a fresh template is under ``keys`` with at least ``level`` levels."""
+        try:
+            return keys.backend.level(read_untrusted(keys.backend, template.ciphertext)) >= level
+        except CryptoFaceError:
+            return False
+
+    def _fresh_values(self, template: TemplateProbe) -> np.ndarray:
+        """The 256 values of a fresh template this client made, under whichever of its key sets it is."""
+        for keys in self.key_sets():
+            be = keys.backend
+            try:
+                ct = read_untrusted(be, template.ciphertext)
+            except CryptoFaceError:
+                continue
+            return normalised(be.decrypt(ct)[normalised_layout(be.slots).slots_of(EMBEDDING_DIM)])
+        raise TamperingError("a normalised template under none of this client's key sets")
+
+    def _normalised_template(self, template: TemplateProbe) -> np.ndarray:
+        """The service's raw template decrypted under the network's key set and normalised (256 values)."""
+        be = self.keys.backend
         try:
             layout = TemplateLayout(template.stride, template.replicas)
-            slots = refreshed_slots(be.decrypt(read_untrusted(be, template.ciphertext)), layout)
+            return normalised(raw_embedding(be.decrypt(read_untrusted(be, template.ciphertext)), layout))
         except (ParameterError, ValueError) as exc:
             raise TamperingError(f"the service's template cannot be refreshed: {exc}") from exc
-        fresh = be.encrypt(slots, level)
-        return TemplateProbe(be.serialize(fresh), normalised_layout(be.slots).stride, 1, normalised=True)
 
     def _probe(self, probe: PhotoOrProbe) -> Probe:
         return probe if isinstance(probe, ImageProbe | TemplateProbe) else self.encrypt_photo(probe)
 
-    def _match_probe(self, probe: PhotoOrProbe, mode: str = "score") -> Probe:
-        """What a matching request sends under this client's protocol."""
-        return self.refresh(probe, mode) if self.protocol == "refresh" else self._probe(probe)
+    def _match_probe(self, probe: PhotoOrProbe, mode: str = "score", keys: ClientKeys | None = None) -> Probe:
+        """What a matching request under ``keys`` (default :meth:`matcher`) sends under this client's protocol."""
+        return self.refresh(probe, mode, keys=keys) if self.protocol == "refresh" else self._probe(probe)
 
     def _resolution(self) -> int:
         if self.keys.resolution is not None:
@@ -341,33 +414,37 @@ class Client:
 
         The name is checked and looked up before any photo is encrypted; photos are encrypted before anything is
         registered, and a key set registered by this call is withdrawn again if the enrolment fails. Refresh
-        protocol: templates are stored with the levels of the cosine and the dense 1:N mask (2), or with
-        ``decision_ready`` with those of the cosine and the sign (10, larger); one-round ignores it."""
+        protocol: templates are stored with the levels of the cosine and the 1:N merge mask (2; under the matching
+        ring when the home has one), or with ``decision_ready`` with those of the cosine and the sign (10, larger,
+        under the network's key set); one-round ignores it."""
         name = validate_name(subject, "subject name")
         if not photos:
             raise CryptoFaceError("nothing to enrol: give at least one photo")
-        existing = self.find_subject(name)
-        if add and existing is None:
+        mode = "decision" if decision_ready else "score"
+        found = self._find(name)
+        if add and found is None:
             raise UnknownSubjectError(f"no subject {name!r} is enrolled under key set {self.key_id[:12]}; enrol it "
                                       "without --add first")
-        if not add and existing is not None:
+        if not add and found is not None:
             raise _exists(name)
+        target, existing = (self.matcher(mode), None) if found is None else found
+        if decision_ready and self.protocol == "refresh" and target is self.keys.match:
+            raise CryptoFaceError(f"{name!r} is enrolled for score matching on the matching ring, which cannot hold "
+                                  "decision-ready templates; enrol a new subject with --decision-ready")
         held = 0 if existing is None else len(existing.template_ids)
         if held + len(photos) > MAX_TEMPLATES_PER_SUBJECT:
             raise CryptoFaceError(f"a subject holds at most {MAX_TEMPLATES_PER_SUBJECT} templates; {name!r} has {held} "
                                   f"and {len(photos)} more were given")
         probes = [self._probe(p) for p in photos]
-        registered = self.register()
+        registered = self._register_all()
         try:
             if self.protocol == "refresh":
-                probes = [self.refresh(p, "decision" if decision_ready else "score") for p in probes]
+                probes = [self.refresh(p, mode, keys=target) for p in probes]
             if existing is not None:
-                return self.transport.add_templates(self.key_id, existing.subject_id, probes)
-            return self.transport.create_subject(self.key_id, name, probes)
+                return self.transport.add_templates(target.key_id, existing.subject_id, probes)
+            return self.transport.create_subject(target.key_id, name, probes)
         except ServerError as exc:
-            if registered:
-                with contextlib.suppress(CryptoFaceError):
-                    self.transport.delete_key_set(self.key_id)
+            self._withdraw(registered)
             if exc.status == 409 and not add and exc.code not in ("key_set_pending", "template_cap"):
                 raise _exists(name) from exc  # enrolled meanwhile by another client of this key set
             if exc.code == "template_cap":
@@ -375,57 +452,101 @@ class Client:
                                       "delete one first ('cryptoface delete template ID')") from exc
             raise
         except BaseException:
-            if registered:
-                with contextlib.suppress(CryptoFaceError):  # the enrolment's own error is the one to report
-                    self.transport.delete_key_set(self.key_id)
+            self._withdraw(registered)
             raise
 
     def subjects(self) -> list[Subject]:
-        """The subjects enrolled under this key set (none when the service does not know the key set)."""
-        try:
-            return self.transport.subjects(self.key_id)
-        except ServerError as exc:
-            if exc.status == 404 or exc.code == "key_set_pending":
-                return []
-            raise
+        """The subjects enrolled under this client's key sets (none when the service does not know them)."""
+        return [s for _, s in self._subjects()]
+
+    def _subjects(self) -> list[tuple[ClientKeys, Subject]]:
+        out = []
+        for keys in self.key_sets():
+            try:
+                out += [(keys, s) for s in self.transport.subjects(keys.key_id)]
+            except ServerError as exc:
+                if exc.status != 404 and exc.code != "key_set_pending":
+                    raise
+        return out
+
+    def _find(self, name: str) -> tuple[ClientKeys, Subject] | None:
+        """(key set holding it, subject) for the subject called ``name``, else None."""
+        return next(((k, s) for k, s in self._subjects() if s.name == name), None)
 
     def find_subject(self, name: str) -> Subject | None:
         """The enrolled subject called ``name`` (compared in NFC, as the service stores it), else None."""
-        name = validate_name(name, "subject name")
-        return next((s for s in self.subjects() if s.name == name), None)
+        found = self._find(validate_name(name, "subject name"))
+        return None if found is None else found[1]
 
     def delete_subject(self, name: str) -> Subject:
         """Erase the subject called ``name`` with all its templates; returns what was erased."""
-        found = self.find_subject(name)
+        found = self._find(validate_name(name, "subject name"))
         if found is None:
             raise UnknownSubjectError(f"no subject {validate_name(name)!r} is enrolled under key set "
                                       f"{self.key_id[:12]}")
-        self.transport.delete_subject(self.key_id, found.subject_id)
-        return found
+        keys, subject = found
+        self.transport.delete_subject(keys.key_id, subject.subject_id)
+        return subject
+
+    def delete_subject_id(self, subject_id: int) -> Subject:
+        """Erase the subject with the service's id ``subject_id`` (under whichever key set holds it)."""
+        found = next(((k, s) for k, s in self._subjects() if s.subject_id == int(subject_id)), None)
+        if found is None:
+            raise UnknownSubjectError(f"no subject {int(subject_id)} is enrolled under this client's key sets")
+        keys, subject = found
+        self.transport.delete_subject(keys.key_id, subject.subject_id)
+        return subject
 
     def delete_template(self, template_id: int) -> None:
         """Erase one template (a subject left without templates is erased with it)."""
-        self.transport.delete_template(self.key_id, int(template_id))
+        holder = next((k for k, s in self._subjects() if int(template_id) in s.template_ids), self.keys)
+        self.transport.delete_template(holder.key_id, int(template_id))  # not found: the service's own error
 
     # -- requests -------------------------------------------------------------------------------
     def verify(self, subject: str, probe: PhotoOrProbe, mode: str = "score") -> VerifyResult:
         """1:1: is the face ``subject``? Accepts when the best template's cosine exceeds the client's tau."""
         _check_mode(mode)
         name = validate_name(subject, "subject name")
-        if not isinstance(probe, ImageProbe | TemplateProbe) and self.find_subject(name) is None:
-            raise UnknownSubjectError(f"no subject {name!r} is enrolled under this key set")  # before encrypting
-        probe = self._match_probe(probe, mode)
-        values = [self._value(c, 0, mode) for c in self.transport.verify(self.key_id, name, probe, mode)]
+        if self.keys.match is None and isinstance(probe, ImageProbe | TemplateProbe):
+            keys = self.keys  # one key set: the service says whether the subject exists
+        else:
+            found = self._find(name)  # before encrypting
+            if found is None:
+                raise UnknownSubjectError(f"no subject {name!r} is enrolled under this key set")
+            keys = found[0]
+        if mode == "decision" and keys is self.keys.match:
+            raise CryptoFaceError(f"{name!r} is enrolled for score matching; decision-only matching needs a subject "
+                                  "enrolled with --decision-ready")
+        probe = self._match_probe(probe, mode, keys)
+        answers = self.transport.verify(keys.key_id, name, probe, mode)
+        values = [self._value(c, 0, mode, keys) for c in answers]
         if not values:
             raise ServerError(0, "empty_result", f"the service returned no score for {name!r}")
         return VerifyResult(name, self.decide(max(values), mode), mode, values,
                             self.threshold if mode == "score" else None)
 
     def identify(self, probe: PhotoOrProbe, mode: str = "score") -> IdentifyResult:
-        """1:N: the best enrolled subject above tau, or None."""
+        """1:N: the best enrolled subject above tau, or None.
+
+        With a matching ring, score mode scores the ring's subjects and, if any, the decision-ready ones of the
+        network's key set (one inference, one fresh probe per key set)."""
         _check_mode(mode)
-        probe = self._match_probe(probe, mode)
-        best = self._best_per_subject(self.transport.identify(self.key_id, probe, mode), mode)
+        best: dict[str, float] = {}
+        matcher = self.matcher(mode)
+        rings = [matcher]
+        if matcher is not self.keys:  # the key sets that hold subjects (the ring's error if none does)
+            held = [k for k, _ in self._subjects()]
+            rings = [k for k in (matcher, self.keys) if any(h is k for h in held)] or [matcher]
+        elif mode == "decision" and self.keys.match is not None and not any(
+                k is self.keys for k, _ in self._subjects()):
+            raise UnknownSubjectError("decision-only identify covers subjects enrolled with --decision-ready, and "
+                                      "none is; use --mode score")
+        if len(rings) > 1 or self.protocol == "refresh":
+            probe = self.infer(probe)  # one inference for every key set
+        for keys in rings:
+            answers = self.transport.identify(keys.key_id, self._match_probe(probe, mode, keys), mode)
+            for name, value in self._best_per_subject(answers, mode, keys).items():
+                best[name] = max(best.get(name, -np.inf), value)
         tau = self.threshold if mode == "score" else None
         if not best:
             return IdentifyResult(None, None, mode, best, tau)
@@ -440,10 +561,11 @@ class Client:
         """Score a batch of pairs in one request (the server packs their cosines); results in pair order."""
         if not pairs:
             return []
-        probes = [(self._match_probe(a), self._match_probe(b)) for a, b in pairs]
+        keys = self.matcher()
+        probes = [(self._match_probe(a, keys=keys), self._match_probe(b, keys=keys)) for a, b in pairs]
         values: list[float] = []
-        for chunk in self.transport.compare(self.key_id, probes):
-            slots = self.decrypt_slots(chunk.ciphertext)
+        for chunk in self.transport.compare(keys.key_id, probes):
+            slots = self.decrypt_slots(chunk.ciphertext, keys)
             values += [checked_value(float(slots[i]), "score") for i in chunk.slots]
         if len(values) != len(pairs):
             raise ServerError(0, "wrong_count", f"the service returned {len(values)} scores for {len(pairs)} pairs")
@@ -454,18 +576,20 @@ class Client:
         """Accept a decrypted value: cosine > tau (score mode), or a positive sign (decision mode)."""
         return value > (self.threshold if mode == "score" else 0.0)
 
-    def decrypt_slots(self, ciphertext: bytes) -> np.ndarray:
-        be = self.keys.backend
+    def decrypt_slots(self, ciphertext: bytes, keys: ClientKeys | None = None) -> np.ndarray:
+        """A result's slots, decrypted under ``keys`` (default: the network's key set)."""
+        be = (keys or self.keys).backend
         return be.decrypt(read_untrusted(be, ciphertext))
 
-    def _value(self, ciphertext: bytes, slot: int, mode: str) -> float:
-        return checked_value(float(self.decrypt_slots(ciphertext)[slot]), mode)
+    def _value(self, ciphertext: bytes, slot: int, mode: str, keys: ClientKeys | None = None) -> float:
+        return checked_value(float(self.decrypt_slots(ciphertext, keys)[slot]), mode)
 
-    def _best_per_subject(self, chunks: Sequence[ScoreChunk], mode: str) -> dict[str, float]:
+    def _best_per_subject(self, chunks: Sequence[ScoreChunk], mode: str, keys: ClientKeys | None = None
+                          ) -> dict[str, float]:
         """Decrypt 1:N chunks and keep each subject's best value."""
         best: dict[str, float] = {}
         for chunk in chunks:
-            slots = self.decrypt_slots(chunk.ciphertext)
+            slots = self.decrypt_slots(chunk.ciphertext, keys)
             for slot, name in zip(chunk.slots, chunk.subjects, strict=True):
                 best[name] = max(best.get(name, -np.inf), checked_value(float(slots[slot]), mode))
         return best

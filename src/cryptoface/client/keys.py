@@ -6,13 +6,15 @@ Layout of the home directory (mode 0700, files 0600)::
     keyset.json           backend, CKKS parameters, key id, template stride, model resolution, key kinds
     secret.key            the secret key, in the backend's own framed format - never sent anywhere
     eval/<kind>.bin       public and evaluation keys (what the server receives)
+    match/                the matching ring's key set (refresh protocol), a home of the same layout
 
 Layout of a public key folder (``save(public_out=DIR)``, ``keygen --public-out DIR``; mode 0755, files 0644)::
 
     keyset.json           the same fields as the home's plus ``"public_only": true``; nothing secret
     eval/<kind>.bin       public, relinearisation and rotation keys
 
-It holds no ``secret.key``, and :class:`PublicKeys` refuses a folder that does. The home stays self-contained:
+It holds no ``secret.key``, and :class:`PublicKeys` refuses a folder that does. A home with a matching ring
+writes the ring's public folder to ``match/`` of it. The home stays self-contained:
 its ``eval/`` files are hard links to the public folder's when both are on one file system (no second copy
 of gigabytes of rotation keys; the links then share the public files' 0644 mode, inside the 0700 home), else
 copies. Deleting or moving either folder leaves the other whole.
@@ -20,6 +22,11 @@ copies. Deleting or moving either folder leaves the other whole.
 The key id is computed once, when the keys are made, and stored; a loaded key set never re-exports its
 evaluation keys to learn it. Loading builds the backend from the public key alone plus the secret key: the
 client encrypts and decrypts, it never rotates, so gigabytes of rotation keys stay on disk until uploaded.
+Two key sets, one home: the network's (the client's inference, decision-ready templates) and the matching ring's
+(:func:`cryptoface.params.match_parameters`: refreshed score-mode templates are encrypted under it, so they are
+stored and matched at N = 2^13). They are independent CKKS key sets, each registered as a key set of its own; the
+home's ``keyset.json`` names the ring's key id, so a home and its ring cannot be mixed up.
+
 The server side (:class:`PublicKeys`, :func:`load_public_backend`) builds its backend from every key in a
 public folder with ``from_public_keys``: it encrypts and evaluates, it cannot decrypt.
 """
@@ -40,8 +47,8 @@ from cryptoface.backends.protocol import CkksBackend, CkksParameters
 from cryptoface.engine import rotation_steps_for
 from cryptoface.errors import CryptoFaceError, MissingKeyError
 from cryptoface.match.homomorphic import rotation_steps as matching_rotation_steps
-from cryptoface.match.layout import TemplateLayout
-from cryptoface.params import params_from_json, params_to_json
+from cryptoface.match.layout import TemplateLayout, normalised_layout
+from cryptoface.params import match_parameters, params_from_json, params_to_json
 from cryptoface.store.base import is_secret_kind, key_fingerprint
 
 HOME_ENV = "CRYPTOFACE_HOME"
@@ -49,7 +56,8 @@ DEFAULT_HOME = Path.home() / ".cryptoface"
 KEYSET_FILE = "keyset.json"
 SECRET_FILE = "secret.key"
 EVAL_DIR = "eval"
-KEYSET_FORMAT = 2  # keyset.json carries key_id and resolution
+MATCH_DIR = "match"
+KEYSET_FORMAT = 3  # keyset.json carries key_id, resolution and match_key_id
 
 
 class KeyHomeError(CryptoFaceError):
@@ -92,6 +100,11 @@ class ClientKeys:
     resolution: int | None = None
     home: Path | None = None
     key_kinds: tuple[str, ...] = ()
+    match: ClientKeys | None = None  # the matching ring's key set, saved in <home>/match
+
+    def key_sets(self) -> list[ClientKeys]:
+        """This key set, then its matching ring's if it has one."""
+        return [self] if self.match is None else [self, self.match]
 
     @property
     def layout(self) -> TemplateLayout:
@@ -136,9 +149,12 @@ class ClientKeys:
         stride: int = 1,
         resolution: int | None = None,
         extra_rotations: Iterable[int] = (),
+        match_ring: bool = False,
         **options: Any,
     ) -> ClientKeys:
-        """Fresh keys with the rotations matching needs (and the engine plan's for ``resolution``)."""
+        """Fresh keys with the rotations matching needs (and the engine plan's for ``resolution``); with
+        ``match_ring`` also the matching ring's key set (:meth:`generate_match`)."""
+        match = cls.generate_match(backend_name, **options) if match_ring else None
         backend = create_backend(backend_name, params, **options)
         steps = set(matching_rotation_steps(TemplateLayout(stride), backend.slots))
         steps |= engine_rotation_steps(resolution, backend.slots, backend.params.levels)
@@ -146,7 +162,14 @@ class ClientKeys:
         backend.generate_keys(sorted(steps))
         public = backend.export_evaluation_keys(["public"])["public"]  # not gigabytes of rotation keys
         kinds = tuple(sorted({"public", "relin", *(f"rotation:{k}" for k in backend.rotation_steps())}))
-        return cls(backend, key_fingerprint(public), stride, resolution, None, kinds)
+        return cls(backend, key_fingerprint(public), stride, resolution, None, kinds, match)
+
+    @classmethod
+    def generate_match(cls, backend_name: str, **options: Any) -> ClientKeys:
+        """The matching ring's key set: :func:`~cryptoface.params.match_parameters`, the rotations of 1:1 and 1:N
+        on normalised templates (a few MB of keys)."""
+        params = match_parameters()
+        return cls.generate(backend_name, params, stride=normalised_layout(params.slots).stride, **options)
 
     # -- persistence ----------------------------------------------------------------------------
     def _meta(self, kinds: Iterable[str]) -> dict[str, Any]:
@@ -159,6 +182,7 @@ class ClientKeys:
             "stride": self.stride,
             "resolution": self.resolution,
             "key_kinds": sorted(kinds),
+            "match_key_id": None if self.match is None else self.match.key_id,
         }
 
     def save(
@@ -187,6 +211,7 @@ class ClientKeys:
                 raise KeyHomeError(f"{root} already holds a key set; pass --force to replace it (its secret key "
                                    "is lost, and whatever was enrolled under it can no longer be matched)")
             shutil.rmtree(root / EVAL_DIR, ignore_errors=True)
+            shutil.rmtree(root / MATCH_DIR, ignore_errors=True)
         secret = self.backend.export_secret_key()
         if public is not None:
             self.save_public(public, overwrite=overwrite, home=root)
@@ -204,6 +229,9 @@ class ClientKeys:
                 _link_or_copy(src, root / EVAL_DIR / src.name)
             kinds = list(PublicKeys.load(public).key_kinds)
         _write_private(root / SECRET_FILE, secret)
+        if self.match is not None:  # no keyset.json names it yet: a leftover of an interrupted save is replaced
+            shutil.rmtree(root / MATCH_DIR, ignore_errors=True)
+            self.match.save(root / MATCH_DIR)  # a few MB: its public folder (save_public) is a copy, not links
         # written last: a home with keyset.json is complete
         _write_private(root / KEYSET_FILE, json.dumps(self._meta(kinds), indent=2).encode())
         self.home, self.key_kinds = root, tuple(sorted(kinds))
@@ -227,6 +255,8 @@ class ClientKeys:
                 raise KeyHomeError(f"refusing to write a key of kind {kind!r} to the public folder {out}")
             _write_public(out / EVAL_DIR / _kind_file(kind), data)
             kinds.append(kind)
+        if self.match is not None:
+            self.match.save_public(out / MATCH_DIR, overwrite=True, home=self.match.home)
         meta = {**self._meta(kinds), "public_only": True}
         _write_public(out / KEYSET_FILE, json.dumps(meta, indent=2).encode())  # last: the folder is complete
         return out
@@ -252,7 +282,12 @@ class ClientKeys:
             raise KeyHomeError(f"the public key in {root} does not match the key id in {meta_path}")
         backend = backend_class(backend_name).from_public_keys(params, {"public": public}, **options)
         backend.load_secret_key(secret_path.read_bytes())
-        return cls(backend, key_id, meta["stride"], meta["resolution"], root, meta["key_kinds"])
+        match = None
+        if meta["match_key_id"] is not None:
+            match = cls.load(root / MATCH_DIR, **options)
+            if match.key_id != meta["match_key_id"] or match.match is not None:
+                raise KeyHomeError(f"{root / MATCH_DIR} is not the matching key set {meta_path} names")
+        return cls(backend, key_id, meta["stride"], meta["resolution"], root, meta["key_kinds"], match)
 
 
 @dataclass(frozen=True)
@@ -344,9 +379,10 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 
 def _check_public_target(out: Path, home: Path | None, overwrite: bool) -> None:
     """Refuse a public folder that is the home, holds a secret key, or holds keys and ``overwrite`` is off."""
-    if home is not None and out.resolve() == home.resolve():
-        raise KeyHomeError(f"the public key folder must not be the key home {home}: it would sit beside the "
-                           "secret key; choose another folder")
+    if home is not None and (out.resolve() == home.resolve() or out.resolve().is_relative_to(home.resolve())
+                             or home.resolve().is_relative_to(out.resolve())):
+        raise KeyHomeError(f"the public key folder must be outside the key home {home} (and not hold it): it "
+                           "would sit beside the secret keys; choose another folder")
     _refuse_secrets(out)
     if (out / KEYSET_FILE).exists() and not overwrite:
         raise KeyHomeError(f"{out} already holds public keys; pass --force to replace them")
@@ -355,7 +391,8 @@ def _check_public_target(out: Path, home: Path | None, overwrite: bool) -> None:
 def _refuse_secrets(root: Path) -> None:
     """KeyHomeError when ``root`` (or its eval/) holds a file that is or looks like a secret key."""
     names = [p.name for p in (root.iterdir() if root.is_dir() else ())]
-    names += [f"{EVAL_DIR}/{p.name}" for p in ((root / EVAL_DIR).iterdir() if (root / EVAL_DIR).is_dir() else ())]
+    for sub in (EVAL_DIR, MATCH_DIR, f"{MATCH_DIR}/{EVAL_DIR}"):
+        names += [f"{sub}/{p.name}" for p in ((root / sub).iterdir() if (root / sub).is_dir() else ())]
     found = [n for n in names if n == SECRET_FILE or is_secret_kind(n.rsplit("/", 1)[-1].removesuffix(".bin"))]
     if found:
         raise KeyHomeError(f"{root} holds a secret key ({', '.join(found)}): it is a client's key home, not a "
@@ -375,6 +412,7 @@ def _read_meta(meta_path: Path) -> dict[str, Any]:
             "stride": int(meta.get("stride", 1)),
             "resolution": None if resolution is None else int(resolution),
             "key_kinds": tuple(str(k) for k in meta["key_kinds"]),
+            "match_key_id": None if meta.get("match_key_id") is None else str(meta["match_key_id"]),
         }
     except (ValueError, KeyError, TypeError, AttributeError, CryptoFaceError) as exc:
         raise KeyHomeError(f"{meta_path} is not a CryptoFace key set ({exc}); run 'cryptoface keygen'") from exc

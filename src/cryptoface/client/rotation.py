@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from cryptoface.client.client import Client, PhotoOrProbe
-from cryptoface.client.keys import KEYSET_FILE, SECRET_FILE, ClientKeys, KeyHomeError
+from cryptoface.client.keys import KEYSET_FILE, MATCH_DIR, SECRET_FILE, ClientKeys, KeyHomeError
 from cryptoface.client.transport import Subject
 from cryptoface.errors import CryptoFaceError
 from cryptoface.names import validate_name
 
 STAGING = "rotating"
-_KEY_FILES = ("eval", SECRET_FILE, KEYSET_FILE)  # keyset.json last: a home holding it is complete
+_KEY_FILES = ("eval", SECRET_FILE, MATCH_DIR, KEYSET_FILE)  # keyset.json last: a home holding it is complete
 
 
 class RotationError(CryptoFaceError):
@@ -57,7 +57,7 @@ def rotate_keys(
     _abandon(client, staging)
     say(f"generating a new {old.backend_name} key set (same parameters)")
     fresh = ClientKeys.generate(old.backend_name, old.params, stride=old.stride, resolution=old.resolution,
-                                threads=threads)
+                                match_ring=old.match is not None, threads=threads)
     fresh.save(staging)
     new = Client(fresh, client.transport, threshold=client.threshold, protocol=client.protocol)
     enrolled = []
@@ -76,11 +76,16 @@ def rotate_keys(
     retired = home / f"retired-{old.key_id[:12]}"
     _switch(home, staging, retired)
     new = Client(ClientKeys.load(home), client.transport, threshold=client.threshold, protocol=client.protocol)
-    try:
-        client.delete_key_set(old.key_id)
-    except CryptoFaceError as exc:
-        raise RotationError(f"the new key set {new.key_id[:12]} is in use, but erasing the old one failed ({exc}); "
-                            f"run 'cryptoface delete keyset --key-id {old.key_id}', then remove {retired}") from exc
+    failed = []
+    for keys in reversed(client.key_sets()):  # every old key set, whatever happened to the others
+        try:
+            client.delete_key_set(keys.key_id)
+        except CryptoFaceError as exc:
+            failed.append((keys.key_id, exc))
+    if failed:
+        todo = "; ".join(f"'cryptoface delete keyset --key-id {k}' ({e})" for k, e in failed)
+        raise RotationError(f"the new key set {new.key_id[:12]} is in use, but erasing the old ones failed: run "
+                            f"{todo}, then remove {retired}")
     shutil.rmtree(retired, ignore_errors=True)
     say(f"erased the old key set {old.key_id[:12]} on the server and its secret key here")
     return new, enrolled
@@ -93,7 +98,9 @@ def _abandon(client: Client, staging: Path) -> None:
     with contextlib.suppress(CryptoFaceError, OSError):
         stale = ClientKeys.load(staging)
         if stale.key_id != client.key_id:
-            client.delete_key_set(stale.key_id)
+            for keys in stale.key_sets():
+                with contextlib.suppress(CryptoFaceError):
+                    client.delete_key_set(keys.key_id)
     shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -102,9 +109,11 @@ def _switch(home: Path, staging: Path, retired: Path) -> None:
     try:
         retired.mkdir(mode=0o700)
         for name in reversed(_KEY_FILES):
-            (home / name).rename(retired / name)
+            if (home / name).exists():  # a home without a matching ring has no match/
+                (home / name).rename(retired / name)
         for name in _KEY_FILES:
-            (staging / name).rename(home / name)
+            if (staging / name).exists():
+                (staging / name).rename(home / name)
         staging.rmdir()
     except OSError as exc:
         raise KeyHomeError(f"switching {home} to the new key set failed ({exc}); the new keys are in {staging}, the "

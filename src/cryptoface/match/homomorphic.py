@@ -12,8 +12,10 @@ In that layout every score sum is a cyclic rotate-and-add over the whole ring (s
 * 1:1: every slot ``= 0 (mod S)`` holds the cosine, all others are zero: no mask level;
 * 1:N: template n of a gallery sits at slots ``S * j + n`` (a rotation, no level) and slot s of the result
   holds the score of template ``s mod S``: every slot is a score, so again no mask level. With one level to
-  spare (the refresh protocol's fresh templates), :func:`dense_scores` masks each chunk's scores to one block
-  and adds the chunks, so one answer carries ``slots`` scores instead of ``S``.
+  spare (the refresh protocol's fresh templates), :func:`grouped_gallery` turns 16 chunks into 16 masked,
+  rotated ciphertexts once, so that scoring them takes 16 products and 4 rotations and one answer carries their
+  scores (scoring in process), and :func:`dense_scores` masks each chunk's scores to one block so that one answer
+  carries ``slots`` scores (scoring sharded over an executor).
 
 The move from the engine's replicated layout (element j at every slot ``= j mod 256``) into the normalised
 layout is a 0/1 permutation with 256 diagonals (BSGS 16 x 16, 30 rotations): one level, computed in parallel
@@ -25,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -49,6 +51,10 @@ from cryptoface.params import LEVELS
 _TINY = 1e-13  # relative size under which a polynomial coefficient is treated as zero
 _LOG_DIM = int(math.log2(EMBEDDING_DIM))
 _BABIES = 16  # baby steps of the layout permutation (256 = 16 x 16 diagonals)
+# 1:N: gallery chunks per group of a grouped gallery (grouped_gallery). R chunks cost R products and log2(256 / R)
+# rotations, and one answer carries R chunks' scores: 16 keeps 10,000 templates within 40 answers (5.2 MB on the
+# matching ring) at 4 rotations per 16 chunks instead of 8 per chunk
+GROUP_CHUNKS = 16
 
 
 # -- layouts ------------------------------------------------------------------------------------------
@@ -352,23 +358,139 @@ def gallery_scores(backend: CkksBackend, probe_replicated: Any, packed: Any, gal
     return _masked(backend, summed, gallery.score_slots(count))
 
 
-def scored_chunks(backend: CkksBackend, probe_replicated: Any, chunks: Iterable[tuple[Any, int]],
-                  gallery: GalleryLayout, workers: int = 1) -> Iterator[Any]:
-    """:func:`gallery_scores` of each ``(gallery ciphertext, count)``, in order; ``workers`` chunks at a time on a
-    thread-safe backend (OpenFHE releases the GIL in its products and rotations), at most ``2 * workers`` chunks
-    in flight so that a large gallery is never held at once."""
+def map_in_order(backend: CkksBackend, work: Callable[..., Any], items: Iterable[tuple[Any, ...]], workers: int
+                 ) -> Iterator[Any]:
+    """``work(*item)`` for each item, in order; ``workers`` at a time on a thread-safe backend (OpenFHE releases the
+    GIL in its products and rotations), at most ``2 * workers`` in flight so that a large gallery is never held."""
     if workers <= 1 or not backend.thread_safe:
-        for ct, count in chunks:
-            yield gallery_scores(backend, probe_replicated, ct, gallery, count)
+        for item in items:
+            yield work(*item)
         return
     with ThreadPoolExecutor(workers, thread_name_prefix="gallery") as pool:
         pending: deque[Future[Any]] = deque()
-        for ct, count in chunks:
-            pending.append(pool.submit(gallery_scores, backend, probe_replicated, ct, gallery, count))
+        for item in items:
+            pending.append(pool.submit(work, *item))
             if len(pending) >= 2 * workers:
                 yield pending.popleft().result()
         while pending:
             yield pending.popleft().result()
+
+
+def _loaded(backend: CkksBackend, ct: Any) -> Any:
+    """A ciphertext, deserialised first if it came as bytes (the server's own stored galleries)."""
+    return backend.deserialize(ct) if isinstance(ct, bytes | bytearray | memoryview) else ct
+
+
+def scored_chunks(backend: CkksBackend, probe_replicated: Any, chunks: Iterable[tuple[Any, int]],
+                  gallery: GalleryLayout, workers: int = 1) -> Iterator[Any]:
+    """:func:`gallery_scores` of each ``(gallery ciphertext, count)``, in order, ``workers`` chunks at a time."""
+    def score(ct: Any, n: int) -> Any:
+        return gallery_scores(backend, probe_replicated, _loaded(backend, ct), gallery, n)
+
+    return map_in_order(backend, score, chunks, workers)
+
+
+def _binary_rotations(backend: CkksBackend, ct: Any, unit: int, count: int) -> list[Any]:
+    """``ct`` rotated by ``unit * k`` for k < ``count``: each from an earlier one by a power-of-two multiple of
+    ``unit`` (count - 1 rotations, positive steps only: the keys of the score sums, ``unit << m``)."""
+    out = [ct]
+    for k in range(1, count):
+        high = 1 << (k.bit_length() - 1)
+        out.append(backend.rotate(out[k - high], unit * high))
+    return out
+
+
+def _check_grouped(backend: CkksBackend, gallery: GalleryLayout) -> None:
+    if gallery.blocks != 1 or gallery.block != backend.slots:
+        raise ParameterError("grouped galleries need the ring-filling gallery")
+
+
+def grouped_gallery(backend: CkksBackend, chunks: Sequence[Any], gallery: GalleryLayout) -> list[Any]:
+    """Up to ``GROUP_CHUNKS`` packed gallery chunks turned into the group's ``GROUP_CHUNKS`` ciphertexts (1 level).
+
+    Chunk r holds template (i, r) at slots ``S * u + i`` (element u, :func:`pack_gallery`). Group ciphertext k
+    is ``C_k = sum_r M_r * rot(G_r, S * k)`` with M_r the slots whose element index u is r mod R (R =
+    GROUP_CHUNKS): it holds element ``u + k`` of template (i, u mod R) at slot ``S * u + i``. Scoring against the
+    probe rotated alike (:func:`grouped_scores`) then needs R products and only log2(256 / R) rotations for R
+    chunks, instead of 8 rotations per chunk; building costs R - 1 rotations and R masks per chunk, once."""
+    _check_grouped(backend, gallery)
+    if not 1 <= len(chunks) <= GROUP_CHUNKS:
+        raise ParameterError(f"a gallery group holds 1 to {GROUP_CHUNKS} chunks, not {len(chunks)}")
+    s = gallery.stride
+    element = (np.arange(backend.slots) // s) % EMBEDDING_DIM
+    acc: list[Any | None] = [None] * GROUP_CHUNKS
+    for r, chunk in enumerate(chunks):
+        chunk = _loaded(backend, chunk)
+        mask = backend.encode((element % GROUP_CHUNKS == r).astype(np.float64), backend.level(chunk))
+        for k, rotated in enumerate(_binary_rotations(backend, chunk, s, GROUP_CHUNKS)):
+            part = backend.mul_plain(rotated, mask)
+            acc[k] = part if acc[k] is None else backend.add(acc[k], part)
+    return [backend.rescale(a) for a in acc]
+
+
+def build_galleries(backend: CkksBackend, templates: Sequence[Any], gallery: GalleryLayout, grouped: bool,
+                    workers: int = 1) -> Iterator[list[Any]]:
+    """The gallery ciphertexts of normalised ``templates`` (in order; bytes are deserialised on the workers):
+    packed chunks of ``gallery.capacity`` templates, one ciphertext each, or with ``grouped`` groups of
+    ``GROUP_CHUNKS`` chunks, ``GROUP_CHUNKS`` ciphertexts each (:func:`grouped_gallery`)."""
+    cap = gallery.capacity
+    per = cap * (GROUP_CHUNKS if grouped else 1)
+
+    def build(part: Sequence[Any]) -> list[Any]:
+        chunks = [pack_gallery(backend, [_loaded(backend, t) for t in part[a:a + cap]], gallery)
+                  for a in range(0, len(part), cap)]
+        return grouped_gallery(backend, chunks, gallery) if grouped else chunks
+
+    return map_in_order(backend, build, ((templates[a:a + per],) for a in range(0, len(templates), per)), workers)
+
+
+def gallery_counts(templates: int, gallery: GalleryLayout, grouped: bool) -> list[list[int]]:
+    """Templates per chunk of each gallery ciphertext list :func:`build_galleries` makes for ``templates``."""
+    cap = gallery.capacity
+    per = cap * (GROUP_CHUNKS if grouped else 1)
+    return [[min(cap, n - a) for a in range(0, n, cap)] for n in (min(per, templates - b)
+                                                             for b in range(0, templates, per))]
+
+
+def probe_rotations(backend: CkksBackend, probe_replicated: Any, gallery: GalleryLayout) -> list[Any]:
+    """The replicated probe rotated by ``S * k`` for k < ``GROUP_CHUNKS`` (once per request; no level)."""
+    _check_grouped(backend, gallery)
+    return _binary_rotations(backend, probe_replicated, gallery.stride, GROUP_CHUNKS)
+
+
+def grouped_scores(backend: CkksBackend, probes: Sequence[Any], group: Sequence[Any], gallery: GalleryLayout) -> Any:
+    """Scores of a gallery group against :func:`probe_rotations`: ``sum_k C_k * P_k`` (1 level), then the sum over
+    the 256 / R elements u of each residue (steps ``S * R * 2^m``, cyclic over the ring). Slot ``S * u + i`` holds
+    the full score of template (i, u mod R) -- no partial sum anywhere --, so template i of chunk r is read at
+    ``S * r + i`` (:func:`grouped_slots`)."""
+    if len(probes) != GROUP_CHUNKS or len(group) != GROUP_CHUNKS:
+        raise ParameterError(f"a gallery group and its probe have {GROUP_CHUNKS} ciphertexts each")
+    acc = None
+    for c, p in zip(group, probes, strict=True):
+        prod = backend.mul(_loaded(backend, c), p)
+        acc = prod if acc is None else backend.add(acc, prod)
+    acc = backend.rescale(acc)
+    step = gallery.stride * GROUP_CHUNKS
+    while step < backend.slots:
+        acc = backend.add(acc, backend.rotate(acc, step))
+        step *= 2
+    return acc
+
+
+def grouped_slots(gallery: GalleryLayout, counts: Sequence[int]) -> list[int]:
+    """Slot of each score in a group's answer: template i of chunk r (``counts[r]`` templates) at ``S * r + i``."""
+    if len(counts) > GROUP_CHUNKS or any(not 0 <= n <= gallery.capacity for n in counts):
+        raise ParameterError(f"a gallery group holds at most {GROUP_CHUNKS} chunks of {gallery.capacity} templates")
+    return [gallery.stride * r + i for r, n in enumerate(counts) for i in range(n)]
+
+
+def grouped_answers(backend: CkksBackend, probe_replicated: Any, groups: Iterable[tuple[Sequence[Any], Sequence[int]]],
+                    gallery: GalleryLayout, workers: int = 1) -> Iterator[tuple[Any, list[int]]]:
+    """1:N answers of grouped galleries ``(group ciphertexts, chunk counts)``: one answer of up to
+    ``GROUP_CHUNKS * capacity`` scores per group, with the slots of its scores in order."""
+    probes = probe_rotations(backend, probe_replicated, gallery)
+    return map_in_order(backend, lambda group, counts: (grouped_scores(backend, probes, group, gallery),
+                                                     grouped_slots(gallery, counts)), groups, workers)
 
 
 def dense_scores(backend: CkksBackend, chunks: Iterable[tuple[Any, int]], gallery: GalleryLayout

@@ -211,8 +211,13 @@ class MatchService:
         record = self._owned(caller, key_id)
         if record.status != "active":
             raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
-        if self.model is None and _has_images(probes):
-            raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
+        if _has_images(probes):
+            if self.model is None:
+                raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
+            levels, need = params_from_json(record.params_json).levels, LEVELS.network_levels(self.model.resolution)
+            if levels < need:  # before anything is queued or deserialised
+                raise ServiceInputError(f"this key set has {levels} levels and the network needs {need}: it is a "
+                                        "matching key set (send images under the client's network key set)")
         return record
 
     def key_set(self, caller: Caller, key_id: str) -> KeySetRecord:
@@ -682,13 +687,16 @@ class MatchService:
     ) -> list[tuple[bytes, list[int], list[str]]]:
         """Score the probe against every enrolled template: (result ciphertext, score slots, subject per slot).
 
-        Score mode with fresh templates (refresh protocol, a level to spare) answers densely: one ciphertext per
-        ``slots`` templates (:func:`~cryptoface.match.homomorphic.dense_scores`), else one per gallery chunk."""
+        Score mode with fresh templates (refresh protocol, a level to spare) scores grouped galleries: one answer
+        per 16 gallery chunks (:func:`~cryptoface.match.homomorphic.grouped_gallery`; on an executor one answer per
+        ``slots`` templates, :func:`~cryptoface.match.homomorphic.dense_scores`), else one answer per chunk."""
         record = self._active(caller, key_id, [probe])
         records = self.store.templates(key_id)
         if not records:
             raise ServiceInputError("no subject is enrolled under this key set")
         self._check_mode(mode, 10**9)
+        from cryptoface.engine.evaluator import default_workers
+
         with self._serving(record, heavy=_has_images([probe])) as state, state.lock:
             be = state.backend
             p, stride = self._normalised(state, probe, LEVELS.score + self._check_mode(mode, 10**9))
@@ -697,53 +705,88 @@ class MatchService:
                 raise ServiceInputError(f"no enrolled template has stride {stride} and model {self.model_id!r}")
             self._check_mode(mode, min(r.level for r in records))
             gallery = gallery_layout(be.slots)  # normalised templates of any input stride pack the same way
-            chunks = self._galleries(key_id, state, gallery, records)
+            # fresh templates carry the mask's level: grouped galleries (in process) or dense answers (sharded)
+            spare = mode == "score" and min(be.level(p), min(r.level for r in records)) - LEVELS.score >= LEVELS.pack
+            grouped = spare and self.executor is None
+            stored = self._galleries(key_id, state, gallery, records, grouped)
             rep = hm.replicate_probe(be, p, gallery)
             names = {r.id: r.subject for r in records}
-            chunk_ids = [ids for _, ids in chunks]
+            subjects = [names[i] for _, ids in stored for i in ids]
+            if grouped:
+                groups = ((cts, hm.gallery_counts(len(ids), gallery, True)[0]) for cts, ids in stored)
+                return self._answers(be, hm.grouped_answers(be, rep, groups, gallery, default_workers()), subjects)
+            chunks = [(cts[0], ids) for cts, ids in stored]
+            counts = [len(ids) for _, ids in chunks]
             tau = self.threshold if mode == "decision" else None
             if self.executor is not None:  # gallery chunks sharded over the executor's workers
                 from cryptoface.engine.parallel import sharded_scores
 
                 shards = sharded_scores(self.executor, be, self._handle(self.executor, state), rep,
-                                        [c for c, _ in chunks], list(map(len, chunk_ids)), tau)
+                                        [c for c, _ in chunks], counts, tau)
                 scores = (be.deserialize(s) for s in shards)
             else:
-                from cryptoface.engine.evaluator import default_workers
-
-                scores = hm.scored_chunks(be, rep, ((be.deserialize(c), len(ids)) for c, ids in chunks), gallery,
+                scores = hm.scored_chunks(be, rep, zip([c for c, _ in chunks], counts, strict=True), gallery,
                                           default_workers())
                 if tau is not None:
                     scores = (hm.decision(be, s, tau) for s in scores)
-            # fresh templates carry the mask's level: 256 chunks per answer instead of one (N = 2^16)
-            dense = mode == "score" and min(be.level(p), min(r.level for r in records)) - LEVELS.score >= LEVELS.pack
-            answers = hm.gallery_answers(be, zip(scores, map(len, chunk_ids), strict=True), gallery, dense)
-            per = gallery.slots // gallery.capacity if dense else 1
-            groups = [[i for part in chunk_ids[g:g + per] for i in part] for g in range(0, len(chunk_ids), per)]
-            return [(_answer(be, ct), [int(x) for x in slots], [names[i] for i in group])
-                    for (ct, slots), group in zip(answers, groups, strict=True)]
+            return self._answers(be, hm.gallery_answers(be, zip(scores, counts, strict=True), gallery, spare),
+                                 subjects)
+
+    @staticmethod
+    def _answers(be: CkksBackend, answers: Iterator[tuple[Any, list[int]]], subjects: list[str]
+                 ) -> list[tuple[bytes, list[int], list[str]]]:
+        """(answer bytes, score slots, subject of each) per answer; answers hold the chunks' scores in order."""
+        out, used = [], 0
+        for ct, slots in answers:
+            out.append((_answer(be, ct), [int(x) for x in slots], subjects[used:used + len(slots)]))
+            used += len(slots)
+        if used != len(subjects):  # pragma: no cover - the scoring functions place every template once
+            raise CiphertextError(f"{used} scores for {len(subjects)} templates")
+        return out
 
     def _galleries(
-        self, key_id: str, state: _KeySetState, gallery: GalleryLayout, records: list[TemplateRecord]
-    ) -> list[tuple[bytes, list[int]]]:
+        self, key_id: str, state: _KeySetState, gallery: GalleryLayout, records: list[TemplateRecord], grouped: bool
+    ) -> list[tuple[list[bytes], list[int]]]:
+        """The key set's galleries as (ciphertexts, template ids): packed chunks (one ciphertext each) or, with
+        ``grouped``, gallery groups (``GROUP_CHUNKS`` ciphertexts of up to 16 chunks each). Stored ones are used when
+        they hold exactly the enrolled templates in the wanted form; else they are built and stored (one form at a
+        time: a group is stored as GROUP_CHUNKS rows, its template ids on the first, none on the others, while every
+        chunk row has ids -- that is how the forms are told apart)."""
         ids = {r.id for r in records}
         # the store keys galleries by the enrolled templates' stride (identify keeps one stride): it checks the packed
         # ids against the templates of that stride, so the gallery layout's stride would never match and no packed
         # gallery would ever be kept
         stride = records[0].stride
         stored = self.store.galleries(key_id, stride, self.model_id)
-        if stored and {i for g in stored for i in g.template_ids} == ids:
-            return [(g.ciphertext, list(g.template_ids)) for g in stored]
+        current = bool(stored) and {i for g in stored for i in g.template_ids} == ids
+        if current and any(not g.template_ids for g in stored) == grouped:
+            if grouped:
+                return [([g.ciphertext for g in stored[a:a + hm.GROUP_CHUNKS]], list(stored[a].template_ids))
+                        for a in range(0, len(stored), hm.GROUP_CHUNKS)]
+            return [([g.ciphertext], list(g.template_ids)) for g in stored]
+        from cryptoface.engine.evaluator import default_workers
+
         be = state.backend
-        chunks = []
-        for start in range(0, len(records), gallery.capacity):
-            part = records[start : start + gallery.capacity]
-            packed = hm.pack_gallery(be, [be.deserialize(r.ciphertext) for r in part], gallery)
-            chunks.append((be.serialize(packed), [r.id for r in part], be.level(packed)))
+        per = gallery.capacity * (hm.GROUP_CHUNKS if grouped else 1)
+        out, rows = [], []
+        built = hm.build_galleries(be, [r.ciphertext for r in records], gallery, grouped, default_workers())
+        for start, cts in zip(range(0, len(records), per), built, strict=True):
+            part_ids = [r.id for r in records[start:start + per]]
+            if grouped:
+                data = [be.serialize(c) for c in cts]
+                out.append((data, part_ids))
+                rows += [(d, part_ids if k == 0 else [], be.level(cts[k])) for k, d in enumerate(data)]
+            else:
+                for k, c in enumerate(cts):
+                    chunk_ids = part_ids[k * gallery.capacity:(k + 1) * gallery.capacity]
+                    out.append(([be.serialize(c)], chunk_ids))
+                    rows.append((out[-1][0][0], chunk_ids, be.level(c)))
+        if current:  # the other form is stored and up to date: keep it, this form serves this request only
+            return out
         # enrolled or deleted meanwhile: serve from this packing, the next request repacks
         with contextlib.suppress(ConflictError, UnknownKeySetError):
-            self.store.replace_galleries(key_id, stride, self.model_id, chunks)
-        return [(c, ids_) for c, ids_, _ in chunks]
+            self.store.replace_galleries(key_id, stride, self.model_id, rows)
+        return out
 
     def info(self) -> dict[str, Any]:
         return {

@@ -281,7 +281,7 @@ def create_ui_app(session: UiSession) -> FastAPI:
         await form_csrf(request)
         subject = await run_in_threadpool(_subject, subject_id)
         try:
-            await run_in_threadpool(s.client.transport.delete_subject, s.client.key_id, subject.subject_id)
+            await run_in_threadpool(s.client.delete_subject_id, subject.subject_id)
         except CryptoFaceError as exc:  # deleted meanwhile (a second click), or the server refused
             found, _ = _subjects()
             return html("Subjects", pages.subjects_page(found, s.csrf, f"not deleted: {exc}"), "/subjects", 409)
@@ -315,6 +315,9 @@ def create_ui_app(session: UiSession) -> FastAPI:
                 ("CKKS parameters", params_to_json(params)),
                 ("ring, slots", f"N = 2^{params.log_ring}, {params.slots} slots"),
                 ("public and evaluation keys", f"{_size(keys.evaluation_key_bytes())} in {len(keys.key_kinds)} key(s)"),
+                ("matching ring", "none: templates are matched in the network's ring" if keys.match is None else
+                 f"key set {keys.match.key_id[:12]}, N = 2^{keys.match.params.log_ring}, "
+                 f"{keys.match.params.levels} levels, {_size(keys.match.evaluation_key_bytes())} of keys"),
                 ("key home", str(keys.home) if keys.home is not None else "(in memory)"),
                 ("server URL", s.server_label), ("protocol", s.client.protocol),
                 ("decision threshold (cosine)", f"{s.client.threshold:.4f}")]
