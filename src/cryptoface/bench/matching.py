@@ -262,8 +262,8 @@ def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) ->
     """Client seconds of one refresh (median of ``options.runs``): decrypt the engine's raw template (at level 0,
     as the network leaves it), normalise in the clear, encrypt afresh at the fresh template's level."""
     from cryptoface.backends import create_backend
-    from cryptoface.match.layout import normalised_layout, place
-    from cryptoface.match.refresh import normalised, raw_embedding
+    from cryptoface.match.layout import place
+    from cryptoface.match.refresh import fresh_slots, normalised, raw_embedding
     from cryptoface.params import LEVELS
 
     network = backend
@@ -274,13 +274,12 @@ def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) ->
     params = network.params
     layout, _ = _engine_template(options, params)
     raw = network.serialize(network.encrypt(place(embedding, layout, params.slots), 0))
-    target = normalised_layout(backend.slots)
     decrypt, fresh = [], []
     for _ in range(max(1, options.runs)):
         t = time.perf_counter()
         unit = normalised(raw_embedding(network.decrypt(network.deserialize(raw)), layout))
         t1 = time.perf_counter()
-        backend.serialize(backend.encrypt(place(unit, target, backend.slots), LEVELS.fresh_template("score")))
+        backend.serialize(backend.encrypt(fresh_slots(unit, backend.slots), LEVELS.fresh_template("score")))
         decrypt.append(t1 - t)
         fresh.append(time.perf_counter() - t1)
     return {"raw_template_bytes": float(len(raw)), "decrypt_normalise_s": median(decrypt) or 0.0,

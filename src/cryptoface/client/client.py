@@ -45,8 +45,8 @@ from cryptoface.client.transport import (
 )
 from cryptoface.engine.layout import TemplateLayout
 from cryptoface.errors import CryptoFaceError, ParameterError
-from cryptoface.match.layout import EMBEDDING_DIM, normalised_layout, place
-from cryptoface.match.refresh import normalised, raw_embedding
+from cryptoface.match.layout import EMBEDDING_DIM, normalised_layout
+from cryptoface.match.refresh import fresh_slots, normalised, raw_embedding
 from cryptoface.names import validate_name
 from cryptoface.params import DEFAULT_PROTOCOL, LEVELS, PROTOCOLS
 from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
@@ -361,7 +361,7 @@ class Client:
         if be.params.levels < level:
             raise CryptoFaceError(f"a fresh {mode}-mode template needs {level} levels; this key set has "
                                   f"{be.params.levels}")
-        fresh = be.encrypt(place(unit, normalised_layout(be.slots), be.slots), level)
+        fresh = be.encrypt(fresh_slots(unit, be.slots), level)
         return TemplateProbe(be.serialize(fresh), normalised_layout(be.slots).stride, 1, normalised=True)
 
     @staticmethod

@@ -41,10 +41,15 @@ def normalised(embedding: np.ndarray) -> np.ndarray:
     return e / norm
 
 
+def fresh_slots(unit: np.ndarray, slots: int) -> np.ndarray:
+    """The slot vector a client encrypts for a normalised template: the normalised layout of a ring with ``slots``
+    slots (the network's, or the matching ring's), unit scale."""
+    return place(unit, normalised_layout(slots), slots)
+
+
 def refreshed_slots(slot_values: np.ndarray, layout: TemplateLayout) -> np.ndarray:
-    """The slot vector of the normalised template (normalised layout, unit scale) from a decrypted raw one."""
-    slots = np.asarray(slot_values).size
-    return place(normalised(raw_embedding(slot_values, layout)), normalised_layout(slots), slots)
+    """The slot vector of the normalised template in the same ring, from a decrypted raw one."""
+    return fresh_slots(normalised(raw_embedding(slot_values, layout)), np.asarray(slot_values).size)
 
 
-__all__ = ["MIN_NORM", "normalised", "raw_embedding", "refreshed_slots"]
+__all__ = ["MIN_NORM", "fresh_slots", "normalised", "raw_embedding", "refreshed_slots"]
