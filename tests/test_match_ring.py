@@ -99,6 +99,15 @@ def test_grouped_galleries_hold_a_full_score_in_every_slot_and_name_each_templat
         got = np.concatenate([be.decrypt(ct)[slots] for ct, slots in answers])
         np.testing.assert_allclose(got, np.concatenate([c @ probe for c in chunks]), atol=1e-6)
         assert {be.level(ct) for ct, _ in answers} == {0}  # the mask and the product: the template's 2 levels
+    # the store rows: a group is 16 rows with its ids on the first; read back in either form
+    ids = list(range(100, 100 + len(templates)))
+    rows = hm.gallery_rows(be, built, ids, gallery, True)
+    assert len(rows) == 48 and [len(part) for _, part, _ in rows[::16]] == [128, 128, 37]
+    grouped, stored = hm.stored_galleries([(c, part) for c, part, _ in rows])
+    assert grouped and [part for _, part in stored] == [ids[:128], ids[128:256], ids[256:]]
+    chunk_rows = hm.gallery_rows(be, hm.build_galleries(be, templates, gallery, False), ids, gallery, False)
+    grouped, stored = hm.stored_galleries([(c, part) for c, part, _ in chunk_rows])
+    assert not grouped and len(stored) == 37 and stored[-1][1] == ids[-5:]
     # no partial sum anywhere: slot S*u + i holds the full score of template i of chunk u mod 16
     first, _ = answers[0]
     s = gallery.stride

@@ -200,15 +200,9 @@ def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id
     records = store.templates(key_id)
     t = time.perf_counter()
     grouped = job.fresh  # the service's form: groups when the fresh templates carry the mask's level
-    per = gallery.capacity * (hm.GROUP_CHUNKS if grouped else 1)
-    rows, built = [], []
-    for start, cts in zip(range(0, len(records), per), hm.build_galleries(
-            be, [r.ciphertext for r in records], gallery, grouped, default_workers()), strict=True):
-        ids = [r.id for r in records[start:start + per]]
-        built.append((cts, ids))
-        for k, c in enumerate(cts):
-            part = (ids if k == 0 else []) if grouped else ids[k * gallery.capacity:(k + 1) * gallery.capacity]
-            rows.append((be.serialize(c), part, be.level(c)))
+    built = list(hm.build_galleries(be, [r.ciphertext for r in records], gallery, grouped, default_workers()))
+    rows = hm.gallery_rows(be, built, [r.id for r in records], gallery, grouped)
+    ids = [part for _, part in hm.stored_galleries([(c, part) for c, part, _ in rows])[1]]
     # keyed by the enrolled templates' stride (the store checks the packed ids against templates of that stride)
     store.replace_galleries(key_id, job.layout.stride, job.model_id, rows)
     pack_s = time.perf_counter() - t
@@ -216,11 +210,11 @@ def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id
     rep = hm.replicate_probe(be, probe, gallery)
     t = time.perf_counter()
     if grouped:
-        groups = [(cts, hm.gallery_counts(len(ids), gallery, True)[0]) for cts, ids in built]
+        groups = [(cts, hm.gallery_counts(len(part), gallery, True)[0]) for cts, part in zip(built, ids, strict=True)]
         answers = list(hm.grouped_answers(be, rep, groups, gallery, default_workers()))
     else:
-        answers = [(hm.gallery_scores(be, rep, c, gallery, len(ids)), gallery.score_slots(len(ids)).tolist())
-                   for cts, ids in built for c in cts]
+        answers = [(hm.gallery_scores(be, rep, cts[0], gallery, len(part)), gallery.score_slots(len(part)).tolist())
+                   for cts, part in zip(built, ids, strict=True)]
     for k, (s, _) in enumerate(answers):
         io.write(f"enrolled-scores-{k:05d}.ct", s)
     score_s = time.perf_counter() - t
@@ -228,7 +222,7 @@ def _enrolled_gallery(job: ServerJob, be: Any, io: _Exchange, store: Any, key_id
     return {
         "subjects": len(records), "template_bytes": [len(r.ciphertext) for r in records],
         "gallery_ciphertexts": len(gallery_rows), "gallery_bytes": [len(g.ciphertext) for g in gallery_rows],
-        "gallery_template_ids": [list(g.template_ids) for g in gallery_rows], "grouped": grouped,
+        "gallery_ids": ids, "grouped": grouped,
         "answer_slots": [[int(x) for x in slots] for _, slots in answers],
         "template_ids": [r.id for r in records], "pack_s": pack_s, "score_s": score_s,
         "template_level": records[0].level,

@@ -410,8 +410,8 @@ def _check_store(backend: Any, msg: dict[str, Any], tpl: PairTemplates, probe_n:
     tb, gb = msg["template_bytes"], msg["gallery_bytes"]
     from cryptoface.match.homomorphic import GROUP_CHUNKS
 
-    rows = GROUP_CHUNKS if msg["grouped"] else 1  # store rows per gallery (a group's ids are on its first row)
-    ids_of = [ids for ids in msg["gallery_template_ids"][::rows]]
+    rows = GROUP_CHUNKS if msg["grouped"] else 1  # store rows per gallery
+    ids_of = msg["gallery_ids"]
     per_gallery = [sum(gb[k * rows:(k + 1) * rows]) / len(ids) for k, ids in enumerate(ids_of)]
     full = sum(gb[:rows]) / (rows * gl.capacity) if gb else None  # a full gallery's share per template
     order = {tid: n for n, tid in enumerate(msg["template_ids"])}

@@ -444,6 +444,26 @@ def build_galleries(backend: CkksBackend, templates: Sequence[Any], gallery: Gal
     return map_in_order(backend, build, ((templates[a:a + per],) for a in range(0, len(templates), per)), workers)
 
 
+def gallery_rows(backend: CkksBackend, galleries: Iterable[Sequence[Any]], ids: Sequence[int], gallery: GalleryLayout,
+                 grouped: bool) -> list[tuple[bytes, list[int], int]]:
+    """The store rows ``(ciphertext bytes, template ids, level)`` of :func:`build_galleries`' output for templates
+    ``ids``: one row per chunk with its ids, or ``GROUP_CHUNKS`` rows per group with the group's ids on the first
+    and none on the others -- a row without ids is how the grouped form is told apart (:func:`stored_galleries`)."""
+    per = gallery.capacity * (GROUP_CHUNKS if grouped else 1)
+    rows = []
+    for start, cts in zip(range(0, len(ids), per), galleries, strict=True):
+        part = [int(i) for i in ids[start:start + per]]
+        rows += [(backend.serialize(c), part if k == 0 else [], backend.level(c)) for k, c in enumerate(cts)]
+    return rows
+
+
+def stored_galleries(rows: Sequence[tuple[bytes, Sequence[int]]]) -> tuple[bool, list[tuple[list[bytes], list[int]]]]:
+    """(grouped, [(ciphertexts, template ids)] per gallery) of store rows written by :func:`gallery_rows`."""
+    grouped = any(not ids for _, ids in rows)
+    step = GROUP_CHUNKS if grouped else 1
+    return grouped, [([c for c, _ in rows[a:a + step]], list(rows[a][1])) for a in range(0, len(rows), step)]
+
+
 def gallery_counts(templates: int, gallery: GalleryLayout, grouped: bool) -> list[list[int]]:
     """Templates per chunk of each gallery ciphertext list :func:`build_galleries` makes for ``templates``."""
     cap = gallery.capacity

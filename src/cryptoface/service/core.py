@@ -749,44 +749,28 @@ class MatchService:
     ) -> list[tuple[list[bytes], list[int]]]:
         """The key set's galleries as (ciphertexts, template ids): packed chunks (one ciphertext each) or, with
         ``grouped``, gallery groups (``GROUP_CHUNKS`` ciphertexts of up to 16 chunks each). Stored ones are used when
-        they hold exactly the enrolled templates in the wanted form; else they are built and stored (one form at a
-        time: a group is stored as GROUP_CHUNKS rows, its template ids on the first, none on the others, while every
-        chunk row has ids -- that is how the forms are told apart)."""
+        they hold exactly the enrolled templates in the wanted form; else they are built and stored, one form at a
+        time (:func:`~cryptoface.match.homomorphic.gallery_rows`)."""
         ids = {r.id for r in records}
         # the store keys galleries by the enrolled templates' stride (identify keeps one stride): it checks the packed
         # ids against the templates of that stride, so the gallery layout's stride would never match and no packed
         # gallery would ever be kept
         stride = records[0].stride
-        stored = self.store.galleries(key_id, stride, self.model_id)
-        current = bool(stored) and {i for g in stored for i in g.template_ids} == ids
-        if current and any(not g.template_ids for g in stored) == grouped:
-            if grouped:
-                return [([g.ciphertext for g in stored[a:a + hm.GROUP_CHUNKS]], list(stored[a].template_ids))
-                        for a in range(0, len(stored), hm.GROUP_CHUNKS)]
-            return [([g.ciphertext], list(g.template_ids)) for g in stored]
+        rows = [(g.ciphertext, g.template_ids) for g in self.store.galleries(key_id, stride, self.model_id)]
+        form, stored = hm.stored_galleries(rows)
+        current = bool(stored) and {i for _, part in stored for i in part} == ids
+        if current and form == grouped:
+            return stored
         from cryptoface.engine.evaluator import default_workers
 
         be = state.backend
-        per = gallery.capacity * (hm.GROUP_CHUNKS if grouped else 1)
-        out, rows = [], []
         built = hm.build_galleries(be, [r.ciphertext for r in records], gallery, grouped, default_workers())
-        for start, cts in zip(range(0, len(records), per), built, strict=True):
-            part_ids = [r.id for r in records[start:start + per]]
-            if grouped:
-                data = [be.serialize(c) for c in cts]
-                out.append((data, part_ids))
-                rows += [(d, part_ids if k == 0 else [], be.level(cts[k])) for k, d in enumerate(data)]
-            else:
-                for k, c in enumerate(cts):
-                    chunk_ids = part_ids[k * gallery.capacity:(k + 1) * gallery.capacity]
-                    out.append(([be.serialize(c)], chunk_ids))
-                    rows.append((out[-1][0][0], chunk_ids, be.level(c)))
-        if current:  # the other form is stored and up to date: keep it, this form serves this request only
-            return out
-        # enrolled or deleted meanwhile: serve from this packing, the next request repacks
-        with contextlib.suppress(ConflictError, UnknownKeySetError):
-            self.store.replace_galleries(key_id, stride, self.model_id, rows)
-        return out
+        new = hm.gallery_rows(be, built, [r.id for r in records], gallery, grouped)
+        if not current:  # a current stored form of the other kind is kept: this one serves this request only
+            # enrolled or deleted meanwhile: serve from this packing, the next request repacks
+            with contextlib.suppress(ConflictError, UnknownKeySetError):
+                self.store.replace_galleries(key_id, stride, self.model_id, new)
+        return hm.stored_galleries([(c, part) for c, part, _ in new])[1]
 
     def info(self) -> dict[str, Any]:
         return {
