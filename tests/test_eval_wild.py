@@ -90,6 +90,35 @@ def test_thresholds_and_tar_match_a_direct_count_and_the_interval_holds_the_esti
     assert summarize_wild(scores, same, a, b, int(labels.max()) + 1, bootstrap=0)["tar_at_far_1e-3_ci95"] is None
 
 
+def test_paired_difference_shares_the_draws() -> None:
+    """The same model against itself differs by exactly 0; a noisier one is worse, its paired interval excluding 0
+    and narrower than the two unpaired intervals side by side."""
+    from cryptoface.errors import DataError
+    from cryptoface.eval.wild import paired_difference
+
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(30, 64))
+    labels = np.repeat(np.arange(30), 10)
+    noise = rng.normal(size=(300, 64))
+    res = []
+    for scale in (0.9, 1.3):
+        scores, same, a, b = pair_scores(centres[labels] + scale * noise, labels)
+        r = summarize_wild(scores, same, a, b, 30, bootstrap=100)
+        r.update(n_identities=30, n_pairs=len(scores))
+        res.append(r)
+    zero = paired_difference(res[0], res[0])
+    assert zero["tar_at_far_1e-3"] == 0 and zero["tar_at_far_1e-3_ci95"] == [0.0, 0.0]
+    d = paired_difference(res[0], res[1])
+    lo, hi = d["tar_at_far_1e-2_ci95"]
+    assert d["tar_at_far_1e-2"] == pytest.approx(res[0]["tar_at_far_1e-2"] - res[1]["tar_at_far_1e-2"])
+    assert 0 < lo <= d["tar_at_far_1e-2"] <= hi
+    (a_lo, a_hi), (b_lo, b_hi) = res[0]["tar_at_far_1e-2_ci95"], res[1]["tar_at_far_1e-2_ci95"]
+    assert hi - lo < (a_hi - a_lo) + (b_hi - b_lo)
+    other_seed = dict(res[1], bootstrap_seed=1)
+    with pytest.raises(DataError, match="same bootstrap"):
+        paired_difference(res[0], other_seed)
+
+
 def test_a_worse_model_scores_worse() -> None:
     """The protocol ranks: more noise around the same identities gives a higher EER and a lower TAR."""
     out = []
@@ -158,6 +187,9 @@ def test_eval_wild_cli_writes_the_report(tmp_path: Path, capsys: pytest.CaptureF
     assert len(report["tar_at_far_1e-3_ci95"]) == 2 and report["compared"][0]["eer"] == report["eer"]
     text = capsys.readouterr().out
     assert "tau@1e-3" in text and "EER" in text
+    # the same model twice: the paired difference is exactly 0 and stored beside the compared row
+    assert report["compared"][0]["difference_of_model"]["tar_at_far_1e-3"] == 0
+    assert "bootstrap_tar" not in report and "+0.00 [+0.00, +0.00]" in text
 
 
 def test_eval_wild_refuses_a_folder_without_validation_identities(tmp_path: Path) -> None:

@@ -92,6 +92,18 @@ def test_ranges_cli_on_generated_crops(tmp_path: Path) -> None:
     report = json.loads(out.read_text())
     assert report["images"] == 8 and len(report["layers"]) == 44
     assert main([*base, "--bound", "1e-9"]) == 1
+    # --claim writes only a bound that held, with what it was measured on
+    from cryptoface.model.file import load_model
+
+    assert main([*base, "--bound", "1e-9", "--claim"]) == 1
+    assert load_model(path).metadata.get("activation_bound") is None
+    assert main([*base, "--claim"]) == 2  # no bound to claim
+    bound = 1.01 * report["overall_max"]
+    assert main([*base, "--bound", str(bound), "--claim"]) == 0
+    meta = load_model(path).metadata
+    assert meta["activation_bound"] == bound and meta["activation_ranges"]["images"] == 8
+    assert meta["activation_ranges"]["measured_max"] == report["overall_max"]
+    assert len(meta["activation_ranges"]["per_layer"]) == 44 and "--train-dir" in meta["activation_ranges"]["command"]
 
 
 @pytest.mark.shared

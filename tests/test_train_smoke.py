@@ -43,7 +43,7 @@ def make_faces_train(root: Path, n: int = N_CROPS) -> Path:
     return root
 
 
-def test_train_smoke_checkpoint_resume_export(tmp_path: Path) -> None:
+def test_train_smoke_checkpoint_resume_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cryptoface.cli import main
     from cryptoface.model.file import load_model
     from cryptoface.model.reference import forward
@@ -81,6 +81,65 @@ def test_train_smoke_checkpoint_resume_export(tmp_path: Path) -> None:
     assert "far" not in meta["threshold_detail"] and "wild_eer" not in history[-1]
     emb = forward(model, np.zeros((2, 3, 64, 64)))
     assert emb.shape == (2, 256) and np.all(np.isfinite(emb))
+
+    # export again from the checkpoint: blend 0 is exactly the starting weights, 0.5 lies between
+    from cryptoface.train.fuse import fuse
+    from cryptoface.train.model import PatchCNN
+
+    start = PatchCNN(64)
+    start.load_state_dict(ckpt2["extra"]["init_state"])
+    x = np.random.default_rng(1).uniform(-1, 1, (2, 3, 64, 64))
+    want0 = forward(fuse(start.double().eval()), x)
+    got = {}
+    for blend in (0.0, 0.5):
+        name = f"b{blend}.npz"
+        assert main(["train", *common, "--set", "epochs=2", "--resume", "--set", f"blend={blend}",
+                     "--set", f"export_name={name}"]) == 0
+        blended = load_model(out / name)
+        assert blended.metadata["training"]["exported"] == {
+            "selected_epoch": None, "select_by": None, "selected_value": None, "blend": blend}
+        got[blend] = forward(blended, x)
+    trained = forward(model, x)
+    assert np.allclose(got[0.0], want0, rtol=1e-9, atol=1e-9) and not np.allclose(got[0.0], trained)
+    assert not np.allclose(got[0.5], want0) and not np.allclose(got[0.5], trained)
+
+    # selection: tracked while training, stored in the checkpoint, refused when it was not tracked
+    capsys.readouterr()
+    assert main(["train", *common, "--set", "epochs=2", "--resume", "--set", "select_by=epoch"]) == 2
+    assert "'epoch' was not tracked while this checkpoint trained" in capsys.readouterr().err
+    assert main(["train", *common, "--set", "epochs=3", "--resume", "--set", "select_by=epoch",
+                 "--set", "export_name=sel.npz"]) == 0
+    assert load_model(out / "sel.npz").metadata["training"]["exported"]["selected_epoch"] == 3
+    assert main(["train", *common, "--set", "epochs=4", "--resume", "--set", "select_by=wild_tar_1e-3"]) == 2
+    assert "'wild_tar_1e-3' is not logged by this run" in capsys.readouterr().err
+
+    # the export-time rescale measured on every usable crop: the same function, smaller HerPN inputs
+    from cryptoface.train.ranges import RangeStats, fused_forward_ranges
+
+    assert main(["train", *common, "--set", "epochs=3", "--resume", "--set", "export_rescale_target=0.5",
+                 "--set", "export_name=rescaled.npz"]) == 0
+    plain, rescaled = load_model(out / "sel.npz"), load_model(out / "rescaled.npz")
+    assert rescaled.metadata["training"]["exported"]["rescale"]["largest_factor"] > 1
+    stats = {"plain": RangeStats(), "rescaled": RangeStats()}
+    ya = fused_forward_ranges(plain, x, stats["plain"])
+    yb = fused_forward_ranges(rescaled, x, stats["rescaled"])
+    assert np.allclose(ya, yb, rtol=1e-4, atol=1e-4 * np.abs(ya).max())
+    assert stats["rescaled"].overall_max < stats["plain"].overall_max
+
+
+def test_track_best_keeps_the_first_highest_epoch() -> None:
+    from cryptoface.train.model import PatchCNN
+    from cryptoface.train.train import blend_states, track_best
+
+    model, best = PatchCNN(64), None
+    for epoch, value in ((1, 0.5), (2, 0.7), (3, 0.7), (4, 0.6)):
+        best = track_best("wild_tar_1e-3", {"epoch": epoch, "wild_tar_1e-3": value}, model, best)
+    assert (best["epoch"], best["value"]) == (2, 0.7)
+    assert track_best(None, {"epoch": 1}, model, None) is None
+    a = {"w": torch.zeros(2), "n": torch.tensor(3)}
+    b = {"w": torch.ones(2), "n": torch.tensor(5)}
+    mixed = blend_states(a, b, 0.25)
+    assert torch.equal(mixed["w"], torch.full((2,), 0.25)) and int(mixed["n"]) == 5
 
 
 def test_config_rejects_unknown_keys(tmp_path: Path) -> None:

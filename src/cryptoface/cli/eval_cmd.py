@@ -135,8 +135,8 @@ def run_lfw(args: argparse.Namespace) -> int:
 
 def run_wild(args: argparse.Namespace) -> int:
     from cryptoface.eval.embedders import embedder_for
-    from cryptoface.eval.report import format_thresholds
-    from cryptoface.eval.wild import evaluate_wild, load_wild
+    from cryptoface.eval.report import format_differences, format_thresholds
+    from cryptoface.eval.wild import evaluate_wild, load_wild, paired_difference
 
     embedders = [embedder_for(args.model, args.resolution)] + [embedder_for(m) for m in args.compare]  # checked first
     wild = load_wild(args.train_dir, progress=not args.quiet)
@@ -144,10 +144,14 @@ def run_wild(args: argparse.Namespace) -> int:
     (emb, model_name), result = embedders[0], results[0]
     title = f"in the wild, {emb.name} ({result['n_genuine']} genuine, {result['n_impostor']} impostor pairs)"
     compared = [(r, name, e.resolution) for (e, name), r in zip(embedders[1:], results[1:], strict=True)]
+    for r, _, _ in compared:  # same pairs, same seed: the bootstrap draws are shared, the difference is paired
+        r["difference_of_model"] = paired_difference(result, r)
     code = _finish(args, result, model_name, emb.resolution, title, compared, dataset="wild",
                    protocol="all pairs of held-out identities; accuracy = 1 - EER; identity-bootstrap 95 % intervals",
                    train_dir=str(args.train_dir))
     print(format_thresholds([(model_name, result)] + [(name, r) for r, name, _ in compared]))
+    if compared:
+        print(format_differences(model_name, [(name, r["difference_of_model"]) for r, name, _ in compared]))
     return code
 
 

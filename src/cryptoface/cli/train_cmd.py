@@ -50,6 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="also score LFW pairs.txt (10-fold) from the same forward pass (needs all pair photos: no --limit)",
     )
+    r.add_argument(
+        "--claim",
+        action="store_true",
+        help="when every input is within --bound and finite, write the bound and this table (and LFW with "
+        "--lfw-metrics) into the model file's metadata; the engine and the model card read them from there",
+    )
     r.set_defaults(func=run_ranges)
 
 
@@ -100,6 +106,8 @@ def run_ranges(args: argparse.Namespace) -> int:
 
     if args.lfw_dir is None and args.train_dir is None:
         raise CryptoFaceError("give --lfw-dir and/or --train-dir")
+    if args.claim and args.bound is None:
+        raise CryptoFaceError("--claim writes the bound it checked: give --bound")
     model = load_model(args.model)
     stats = RangeStats()
     sources: list[tuple[str, object]] = []
@@ -176,4 +184,26 @@ def run_ranges(args: argparse.Namespace) -> int:
     if args.bound is not None and overall > args.bound:
         print(f"bound {args.bound} exceeded")
         bad = True
+    if args.claim and not bad:
+        _claim_bound(args, model, stats, [lbl for lbl, _ in sources], lfw_result)
     return 1 if bad else 0
+
+
+def _claim_bound(args: argparse.Namespace, model, stats, sources: list[str], lfw: dict | None) -> None:
+    """Write the checked ``activation_bound`` and what it was measured on into the model file (atomically)."""
+    from cryptoface.model.file import save_model
+
+    model.metadata["activation_bound"] = float(args.bound)
+    model.metadata["activation_ranges"] = {
+        "command": "cryptoface ranges MODEL " + " ".join(
+            f"--{k.replace('_', '-')} {v}" for k, v in (("lfw_dir", args.lfw_dir), ("train_dir", args.train_dir),
+                                                       ("limit", args.limit), ("train_limit", args.train_limit))
+            if v is not None) + (" --lfw-metrics" if args.lfw_metrics else ""),
+        "images": stats.n_images,
+        "sources": sources,
+        "measured_max": stats.overall_max,
+        "per_layer": {r["layer"]: {"max": r["max"], "p99.9": r["p99.9"]} for r in stats.table()},
+    }
+    if lfw is not None:
+        model.metadata["lfw"] = lfw
+    print(f"claimed activation_bound = {args.bound} in {save_model(model, args.model)}")

@@ -32,7 +32,7 @@ REQUIRED_KEYS = (
     "resolution",
 )
 # Large arrays kept in memory for plotting, never written to the JSON.
-_NOT_SERIALISED = ("scores", "labels")
+_NOT_SERIALISED = ("scores", "labels", "bootstrap_tar")
 
 
 def _plain(value: Any) -> Any:
@@ -149,6 +149,20 @@ def format_thresholds(results: list[tuple[str, dict[str, Any]]]) -> str:
             cells.append(f"{100 * r[f'tar_at_far_{far}']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]")
             lo, hi = r[f"threshold_at_far_{far}_ci95"]
             cells.append(f"{r[f'threshold_at_far_{far}']:.4f} [{lo:.4f}, {hi:.4f}]")
+        rows.append(tuple(cells))
+    return _columns(rows)
+
+
+def format_differences(name: str, others: list[tuple[str, dict[str, Any]]]) -> str:
+    """``name``'s TAR minus each other model's at each FAR, with the paired 95 % interval (``eval wild``)."""
+    from cryptoface.match.threshold import FARS, far_key
+
+    rows = [(f"{name} minus", *(f"TAR@{far_key(f)} points [95 % CI, paired]" for f in FARS))]
+    for other, d in others:
+        cells = [other]
+        for far in map(far_key, FARS):
+            lo, hi = d[f"tar_at_far_{far}_ci95"]
+            cells.append(f"{100 * d[f'tar_at_far_{far}']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]")
         rows.append(tuple(cells))
     return _columns(rows)
 

@@ -137,6 +137,26 @@ def summarize_wild(scores: np.ndarray, same: np.ndarray, id_a: np.ndarray, id_b:
         out[f"threshold_at_far_{key}"] = thr
         out[f"tar_at_far_{key}_ci95"] = _interval(boot[far][0])
         out[f"threshold_at_far_{key}_ci95"] = _interval(boot[far][1])
+    # the draws themselves: two models scored on the same pairs with the same seed share them, so their
+    # difference has a paired interval (paired_difference)
+    out["bootstrap_tar"] = {far_key(f): boot[f][0] for f in fars} if bootstrap else None
+    out["bootstrap_seed"] = seed
+    return out
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """TAR(a) - TAR(b) at each FAR with a paired 95 % interval: both results must come from the same validation
+    pairs and the same bootstrap draws (same identities, seed and count); DataError otherwise."""
+    ba, bb = a.get("bootstrap_tar"), b.get("bootstrap_tar")
+    same_draws = (a.get("n_identities"), a.get("n_pairs"), a.get("bootstrap_seed")) == (
+        b.get("n_identities"), b.get("n_pairs"), b.get("bootstrap_seed"))
+    if not ba or not bb or not same_draws or ba.keys() != bb.keys():
+        raise DataError("a paired difference needs two results on the same validation pairs with the same bootstrap")
+    out: dict[str, Any] = {}
+    for key in ba:
+        diffs = np.asarray(ba[key]) - np.asarray(bb[key])
+        out[f"tar_at_far_{key}"] = a[f"tar_at_far_{key}"] - b[f"tar_at_far_{key}"]
+        out[f"tar_at_far_{key}_ci95"] = _interval(list(diffs))
     return out
 
 
@@ -204,6 +224,7 @@ __all__ = [
     "is_validation_identity",
     "load_wild",
     "pair_scores",
+    "paired_difference",
     "summarize_wild",
     "validation_rows",
     "wild_result",

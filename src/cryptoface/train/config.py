@@ -79,6 +79,13 @@ class TrainConfig:
     bf16: bool = False
     channels_last: bool = False
     time_limit_minutes: float | None = None  # stop (after a checkpoint) when exceeded
+    # export: the epoch whose history value of select_by is highest (None: the last epoch), then
+    # init + blend * (trained - init) in weight space (1: the trained weights; 0: the exact-rescaled start)
+    select_by: str | None = None  # e.g. "wild_tar_1e-3" (logged every epoch when exclude_wild is on)
+    blend: float = 1.0
+    # exact rescale again before export, measured on every crop training may use (not a sample): training moves
+    # the ranges, and a 512-crop sample misses the tails of some channels (None: off)
+    export_rescale_target: float | None = None
     schedule_minutes: float | None = None  # size the run by training time: cosine over it, end when spent
     stats_images: int | None = 4096  # training crops for norm_stats at export (None: all)
     # output
@@ -108,6 +115,8 @@ class TrainConfig:
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.epochs < 0:
             raise ConfigError("epochs must be >= 0")
+        if not 0.0 <= self.blend <= 1.0:
+            raise ConfigError(f"blend must be in [0, 1] (0: the starting weights, 1: trained), got {self.blend}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

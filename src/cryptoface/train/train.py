@@ -45,7 +45,7 @@ from cryptoface.eval.wild import (
 )
 from cryptoface.match.threshold import DEFAULT_FAR, FARS, far_key
 from cryptoface.model.file import save_model
-from cryptoface.train.config import TrainConfig
+from cryptoface.train.config import ConfigError, TrainConfig
 from cryptoface.train.data import TrainIndex, labelled_identities, load_crops, read_index
 from cryptoface.train.distill import teacher_embeddings
 from cryptoface.train.fuse import fuse
@@ -414,8 +414,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         model.load_state_dict(resume_state["model"])
         model = model.to(device)
         factors = resume_state["extra"].get("rescale_factors", {})
+        init_state, best = resume_state["extra"].get("init_state"), resume_state["extra"].get("best")
     else:
         model, factors = build_model(cfg, data, device)
+        init_state, best = cpu_state(model), None  # the exact-rescaled start: the blend's zero point
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     heads: dict[str, torch.nn.Module] = {"projection": Projection(256, data.teacher.shape[-1])}
@@ -566,7 +568,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         log(f"epoch {epoch + 1}: {json.dumps(rec)}")
         with open(out / "history.jsonl", "a") as f:
             f.write(json.dumps(rec) + "\n")
-        extra = {"rescale_factors": factors, "data": data.report}
+        best = track_best(cfg.select_by, rec, model, best)
+        extra = {"rescale_factors": factors, "data": data.report, "init_state": init_state, "best": best}
         state = _checkpoint_state(model, heads, opt, epoch + 1, step, history, cfg, extra)
         tmp = out / (CHECKPOINT + ".tmp")
         torch.save(state, tmp)
@@ -579,7 +582,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
             break
     if penalty is not None:
         penalty.remove()
-    path = export(model, cfg, data, history, factors, out / cfg.export_name)
+    choice = export_weights(model, cfg, init_state, best)
+    if cfg.export_rescale_target is not None:
+        choice["rescale"] = final_rescale(model, cfg, data, device)
+    path = export(model, cfg, data, history, factors, out / cfg.export_name, choice)
     summary = {
         "export": str(path),
         "history": history,
@@ -589,6 +595,89 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of ``model``'s state dict (weights and BatchNorm buffers)."""
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def track_best(select_by: str | None, rec: dict[str, Any], model: PatchCNN, best: dict | None) -> dict | None:
+    """The epoch to export under ``select_by`` (highest value wins, the earlier epoch on a tie), with its weights."""
+    if select_by is None:
+        return None
+    if select_by not in rec:
+        raise ConfigError(f"select_by = {select_by!r} is not logged by this run; the epoch logs {sorted(rec)}")
+    if best is None or rec[select_by] > best["value"]:
+        return {"epoch": rec["epoch"], "key": select_by, "value": rec[select_by], "state": cpu_state(model)}
+    return best
+
+
+def blend_states(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], blend: float) -> dict:
+    """``init + blend * (trained - init)`` for every floating-point tensor; counters are taken from ``trained``.
+
+    Weight-space interpolation between the exact-rescaled start and the fine-tuned weights (WiSE-FT): both
+    share the start's parametrisation (same rescale, BatchNorm frozen), so the line between them stays a
+    model that knows what the start knew, moved part of the way toward the teacher.
+    """
+    if init.keys() != trained.keys():
+        raise CryptoFaceError("the starting and trained weights have different layers; cannot blend them")
+    return {
+        k: (init[k] + blend * (v - init[k]) if v.is_floating_point() else v) for k, v in trained.items()
+    }
+
+
+def export_weights(model: PatchCNN, cfg: TrainConfig, init_state: dict | None, best: dict | None) -> dict[str, Any]:
+    """Load the weights to export into ``model`` (the selected epoch, blended); returns how they were chosen."""
+    if cfg.select_by is None:
+        best = None  # the last epoch, whatever the checkpoint tracked
+    elif best is None or best["key"] != cfg.select_by:
+        raise ConfigError(f"select_by = {cfg.select_by!r} was not tracked while this checkpoint trained "
+                          "(the weights of earlier epochs are gone); set it before training")
+    trained = best["state"] if best is not None else cpu_state(model)
+    epoch = best["epoch"] if best is not None else None
+    if cfg.blend != 1.0:
+        if init_state is None:
+            raise ConfigError("blend < 1 needs the starting weights, which this checkpoint does not hold "
+                              "(it predates them); train again")
+        trained = blend_states(init_state, trained, cfg.blend)
+    model.load_state_dict(trained)
+    return {"selected_epoch": epoch, "select_by": cfg.select_by,
+            "selected_value": best["value"] if best is not None else None, "blend": cfg.blend}
+
+
+def final_rescale(model: PatchCNN, cfg: TrainConfig, data: Prepared, device: torch.device) -> dict[str, Any]:
+    """Rescale (exactly) every HerPN input channel whose max over all usable training crops exceeds
+    ``export_rescale_target``; the exported function is unchanged, only its CKKS ranges shrink."""
+    rows = np.sort(np.concatenate([data.train_rows, data.val_rows]))
+    batches = (to_input(data.crops[rows[i : i + 256]], cfg.resolution).to(device) for i in range(0, len(rows), 256))
+    maxima = channel_maxima(model, batches)
+    before = max(float(m.max()) for m in maxima.values())
+    factors = rescale_herpn_inputs(model, maxima, cfg.export_rescale_target)
+    log(f"export rescale to {cfg.export_rescale_target} on {len(rows)} crops: max |HerPN input| {before:.1f} -> "
+        f"{min(before, cfg.export_rescale_target):.1f}; largest factor {max(factors.values()):.2f}")
+    return {"target": cfg.export_rescale_target, "images": len(rows), "max_before": before,
+            "largest_factor": max(factors.values())}
+
+
+def lfw_metrics(model: PatchCNN, cfg: TrainConfig) -> dict[str, float] | None:
+    """LFW 10-fold accuracy, EER and TAR@FAR of ``model`` (torch forward on the cached aligned crops), or None
+    without ``lfw_dir``: every run reports LFW beside the in-the-wild validation."""
+    if not cfg.lfw_dir:
+        return None
+    from cryptoface.eval import lfw as lfw_eval
+    from cryptoface.eval.embedders import cosine_scores
+
+    pairs = lfw_eval.read_pairs(Path(cfg.lfw_dir) / "pairs.txt")
+    names = sorted(set(pairs.left) | set(pairs.right))
+    crops, _ = lfw_eval.aligned_crops(cfg.lfw_dir, names, cfg.cache_dir, cfg.progress)
+    emb = embed_rows(model, np.stack([crops[n] for n in names]), np.arange(len(names)), cfg.resolution)
+    feats = dict(zip(names, emb, strict=True))
+    res = lfw_eval.summarize(
+        cosine_scores(np.stack([feats[n] for n in pairs.left]), np.stack([feats[n] for n in pairs.right])),
+        pairs.same, pairs.fold,
+    )
+    return {k: float(res[k]) for k in ("accuracy", "accuracy_std", "eer", "tar_at_far_1e-2", "tar_at_far_1e-3")}
 
 
 def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_images: int | None = None) -> dict:
@@ -617,10 +706,15 @@ def model_statistics(model: PatchCNN, data: Prepared, resolution: int, max_image
     return {"norm_stats": {**squared_norm_stats(emb), "faces": "training crops"}, "threshold": thr}
 
 
-def export(model: PatchCNN, cfg: TrainConfig, data: Prepared, history, factors, path: Path) -> Path:
+def export(model: PatchCNN, cfg: TrainConfig, data: Prepared, history, factors, path: Path,
+           choice: dict[str, Any] | None = None) -> Path:
     """Fuse ``model`` (eval mode, float64) and write it with the recipe and statistics as metadata."""
     model = model.to(memory_format=torch.contiguous_format).eval()
     stats = model_statistics(model, data, cfg.resolution, cfg.stats_images)  # on the training device
+    lfw = lfw_metrics(model, cfg)
+    thr = stats["threshold"]
+    log("export: " + json.dumps({**(choice or {}), "lfw": lfw, "wild_eer": thr.get("eer"),
+                                 "wild_tar": thr.get("tar"), "wild_tar_ci95": thr.get("tar_ci95")}))
     model = model.cpu()
     fused = fuse(model.double())
     model.float()
@@ -641,10 +735,12 @@ def export(model: PatchCNN, cfg: TrainConfig, data: Prepared, history, factors, 
             "training": {
                 "config": cfg.to_dict(),
                 "history": history,
+                "exported": choice or {},
                 "rescale_factors": factors,
                 "data": {k: v for k, v in data.report.items() if k != "identities_used"},
             },
             "norm_stats": stats["norm_stats"],
+            "lfw": lfw,
             "threshold": stats["threshold"]["threshold"],
             "threshold_detail": stats["threshold"],
             "parameters": model.inference_parameter_count(),
