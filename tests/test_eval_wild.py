@@ -114,9 +114,10 @@ def test_paired_difference_shares_the_draws() -> None:
     assert 0 < lo <= d["tar_at_far_1e-2"] <= hi
     (a_lo, a_hi), (b_lo, b_hi) = res[0]["tar_at_far_1e-2_ci95"], res[1]["tar_at_far_1e-2_ci95"]
     assert hi - lo < (a_hi - a_lo) + (b_hi - b_lo)
-    other_seed = dict(res[1], bootstrap_seed=1)
-    with pytest.raises(DataError, match="same bootstrap"):
-        paired_difference(res[0], other_seed)
+    for bad in (dict(res[1], bootstrap_seed=1), dict(res[1], n_pairs=None),
+                dict(res[1], bootstrap_tar={k: v[:50] for k, v in res[1]["bootstrap_tar"].items()})):
+        with pytest.raises(DataError, match="same bootstrap"):
+            paired_difference(res[0], bad)
 
 
 def test_a_worse_model_scores_worse() -> None:

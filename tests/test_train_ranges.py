@@ -98,12 +98,16 @@ def test_ranges_cli_on_generated_crops(tmp_path: Path) -> None:
     assert main([*base, "--bound", "1e-9", "--claim"]) == 1
     assert load_model(path).metadata.get("activation_bound") is None
     assert main([*base, "--claim"]) == 2  # no bound to claim
+    assert main([*base, "--bound", "1e9", "--train-limit", "4", "--claim"]) == 2  # a claim covers every image
+    assert load_model(path).metadata.get("activation_bound") is None
     bound = 1.01 * report["overall_max"]
     assert main([*base, "--bound", str(bound), "--claim"]) == 0
     meta = load_model(path).metadata
     assert meta["activation_bound"] == bound and meta["activation_ranges"]["images"] == 8
     assert meta["activation_ranges"]["measured_max"] == report["overall_max"]
-    assert len(meta["activation_ranges"]["per_layer"]) == 44 and "--train-dir" in meta["activation_ranges"]["command"]
+    assert len(meta["activation_ranges"]["per_layer"]) == 44
+    command = meta["activation_ranges"]["command"]
+    assert "--train-dir" in command and f"--bound {bound}" in command
 
 
 @pytest.mark.shared

@@ -82,7 +82,7 @@ def test_train_smoke_checkpoint_resume_export(tmp_path: Path, capsys: pytest.Cap
     emb = forward(model, np.zeros((2, 3, 64, 64)))
     assert emb.shape == (2, 256) and np.all(np.isfinite(emb))
 
-    # export again from the checkpoint: blend 0 is exactly the starting weights, 0.5 lies between
+    # export again from the checkpoint: blend 0 is exactly the starting weights, 0.5 is neither end
     from cryptoface.train.fuse import fuse
     from cryptoface.train.model import PatchCNN
 
@@ -103,25 +103,38 @@ def test_train_smoke_checkpoint_resume_export(tmp_path: Path, capsys: pytest.Cap
     assert np.allclose(got[0.0], want0, rtol=1e-9, atol=1e-9) and not np.allclose(got[0.0], trained)
     assert not np.allclose(got[0.5], want0) and not np.allclose(got[0.5], trained)
 
-    # selection: tracked while training, stored in the checkpoint, refused when it was not tracked
+    # selection must be tracked from the first epoch: refused up front on this checkpoint, before any training
     capsys.readouterr()
-    assert main(["train", *common, "--set", "epochs=2", "--resume", "--set", "select_by=epoch"]) == 2
-    assert "'epoch' was not tracked while this checkpoint trained" in capsys.readouterr().err
-    assert main(["train", *common, "--set", "epochs=3", "--resume", "--set", "select_by=epoch",
-                 "--set", "export_name=sel.npz"]) == 0
-    assert load_model(out / "sel.npz").metadata["training"]["exported"]["selected_epoch"] == 3
-    assert main(["train", *common, "--set", "epochs=4", "--resume", "--set", "select_by=wild_tar_1e-3"]) == 2
+    assert main(["train", *common, "--set", "epochs=3", "--resume", "--set", "select_by=val_relational"]) == 2
+    assert "'val_relational' was not tracked over the 2 epoch(s)" in capsys.readouterr().err
+    assert torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["epoch"] == 2
+    assert main(["train", *common, "--set", "select_by=wild_tar_1e-3", "--set", f"out_dir={tmp_path / 'w'}"]) == 2
     assert "'wild_tar_1e-3' is not logged by this run" in capsys.readouterr().err
+    assert not (tmp_path / "w" / "checkpoint.pt").exists()
+
+    # a run that tracks it: the exported weights are the checkpoint's best epoch (lowest hold-out loss)
+    sel_out = tmp_path / "sel"
+    sel = [*common, "--set", f"out_dir={sel_out}", "--set", "select_by=val_relational", "--set", "epochs=3"]
+    assert main(["train", *sel]) == 0
+    ck = torch.load(sel_out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    losses = [json.loads(line)["val_relational"] for line in (sel_out / "history.jsonl").read_text().splitlines()]
+    best_epoch = int(np.argmin(losses)) + 1
+    chosen = load_model(sel_out / "smoke.npz")
+    assert chosen.metadata["training"]["exported"]["selected_epoch"] == best_epoch == ck["extra"]["best"]["epoch"]
+    best_net = PatchCNN(64)
+    best_net.load_state_dict(ck["extra"]["best"]["state"])
+    assert np.allclose(forward(chosen, x), forward(fuse(best_net.double().eval()), x), rtol=1e-9, atol=1e-9)
 
     # the export-time rescale measured on every usable crop: the same function, smaller HerPN inputs
     from cryptoface.train.ranges import RangeStats, fused_forward_ranges
 
-    assert main(["train", *common, "--set", "epochs=3", "--resume", "--set", "export_rescale_target=0.5",
+    assert main(["train", *sel, "--resume", "--set", "export_rescale_target=0.5",
                  "--set", "export_name=rescaled.npz"]) == 0
-    plain, rescaled = load_model(out / "sel.npz"), load_model(out / "rescaled.npz")
+    rescaled = load_model(sel_out / "rescaled.npz")
     assert rescaled.metadata["training"]["exported"]["rescale"]["largest_factor"] > 1
+    assert rescaled.metadata["training"]["exported"]["selected_epoch"] == best_epoch
     stats = {"plain": RangeStats(), "rescaled": RangeStats()}
-    ya = fused_forward_ranges(plain, x, stats["plain"])
+    ya = fused_forward_ranges(chosen, x, stats["plain"])
     yb = fused_forward_ranges(rescaled, x, stats["rescaled"])
     assert np.allclose(ya, yb, rtol=1e-4, atol=1e-4 * np.abs(ya).max())
     assert stats["rescaled"].overall_max < stats["plain"].overall_max
@@ -131,11 +144,20 @@ def test_track_best_keeps_the_first_highest_epoch() -> None:
     from cryptoface.train.model import PatchCNN
     from cryptoface.train.train import blend_states, track_best
 
-    model, best = PatchCNN(64), None
+    model, best, low = PatchCNN(64), None, None
     for epoch, value in ((1, 0.5), (2, 0.7), (3, 0.7), (4, 0.6)):
         best = track_best("wild_tar_1e-3", {"epoch": epoch, "wild_tar_1e-3": value}, model, best)
-    assert (best["epoch"], best["value"]) == (2, 0.7)
+        low = track_best("wild_eer", {"epoch": epoch, "wild_eer": value}, model, low)  # lower is better
+    assert (best["epoch"], best["value"], best["through"]) == (2, 0.7, 4)
+    assert (low["epoch"], low["value"]) == (1, 0.5)
+    assert track_best(None, {"epoch": 5}, model, best) is best  # untracked: "through" stays at 4
     assert track_best(None, {"epoch": 1}, model, None) is None
+    from cryptoface.train.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="select_by must be one of"):
+        load_config(REPO / "configs" / "smoke.json", ["select_by=epoch"])
+    with pytest.raises(ConfigError, match="positive"):
+        load_config(REPO / "configs" / "smoke.json", ["export_rescale_target=0"])
     a = {"w": torch.zeros(2), "n": torch.tensor(3)}
     b = {"w": torch.ones(2), "n": torch.tensor(5)}
     mixed = blend_states(a, b, 0.25)

@@ -53,8 +53,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument(
         "--claim",
         action="store_true",
-        help="when every input is within --bound and finite, write the bound and this table (and LFW with "
-        "--lfw-metrics) into the model file's metadata; the engine and the model card read them from there",
+        help="when every input of the full sources (no --limit) is within --bound and finite, write the bound, "
+        "this table and what it was measured on (and LFW with --lfw-metrics) into the model file's metadata, "
+        "where the model card's figures and tests/test_train_ranges.py's re-check come from",
     )
     r.set_defaults(func=run_ranges)
 
@@ -108,6 +109,8 @@ def run_ranges(args: argparse.Namespace) -> int:
         raise CryptoFaceError("give --lfw-dir and/or --train-dir")
     if args.claim and args.bound is None:
         raise CryptoFaceError("--claim writes the bound it checked: give --bound")
+    if args.claim and (args.limit is not None or args.train_limit is not None):
+        raise CryptoFaceError("--claim covers every image of the given sources: drop --limit / --train-limit")
     model = load_model(args.model)
     stats = RangeStats()
     sources: list[tuple[str, object]] = []
@@ -197,8 +200,8 @@ def _claim_bound(args: argparse.Namespace, model, stats, sources: list[str], lfw
     model.metadata["activation_ranges"] = {
         "command": "cryptoface ranges MODEL " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in (("lfw_dir", args.lfw_dir), ("train_dir", args.train_dir),
-                                                       ("limit", args.limit), ("train_limit", args.train_limit))
-            if v is not None) + (" --lfw-metrics" if args.lfw_metrics else ""),
+                                                       ("bound", args.bound)) if v is not None)
+        + (" --lfw-metrics" if args.lfw_metrics else "") + " --claim",
         "images": stats.n_images,
         "sources": sources,
         "measured_max": stats.overall_max,

@@ -148,9 +148,11 @@ def paired_difference(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """TAR(a) - TAR(b) at each FAR with a paired 95 % interval: both results must come from the same validation
     pairs and the same bootstrap draws (same identities, seed and count); DataError otherwise."""
     ba, bb = a.get("bootstrap_tar"), b.get("bootstrap_tar")
-    same_draws = (a.get("n_identities"), a.get("n_pairs"), a.get("bootstrap_seed")) == (
-        b.get("n_identities"), b.get("n_pairs"), b.get("bootstrap_seed"))
-    if not ba or not bb or not same_draws or ba.keys() != bb.keys():
+    keys = ("n_identities", "n_pairs", "bootstrap_seed")
+    same = all(a.get(k) is not None and a.get(k) == b.get(k) for k in keys) and ba and bb and ba.keys() == bb.keys()
+    same = same and all(len(ba[k]) == len(bb[k]) for k in ba)
+    same = same and ("labels" not in a or "labels" not in b or np.array_equal(a["labels"], b["labels"]))
+    if not same:
         raise DataError("a paired difference needs two results on the same validation pairs with the same bootstrap")
     out: dict[str, Any] = {}
     for key in ba:

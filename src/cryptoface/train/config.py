@@ -22,6 +22,11 @@ class ConfigError(CryptoFaceError):
     """A training config file is missing, malformed or names an unknown key."""
 
 
+# Per-epoch figures an export can be chosen by, and their direction (+1: higher is better).
+SELECTABLE = {"wild_tar_1e-3": 1, "wild_tar_1e-2": 1, "wild_eer": -1, "val_relational": -1,
+              "val_pair_accuracy": 1}
+
+
 @dataclass
 class TrainConfig:
     # data
@@ -81,7 +86,7 @@ class TrainConfig:
     time_limit_minutes: float | None = None  # stop (after a checkpoint) when exceeded
     # export: the epoch whose history value of select_by is highest (None: the last epoch), then
     # init + blend * (trained - init) in weight space (1: the trained weights; 0: the exact-rescaled start)
-    select_by: str | None = None  # e.g. "wild_tar_1e-3" (logged every epoch when exclude_wild is on)
+    select_by: str | None = None  # one of SELECTABLE, e.g. "wild_tar_1e-3"; set from the first epoch on
     blend: float = 1.0
     # exact rescale again before export, measured on every crop training may use (not a sample): training moves
     # the ranges, and a 512-crop sample misses the tails of some channels (None: off)
@@ -115,6 +120,10 @@ class TrainConfig:
             raise ConfigError(f"device must be 'cpu', 'cuda' or 'auto', got {self.device!r}")
         if self.epochs < 0:
             raise ConfigError("epochs must be >= 0")
+        if self.select_by is not None and self.select_by not in SELECTABLE:
+            raise ConfigError(f"select_by must be one of {sorted(SELECTABLE)} or null, got {self.select_by!r}")
+        if self.export_rescale_target is not None and not self.export_rescale_target > 0:
+            raise ConfigError(f"export_rescale_target must be positive, got {self.export_rescale_target}")
         if not 0.0 <= self.blend <= 1.0:
             raise ConfigError(f"blend must be in [0, 1] (0: the starting weights, 1: trained), got {self.blend}")
         return self

@@ -10,10 +10,12 @@ Pipeline (see :class:`~cryptoface.train.config.TrainConfig` for every knob):
    jigsaw, and the range penalty ``mean(relu(|x| - B)^2)`` on every HerPN input;
 4. every epoch: a checkpoint (``checkpoint.pt``; ``--resume`` continues from it, optimizer and RNG state
    included) and a history line in ``history.jsonl``;
-5. at the end: the fused float64 model file (``export_name``) with the recipe, guard report, norm
-   statistics and threshold in its metadata.
+5. at the end: the weights to export (the last epoch, or the best one under ``select_by``; ``blend`` moves
+   them back toward the rescaled start; ``export_rescale_target`` rescales once more on every usable crop),
+   fused into a float64 model file (``export_name``) with the recipe, guard report, norm statistics, LFW and
+   in-the-wild figures and the threshold in its metadata.
 
-One module on purpose (~620 lines): the training loop, its checkpoint/resume state and the export share the
+One module on purpose (~780 lines): the training loop, its checkpoint/resume state and the export share the
 same run state; the data, model, loss and range pieces live in their own modules beside it.
 """
 
@@ -45,7 +47,7 @@ from cryptoface.eval.wild import (
 )
 from cryptoface.match.threshold import DEFAULT_FAR, FARS, far_key
 from cryptoface.model.file import save_model
-from cryptoface.train.config import ConfigError, TrainConfig
+from cryptoface.train.config import SELECTABLE, ConfigError, TrainConfig
 from cryptoface.train.data import TrainIndex, labelled_identities, load_crops, read_index
 from cryptoface.train.distill import teacher_embeddings
 from cryptoface.train.fuse import fuse
@@ -448,6 +450,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         np.random.set_state(resume_state["rng"]["numpy"])
         random.setstate(resume_state["rng"]["python"])
         log(f"resumed from {ckpt_path} at epoch {start_epoch}, step {step}")
+    check_selection(cfg, data, start_epoch, best)  # before any epoch: a bad choice must not cost training time
     penalty = RangePenalty(model, cfg.range_bound) if cfg.w_range > 0 else None
     forward = torch.compile(model) if cfg.compile else model
     epoch_size = len(data.train_rows) if cfg.epoch_size is None else min(cfg.epoch_size, len(data.train_rows))
@@ -602,15 +605,38 @@ def cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
+def check_selection(cfg: TrainConfig, data: Prepared, start_epoch: int, best: dict | None) -> None:
+    """ConfigError unless ``select_by`` is logged by this run and was tracked over every epoch already done."""
+    if cfg.select_by is None:
+        return
+    if start_epoch > 0 and (best is None or best["key"] != cfg.select_by or best.get("through") != start_epoch):
+        tracked = "nothing" if best is None else f"{best['key']!r} through epoch {best.get('through')}"
+        raise ConfigError(f"select_by = {cfg.select_by!r} was not tracked over the {start_epoch} epoch(s) of this "
+                          f"checkpoint (it tracked {tracked}; earlier epochs' weights are gone): set it before "
+                          "training, or train again")
+    available = {"val_relational": len(data.val_rows) > 0, "val_pair_accuracy": bool(data.report.get(
+        "holdout_identities"))}
+    rows = [i for i in validation_rows(data.index) if i < len(data.crops)]
+    wild = cfg.exclude_wild and len({data.index.identity[i] for i in rows}) >= MIN_IDENTITIES
+    available.update({k: wild for k in SELECTABLE if k.startswith("wild_")})
+    if not available[cfg.select_by]:
+        raise ConfigError(f"select_by = {cfg.select_by!r} is not logged by this run (in-the-wild figures need "
+                          f"exclude_wild and {MIN_IDENTITIES} validation identities, val_relational a hold-out, "
+                          "val_pair_accuracy holdout_identities)")
+
+
 def track_best(select_by: str | None, rec: dict[str, Any], model: PatchCNN, best: dict | None) -> dict | None:
-    """The epoch to export under ``select_by`` (highest value wins, the earlier epoch on a tie), with its weights."""
+    """The epoch to export under ``select_by`` (the best by its direction in SELECTABLE, the earlier on a tie),
+    with its weights; ``through`` is the last epoch compared. Untracked epochs leave ``best`` as it was."""
     if select_by is None:
-        return None
+        return best
     if select_by not in rec:
         raise ConfigError(f"select_by = {select_by!r} is not logged by this run; the epoch logs {sorted(rec)}")
-    if best is None or rec[select_by] > best["value"]:
-        return {"epoch": rec["epoch"], "key": select_by, "value": rec[select_by], "state": cpu_state(model)}
-    return best
+    score = SELECTABLE[select_by] * rec[select_by]
+    if best is None or best["key"] != select_by or score > best["score"]:
+        best = {"epoch": rec["epoch"], "key": select_by, "value": rec[select_by], "score": score,
+                "state": cpu_state(model)}
+    return {**best, "through": rec["epoch"]}
 
 
 def blend_states(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor], blend: float) -> dict:
@@ -630,10 +656,7 @@ def blend_states(init: dict[str, torch.Tensor], trained: dict[str, torch.Tensor]
 def export_weights(model: PatchCNN, cfg: TrainConfig, init_state: dict | None, best: dict | None) -> dict[str, Any]:
     """Load the weights to export into ``model`` (the selected epoch, blended); returns how they were chosen."""
     if cfg.select_by is None:
-        best = None  # the last epoch, whatever the checkpoint tracked
-    elif best is None or best["key"] != cfg.select_by:
-        raise ConfigError(f"select_by = {cfg.select_by!r} was not tracked while this checkpoint trained "
-                          "(the weights of earlier epochs are gone); set it before training")
+        best = None  # the last epoch, whatever the checkpoint tracked (check_selection vetted the other case)
     trained = best["state"] if best is not None else cpu_state(model)
     epoch = best["epoch"] if best is not None else None
     if cfg.blend != 1.0:
@@ -654,8 +677,8 @@ def final_rescale(model: PatchCNN, cfg: TrainConfig, data: Prepared, device: tor
     maxima = channel_maxima(model, batches)
     before = max(float(m.max()) for m in maxima.values())
     factors = rescale_herpn_inputs(model, maxima, cfg.export_rescale_target)
-    log(f"export rescale to {cfg.export_rescale_target} on {len(rows)} crops: max |HerPN input| {before:.1f} -> "
-        f"{min(before, cfg.export_rescale_target):.1f}; largest factor {max(factors.values()):.2f}")
+    log(f"export rescale of every HerPN input channel above {cfg.export_rescale_target} on {len(rows)} crops "
+        f"(max |HerPN input| there {before:.1f}); largest factor {max(factors.values()):.2f}")
     return {"target": cfg.export_rescale_target, "images": len(rows), "max_before": before,
             "largest_factor": max(factors.values())}
 
@@ -664,6 +687,9 @@ def lfw_metrics(model: PatchCNN, cfg: TrainConfig) -> dict[str, float] | None:
     """LFW 10-fold accuracy, EER and TAR@FAR of ``model`` (torch forward on the cached aligned crops), or None
     without ``lfw_dir``: every run reports LFW beside the in-the-wild validation."""
     if not cfg.lfw_dir:
+        return None
+    if not (Path(cfg.lfw_dir) / "pairs.txt").is_file():  # e.g. a pack run on a machine without the data
+        log(f"no {Path(cfg.lfw_dir) / 'pairs.txt'}: LFW figures skipped at export")
         return None
     from cryptoface.eval import lfw as lfw_eval
     from cryptoface.eval.embedders import cosine_scores
