@@ -5,10 +5,10 @@ matching ring make stored templates <= 0.5 MB and 1:N over 10,000 templates <= 1
     .venv-openfhe/bin/python scripts/bench_match_chunk.py default 13,2 14,2 15,2 16,2
     .venv-openfhe/bin/python scripts/bench_match_chunk.py 13,2 --merge 4 --no-dense
 
-A context is ``default`` (the product's parameters: N = 2^16, 23 levels, 9 special primes) or ``LOGN,LEVELS``: a
-ring of 2^LOGN with that many levels at a 43-bit scale and the smallest secure digit count. Fresh probe and
-gallery ciphertexts are made at the level scoring uses (as the client's refresh makes them); one gallery chunk
-holds ``slots / 256`` templates (template n's element j at slot ``S * j + n``, the ring-filling layout of
+A context is ``default`` (the product's parameters: N = 2^16, 21 levels since the clear tail, 9 special primes)
+or ``LOGN,LEVELS``: a ring of 2^LOGN with that many levels at a 43-bit scale and the smallest secure digit count.
+Fresh probe and gallery ciphertexts are made at the level scoring uses (as the client's refresh makes them); one
+gallery chunk holds ``slots / 256`` templates (template n's element j at slot ``S * j + n``, the ring-filling layout of
 :mod:`cryptoface.match.layout`).
 
 Without ``--merge`` (the product today): per chunk, the ct x ct product, the 8-rotation sum over the 256

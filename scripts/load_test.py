@@ -21,8 +21,9 @@ Real OpenFHE key sets (N = 2^14, 7 levels, matching keys ~0.7 GB per tenant; ~10
     .venv-openfhe/bin/python scripts/load_test.py --backend openfhe --log-ring 14 --levels 7 --tenants 3 \\
         --clients 4 --requests 120 --time-limit 900 --json load-openfhe.json
 
-Real OpenFHE key sets at the product's default parameters (``--levels 0``: N = 2^16, 23 levels, 2.03 GB stored
-per tenant; budget for one loaded key set and one inference, so tenants take turns; ~12 minutes)::
+Real OpenFHE key sets at the product's default parameters (``--levels 0``: N = 2^16, 21 levels since the clear
+tail, 23 and 2.03 GB stored per tenant when measured; budget for one loaded key set and one inference, so tenants
+take turns; ~12 minutes)::
 
     .venv-openfhe/bin/python scripts/load_test.py --backend openfhe --levels 0 --tenants 3 --clients 3 \\
         --subjects 1 --requests 18 --headroom 9000000000 --time-limit 1500 --json load-full.json

@@ -41,13 +41,15 @@ def test_plan_report():
     report = plan_report(InferenceOptions(resolution=64, cost_model="openfhe"))
     d = report.to_dict()
     assert list(d) == ["resolution", "backend", "protocol", "family", "key_mode", "params", "plan"]
-    assert d["plan"]["cost_model"] == "openfhe" and d["protocol"] == "refresh" and d["params"]["levels"] == 23
+    assert d["plan"]["cost_model"] == "openfhe" and d["protocol"] == "refresh" and d["params"]["levels"] == 21
+    assert d["plan"]["clear_tail"] and d["plan"]["totals"]["levels"] == 21
     keys = d["plan"]["rotation_keys"]
     assert keys == sorted(set(keys))
-    # modelled key bytes: 27 rotation keys of 69.2 MB (README: 1.96 GB measured with the public and relin keys)
-    assert abs(d["plan"]["key_bytes_estimate"] / (len(keys) * 69.2e6) - 1) < 0.01
+    # modelled key bytes: 23 rotation keys of 65.0 MB (README: 1,495 MB of rotation keys measured, 1.58 GB in all)
+    assert len(keys) == 23 and abs(d["plan"]["key_bytes_estimate"] / 1.4955e9 - 1) < 0.01
     one_round = plan_report(InferenceOptions(resolution=64, protocol="one-round")).to_dict()
-    assert one_round["params"]["levels"] == 30 and one_round["plan"]["rotation_keys"] == keys
+    assert one_round["params"]["levels"] == 30 and not one_round["plan"]["clear_tail"]
+    assert set(keys) < set(one_round["plan"]["rotation_keys"])  # the head's reduction keys are the client's now
 
 
 def test_match_bench_reports_as_it_goes():

@@ -72,7 +72,7 @@ def _check(result: dict, pairs: int, galleries: list[int], protocol: str = "refr
     assert len(result["per_pair"]) == pairs
 
 
-@pytest.mark.parametrize(("protocol", "ring", "levels"), [("refresh", "match", 2), ("refresh", "network", 23),
+@pytest.mark.parametrize(("protocol", "ring", "levels"), [("refresh", "match", 2), ("refresh", "network", 21),
                                                           ("one-round", "match", 30)])
 def test_bench_match_synthetic(tmp_path, protocol, ring, levels):
     result = _run(tmp_path, "--pairs", "5", "--gallery", "20,300", "--protocol", protocol, "--ring", ring)

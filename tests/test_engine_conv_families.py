@@ -9,10 +9,10 @@ from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.engine import layout as lay
 from cryptoface.engine.evaluator import EncryptedModel
 from cryptoface.engine.linear import COST_MODELS
-from cryptoface.engine.plan import build_plan
+from cryptoface.engine.plan import build_plan, plan_for_levels
 from cryptoface.model.random import random_model
 from cryptoface.model.reference import forward
-from cryptoface.params import LEVELS, default_parameters
+from cryptoface.params import default_parameters
 
 SLOTS = 1 << 15
 CONVS = ("stem", "block0.conv1", "block0.conv2", "block1.conv1", "block1.conv2", "block2.conv1", "block2.conv2",
@@ -50,7 +50,7 @@ def test_default_family_is_cheapest_modelled(resolution: int) -> None:
 def _forward_error(resolution: int, family: str) -> float:
     params = default_parameters(resolution)
     be = SimulatorBackend(params)
-    plan = build_plan(resolution, be.slots, family=family, reserve=params.levels - LEVELS.network_levels(resolution))
+    plan = plan_for_levels(resolution, be.slots, params.levels, family=family)
     be.generate_keys(plan.rotation_keys)
     model = random_model(resolution, 3)
     em = EncryptedModel(model, be, plan)

@@ -7,16 +7,16 @@ import pytest
 
 from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.engine.evaluator import EncryptedModel
-from cryptoface.engine.plan import build_plan
+from cryptoface.engine.plan import plan_for_levels
 from cryptoface.model.random import random_model
-from cryptoface.params import LEVELS, default_parameters
+from cryptoface.params import default_parameters
 
 
 @pytest.mark.parametrize("key_mode", ["pow2", pytest.param("exact", marks=pytest.mark.slow)])
 def test_workers_bit_identical(key_mode: str) -> None:
     params = default_parameters(64)
     be = SimulatorBackend(params)
-    plan = build_plan(64, be.slots, key_mode=key_mode, reserve=params.levels - LEVELS.network_levels(64))
+    plan = plan_for_levels(64, be.slots, params.levels, key_mode=key_mode)
     be.generate_keys(plan.rotation_keys)
     model = random_model(64, 5)
     x = np.random.default_rng(6).uniform(-1.0, 1.0, (3, 64, 64))
@@ -47,7 +47,7 @@ def test_composed_babies_share_hoisting() -> None:
     # baby rotations, and single (unhoisted) rotations are only the giant steps and the pre-reduction.
     params = default_parameters(64)
     be = SimulatorBackend(params)
-    plan = build_plan(64, be.slots, key_mode="pow2", reserve=params.levels - LEVELS.network_levels(64))
+    plan = plan_for_levels(64, be.slots, params.levels, key_mode="pow2")
     be.generate_keys(plan.rotation_keys)
     em = EncryptedModel(random_model(64, 2), be, plan, workers=1)
     cts = em.encrypt_input(np.zeros((3, 64, 64)))

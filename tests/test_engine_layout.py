@@ -64,7 +64,8 @@ def test_default_parameters_secure(resolution: int) -> None:
         p = default_parameters(resolution, protocol=protocol)
         p.check_security()
         assert p.log_qp <= 1772
-        assert p.levels == LEVELS.network_levels(resolution) + reserve
+        assert p.levels == (LEVELS.refresh_levels(resolution) if protocol == "refresh" else
+                            LEVELS.network_levels(resolution) + reserve)
         assert p.ring_degree == 1 << 16 and p.scale_bits == bits
 
 
@@ -72,6 +73,8 @@ def test_default_parameters_levels_and_modes() -> None:
     from cryptoface.errors import ParameterError
 
     p = default_parameters(64)
+    assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (21, 43, 2, 1503)  # Net4 trunk
+    p = default_parameters(96)  # the whole network: the units are summed on the server
     assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (23, 43, 2, 1589)
     p = default_parameters(64, protocol="one-round")
     assert (p.levels, p.scale_bits, p.key_switch_digits, p.log_qp) == (30, 42, 4, 1680)

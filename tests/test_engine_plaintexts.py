@@ -14,11 +14,11 @@ from cryptoface.backends.protocol import CkksParameters
 from cryptoface.backends.simulator import SimulatorBackend
 from cryptoface.engine.evaluator import EncryptedModel
 from cryptoface.engine.plaintexts import PlaintextCache, default_plaintext_budget, new_cache
-from cryptoface.engine.plan import build_plan
+from cryptoface.engine.plan import plan_for_levels
 from cryptoface.errors import ParameterError
 from cryptoface.model.random import random_model
 from cryptoface.model.reference import forward
-from cryptoface.params import LEVELS, default_parameters
+from cryptoface.params import default_parameters
 
 
 class CompactSimulator(SimulatorBackend):
@@ -37,7 +37,7 @@ class CompactSimulator(SimulatorBackend):
 def net4():
     params = default_parameters(64)
     be = CompactSimulator(params)
-    plan = build_plan(64, be.slots, reserve=params.levels - LEVELS.network_levels(64))
+    plan = plan_for_levels(64, be.slots, params.levels)  # the default: Net4's trunk
     be.generate_keys(plan.rotation_keys)
     model = random_model(64, 0)
     x = np.random.default_rng(1).uniform(-1.0, 1.0, (3, 64, 64))

@@ -183,7 +183,7 @@ def test_engine_reserve_is_the_matching_budget():
     # the engine's output scale is exactly the one that makes normalisation take LEVELS.normalise
     assert hm.normalise_levels(TemplateLayout(1, 128, TEMPLATE_SCALE)) == LEVELS.normalise
     one_round = default_parameters(64, protocol="one-round")
-    assert one_round.levels - default_parameters(64).levels == LEVELS.matching_reserve
+    assert one_round.levels - LEVELS.network_levels(64) == LEVELS.matching_reserve
     assert default_parameters(64, mode="decision", protocol="one-round").levels - one_round.levels == LEVELS.decision
 
 

@@ -21,7 +21,7 @@ def test_small_rings_get_a_secure_buildable_digit_count():
 
 
 def test_defaults_are_unchanged():
-    assert (default_parameters(64).levels, default_parameters(64).key_switch_digits) == (23, 2)  # refresh
+    assert (default_parameters(64).levels, default_parameters(64).key_switch_digits) == (21, 2)  # refresh
     assert default_parameters(64, mode="decision") == default_parameters(64)
     one_round = default_parameters(64, protocol="one-round")
     assert (one_round.levels, one_round.key_switch_digits) == (30, 4)

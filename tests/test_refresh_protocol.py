@@ -42,7 +42,7 @@ def raw(client: Client, keys: ClientKeys, e: np.ndarray, level: int = LEVEL) -> 
 # -- parameters ---------------------------------------------------------------------------------------
 def test_refresh_parameters_carry_the_network_levels_only_and_are_128_bit():
     refresh, one_round = default_parameters(64), default_parameters(64, protocol="one-round")
-    assert refresh.levels == LEVELS.network_levels(64) == 23
+    assert refresh.levels == LEVELS.trunk_levels(64) == 21  # Net4's tail is done by the client (test_clear_tail)
     assert one_round.levels == 23 + LEVELS.matching_reserve == 30
     assert default_parameters(64, mode="decision") == refresh  # the fresh probe carries the sign's levels
     assert default_parameters(64, mode="decision", protocol="one-round").levels == 39

@@ -57,6 +57,7 @@ ROUTES = [
     ("POST", f"/v1/keysets/{KID}/verify"), ("POST", f"/v1/keysets/{KID}/identify"), ("GET", "/v1/audit"),
     ("POST", f"/v1/keysets/{KID}/jobs"), ("GET", "/v1/jobs"), ("GET", f"/v1/jobs/{'A' * 22}"),
     ("GET", f"/v1/jobs/{'A' * 22}/result"), ("POST", f"/v1/jobs/{'A' * 22}/cancel"), ("DELETE", f"/v1/jobs/{'A' * 22}"),
+    ("GET", "/v1/model/tail"),
 ]
 ADMIN_ROUTES = [("POST", "/v1/admin/tenants"), ("GET", "/v1/admin/tenants"),
                 ("POST", "/v1/admin/tenants/tn_0123456789abcdef/api-keys"), ("DELETE", "/v1/admin/api-keys/abc")]

@@ -21,7 +21,10 @@ def test_estimates_match_the_measured_openfhe_sizes():
     p = default_parameters(64, protocol="one-round")  # N = 2^16, 30 levels, dnum 4 (README: 32.5 MB ciphertext,
     assert abs(ciphertext_bytes(p) / 32.5e6 - 1) < 0.01  # 155 MB rotation key)
     assert abs(switching_key_bytes(p) / 155e6 - 1) < 0.01
-    p = default_parameters(64)  # refresh: 23 levels, dnum 2 (README: 25.2 MB upload, 1.96 GB for 27 + 1 keys)
+    p = default_parameters(64)  # refresh, clear tail: 21 levels, dnum 2 (README: 23.1 MB upload, 1.58 GB for 23 + 1
+    assert abs(ciphertext_bytes(p) / 23.07e6 - 1) < 0.01  # keys and the public key)
+    assert abs(24 * switching_key_bytes(p) / (1.5605e9) - 1) < 0.01
+    p = default_parameters(96)  # the whole network: 23 levels (README: 25.2 MB upload, 1.96 GB for 27 + 1 keys)
     assert abs(ciphertext_bytes(p) / 25.17e6 - 1) < 0.01
     assert abs(28 * switching_key_bytes(p) / 1.963e9 - 1) < 0.02
 

@@ -73,7 +73,9 @@ def test_a_job_reports_every_layer_and_returns_the_synchronous_template(tmp_path
         a, b = (be.decrypt(be.deserialize(t.ciphertext)) for t in (by_job, direct))
         np.testing.assert_allclose(a, b, atol=1e-6 * np.abs(b).max())
 
+        assert by_job.trunk and by_job.inferred and by_job.tail_digest == direct.tail_digest != ""  # clear tail
         template = client.infer(probe)  # the client's own path: submit, poll with progress, collect, forget
+        assert template.trunk and template.inferred and template.tail_digest == direct.tail_digest
         assert np.allclose(be.decrypt(be.deserialize(template.ciphertext)), b, atol=1e-6 * np.abs(b).max())
         done = [j.done for j in seen]
         assert done == sorted(done) and done[-1] == layers and seen[-1].state == "done"

@@ -120,6 +120,9 @@ def compute(cfg: BenchConfig, paths: ServerPaths) -> ComputeReport:
     if model.resolution != resolution:
         raise SubmissionError(f"the photos were encrypted for {resolution}x{resolution}, the prepared model takes "
                               f"{model.resolution}x{model.resolution}")
+    if prepared.plan.clear_tail:  # the one-round workload scores templates on the server
+        raise SubmissionError("the prepared plan stops before the network's tail (fewer than the whole network's "
+                              "levels); prepare it with the one-round parameters (the submission's default)")
     t2 = time.perf_counter()
     report.load_keys, report.load_model = t1 - start, t2 - t1
     download = paths.download

@@ -20,11 +20,11 @@ from cryptoface.assets import SAMPLES_DIR
 from cryptoface.errors import CryptoFaceError
 
 # Seconds per encrypted Net4 inference (inference + the client's and server's matching work) on a 2-CPU machine
-# in the refresh protocol, a rough guide for the expected-time line: OpenFHE from the demo's own run, desilofhe
-# from its one-thread bench (README, "Encrypted Net4 on real CKKS"); the one-round protocol's 30 levels cost
-# about 1.65x (215 s against 131 s per OpenFHE inference).
-SECONDS_PER_INFERENCE = {"openfhe": 150, "desilofhe": 600, "simulator": 15, "desilofhe-gpu": 20}
-ONE_ROUND_FACTOR = 1.65
+# in the refresh protocol, a rough guide for the expected-time line: OpenFHE from the demo's own run (the clear
+# tail's 21 levels), desilofhe from its one-thread bench (README, "Encrypted Net4 on real CKKS"); the one-round
+# protocol's 30 levels cost about 1.9x (215 s against ~113 s per OpenFHE inference).
+SECONDS_PER_INFERENCE = {"openfhe": 120, "desilofhe": 600, "simulator": 15, "desilofhe-gpu": 20}
+ONE_ROUND_FACTOR = 1.9
 PHOTOS = {"obama": ("obama3.jpg", "obama4.jpg"), "chirac": ("chirac1.jpg", "chirac3.jpg")}
 
 

@@ -2,12 +2,19 @@
 
 Levels = the network's 23, and in the one-round protocol ``LEVELS.matching_reserve`` = 7 more left on the
 template for the server's normalisation and score (in the refresh protocol, the default, the client's fresh
-templates carry matching's levels instead: ``LEVELS.fresh_template``):
+templates carry matching's levels instead: ``LEVELS.fresh_template``; and for Net4 the client also evaluates the
+network's last two levels in the clear, so the server's ciphertexts carry ``LEVELS.trunk_levels(64)`` = 21):
 
 * network 23 per model: stem 1, then per block q1 1, conv1 1, q2 1, conv2(+shortcut) 1, then the pool
   quadratic 1 and pool+head 1 (1 + 5 * 4 + 2; :mod:`cryptoface.engine.plan` follows this schedule and a test
   checks every model's plan consumes exactly its entry). The three models share the block stack (they differ
   in patch count only), so their depths are equal;
+* clear tail 2 (refresh protocol, Net4): the pool quadratic and pool+head take their input from one ciphertext
+  (the last block's output, ``s3``), so the server can stop after the last block and return that ciphertext;
+  the client decrypts it and applies the pool quadratic, the pooling and the head in the clear
+  (:mod:`cryptoface.model.tail`). Net9 and Net16 spread that tensor over several ciphertexts and sum per-unit
+  partial templates on the server, so they keep the whole network. :meth:`LevelBudget.plan_end` is the one rule
+  that reads a level count as "whole network" or "trunk";
 * normalisation 6: ``t * t`` (1; ``||t||^2`` is mapped onto the Chebyshev interval by a constant add because
   the engine scales its output by ``TEMPLATE_SCALE``, :mod:`cryptoface.engine.template`), the degree-15
   Chebyshev 1/sqrt (4, scalars included), ``t' * p`` (1), where ``t'`` -- the template moved into the
@@ -39,9 +46,10 @@ score (one-round: 18 bits).
 
 Key-switching digits: the smallest dnum whose log2(QP) passes the 128-bit HE-standard bound at N = 2^16
 (1772 bits). P must cover the largest digit: OpenFHE cuts the levels + 1 limbs into digits of ceil((levels + 1) /
-dnum) limbs, the first holding the 60-bit q0 (``CkksParameters.special_primes``). Refresh: 23 levels x 43 + 60 =
-1049 bits of Q, dnum 2 (12 limbs a digit, the first 60 + 11 x 43 = 533 bits) with 9 special primes -> 1589 bits
-(dnum 1 needs P >= Q). At 42 bits Net4's error was 1.7e-4 to 1.31e-3 x max|ref| over five key sets, over the
+dnum) limbs, the first holding the 60-bit q0 (``CkksParameters.special_primes``). Refresh: Net4's trunk, 21 levels
+x 43 + 60 = 963 bits of Q, dnum 2 (11 limbs a digit, the first 60 + 10 x 43 = 490 bits) with 9 special primes ->
+1503 bits; Net9/Net16's 23 levels: 1049 bits, 12-limb digits of 533 bits, 9 special primes -> 1589 bits (dnum 1
+needs P >= Q). At 42 bits Net4's error was 1.7e-4 to 1.31e-3 x max|ref| over five key sets, over the
 1e-3 target for one of them; the 43rd bit halves it at no cost in keys or time; a 44th would need a tenth special
 prime (keys 2.02 GB instead of 1.96, measured). One-round score mode: 30 levels x 42 + 60 = 1320 bits of Q; dnum 3
 would need 8 special primes (1800 bits, too many), dnum 4 needs 6 -> 1680 bits (OpenFHE's own HEStd_128_classic
@@ -71,15 +79,16 @@ from cryptoface.model import spec
 
 SCALE_BITS = 42  # one-round score mode
 DECISION_SCALE_BITS = 40  # 39 levels of 42 bits do not fit 128-bit security at N = 2^16
-REFRESH_SCALE_BITS = 43  # the refresh protocol's 23 levels leave room for one more bit at the same dnum and P
+REFRESH_SCALE_BITS = 43  # the refresh protocol's 21-23 levels leave room for one more bit at the same dnum and P
 LOG_RING = 16
 MATCH_LOG_RING = 13  # the matching ring of client-refreshed score-mode templates
 FIRST_MOD_BITS = 60  # q0: decryption headroom for the score at level 0
 SPECIAL_MOD_BITS = 60
 MODES = ("score", "decision")
-# How a template reaches matching. "refresh" (default): the server returns the network's raw template, the client
-# decrypts it, normalises it in the clear and encrypts it afresh at the levels matching needs, so the network's
-# ciphertexts carry the network's levels only. "one-round": the client encrypts once and decrypts scores once
+# How a template reaches matching. "refresh" (default): the server returns the network's raw template (Net4: the
+# last block's output, which the client finishes with the model's tail), the client decrypts it, normalises it in
+# the clear and encrypts it afresh at the levels matching needs, so the network's ciphertexts carry the network's
+# levels only (Net4: its trunk's). "one-round": the client encrypts once and decrypts scores once
 # (the HE benchmark's workload); the server normalises, so every network ciphertext carries matching's levels.
 PROTOCOLS = ("refresh", "one-round")
 DEFAULT_PROTOCOL = "refresh"
@@ -94,6 +103,8 @@ class LevelBudget:
     mode) the sign on what the engine leaves on the template."""
 
     network: Mapping[int, int] = field(hash=False)  # per model, keyed by input resolution (spec.ARCHITECTURES)
+    tail: int  # the network's last levels (pool quadratic, pool+head), which a refreshing client can do in the clear
+    clear_tail: frozenset[int]  # resolutions whose refresh protocol stops the server's network before the tail
     normalise: int
     score: int
     decision: int
@@ -126,6 +137,28 @@ class LevelBudget:
         spec.grid_for(resolution)
         return self.network[resolution]
 
+    def trunk_levels(self, resolution: int) -> int:
+        """Levels of the network without its tail (what the server evaluates when the client does the tail)."""
+        return self.network_levels(resolution) - self.tail
+
+    def refresh_levels(self, resolution: int) -> int:
+        """The server's levels in the refresh protocol: the trunk where the tail can be done in the clear."""
+        return self.trunk_levels(resolution) if resolution in self.clear_tail else self.network_levels(resolution)
+
+    def plan_end(self, resolution: int, levels: int) -> tuple[bool, int]:
+        """How parameters with ``levels`` levels run the network at ``resolution``: (whether the server stops
+        before the tail, the level its output keeps). At least the whole network's levels run the whole network;
+        fewer run the trunk where the resolution has a clear tail. ParameterError when neither fits."""
+        network = self.network_levels(resolution)
+        if levels >= network:
+            return False, levels - network
+        trunk = self.trunk_levels(resolution)
+        if resolution in self.clear_tail and levels >= trunk:
+            return True, levels - trunk
+        least = trunk if resolution in self.clear_tail else network
+        raise ParameterError(f"the network at {resolution}x{resolution} needs {least} levels, the parameters give "
+                             f"{levels}")
+
 
 def check_protocol(protocol: str) -> str:
     """``protocol`` if it is one of :data:`PROTOCOLS` (ValueError otherwise)."""
@@ -141,6 +174,8 @@ def _network_depth(blocks: tuple[spec.BlockSpec, ...]) -> int:
 
 LEVELS = LevelBudget(
     network=MappingProxyType({res: _network_depth(spec.BLOCKS) for res in spec.ARCHITECTURES}),
+    tail=2,  # pool quadratic 1, pool+head 1
+    clear_tail=frozenset({64}),  # Net4: the last block's output is one ciphertext at N = 2^16
     normalise=6,  # 1 + chebyshev_depth(15) + 1
     score=1,
     decision=9,  # sign_depth(("g3", "f3", "f3"))
@@ -178,7 +213,8 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
                        sign_levels: int | None = None, protocol: str = DEFAULT_PROTOCOL) -> CkksParameters:
     """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, the smallest secure dnum.
 
-    ``protocol="refresh"`` (default): the network's levels only (plus ``reserve``, default 0); the client's fresh
+    ``protocol="refresh"`` (default): the levels the server evaluates (``LEVELS.refresh_levels``: the trunk for
+    Net4, whose tail the client does in the clear) plus ``reserve`` (default 0); the client's fresh
     templates carry matching's levels, so decision-only mode needs nothing more (``mode`` is accepted and changes
     nothing). ``protocol="one-round"``: the network's + ``reserve`` (default ``LEVELS.matching_reserve``), plus
     ``sign_levels`` (default ``LEVELS.decision``) at a 40-bit scale in ``mode="decision"``. Raises ParameterError
@@ -187,12 +223,14 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_protocol(protocol)
-    levels = LEVELS.network_levels(resolution) + (LEVELS.reserve(protocol) if reserve is None else reserve)
+    extra = LEVELS.reserve(protocol) if reserve is None else reserve
     if protocol == "refresh":
+        levels = LEVELS.refresh_levels(resolution) + extra
         if levels < LEVELS.fresh_template("decision"):
             raise ParameterError(f"{levels} levels cannot hold a fresh decision-mode probe "
                                  f"({LEVELS.fresh_template('decision')} levels)")
         return secure_parameters(levels, scale_bits=REFRESH_SCALE_BITS)
+    levels = LEVELS.network_levels(resolution) + extra
     if mode == "decision":
         levels += LEVELS.decision if sign_levels is None else sign_levels
         return secure_parameters(levels, scale_bits=DECISION_SCALE_BITS)

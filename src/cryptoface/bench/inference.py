@@ -29,7 +29,7 @@ class InferenceOptions:
 
     resolution: int = 64
     backend: str = "simulator"
-    protocol: str = "refresh"  # whose parameters: refresh (the network's levels) or one-round (+ matching's)
+    protocol: str = "refresh"  # whose parameters: refresh (Net4: the trunk's levels) or one-round (+ matching's)
     model: Path | None = None  # None: the bundled model at this resolution, else a random one
     runs: int = 3
     workers: int | None = None  # engine threads; None: the engine's default for the backend
@@ -66,8 +66,9 @@ class PlanSummary(Report):
     totals: dict[str, Any]
     layers: list[dict[str, Any]]
     rotation_keys: list[int]
-    template_stride: int
+    template_stride: int | None  # None with a clear tail: the output is the last block's, not a template
     key_bytes_estimate: int
+    clear_tail: bool = False  # the server stops after the last block; the client does the pool quadratic and head
 
 
 @dataclass(kw_only=True)
@@ -160,17 +161,18 @@ def build_bench_plan(options: InferenceOptions) -> tuple[Any, Any, PlanSummary]:
     """(parameters, plan, its summary): the plan the options select on the default parameters, with the levels
     those keep beyond the network's reserved, priced with :func:`cost_model_name`'s op costs."""
     from cryptoface.engine.linear import COST_MODELS
-    from cryptoface.engine.plan import build_plan
-    from cryptoface.params import LEVELS, switching_key_bytes
+    from cryptoface.engine.plan import plan_for_levels
+    from cryptoface.params import switching_key_bytes
 
     params = bench_parameters(options)
     name = cost_model_name(options)
-    plan = build_plan(options.resolution, params.slots, family=options.family, key_mode=options.key_mode,
-                      reserve=params.levels - LEVELS.network_levels(options.resolution),
-                      cost_model=COST_MODELS[name])
+    plan = plan_for_levels(options.resolution, params.slots, params.levels, family=options.family,
+                           key_mode=options.key_mode, cost_model=COST_MODELS[name])
     summary = PlanSummary(cost_model=name, totals=plan.totals(), layers=plan.table(),
-                          rotation_keys=sorted(plan.rotation_keys), template_stride=plan.template.stride,
-                          key_bytes_estimate=len(plan.rotation_keys) * switching_key_bytes(params))
+                          rotation_keys=sorted(plan.rotation_keys),
+                          template_stride=None if plan.template is None else plan.template.stride,
+                          key_bytes_estimate=len(plan.rotation_keys) * switching_key_bytes(params),
+                          clear_tail=plan.clear_tail)
     return params, plan, summary
 
 

@@ -124,9 +124,10 @@ def _engine_template(options: MatchOptions, params: Any) -> tuple[Any, int]:
 
     if options.log_ring is None:
         plan = plan_for(64, params.slots, params.levels)
-        return plan.template, plan.end_level
-    # the network does not fit a small ring: the engine's template contract on it
-    return TemplateLayout(1, params.slots // EMBEDDING_DIM), params.levels - LEVELS.network_levels(64)
+        if plan.template is not None:
+            return plan.template, plan.end_level
+    # the network does not fit a small ring, or stops before its head: the engine's template contract on it
+    return TemplateLayout(1, params.slots // EMBEDDING_DIM), max(0, params.levels - LEVELS.network_levels(64))
 
 
 def _inv_sqrt_report(templates: PairTemplates, clear: np.ndarray, clear_poly: np.ndarray) -> InvSqrtReport:
@@ -259,11 +260,16 @@ def _clear_normaliser(protocol: str) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) -> dict[str, float]:
-    """Client seconds of one refresh (median of ``options.runs``): decrypt the engine's raw template (at level 0,
-    as the network leaves it), normalise in the clear, encrypt afresh at the fresh template's level."""
+    """Client seconds of one refresh (median of ``options.runs``): decrypt the engine's output (at level 0, as the
+    network leaves it: the raw template, or with a clear tail the last block's output, then finished with the
+    model's tail), normalise in the clear, encrypt afresh at the fresh template's level."""
+    from cryptoface.assets import default_model_path
     from cryptoface.backends import create_backend
+    from cryptoface.engine import output_embedding, plan_for
     from cryptoface.match.layout import place
     from cryptoface.match.refresh import fresh_slots, normalised, raw_embedding
+    from cryptoface.model.file import load_model
+    from cryptoface.model.tail import ModelTail
     from cryptoface.params import LEVELS
 
     network = backend
@@ -272,12 +278,27 @@ def _refresh_cost(backend: Any, embedding: np.ndarray, options: MatchOptions) ->
                                  device=options.device)
         network.generate_keys([])  # a secret and a public key: the client's network key set, without rotations
     params = network.params
-    layout, _ = _engine_template(options, params)
-    raw = network.serialize(network.encrypt(place(embedding, layout, params.slots), 0))
+    plan = plan_for(64, params.slots, params.levels) if options.log_ring is None else None
+    tail = None
+    if plan is not None and plan.clear_tail:
+        tail = ModelTail.of(load_model(Path(options.model) if options.model else default_model_path()))
+    if tail is not None and tail.resolution == plan.resolution:  # timing only: activations of the right shape
+        acts = np.random.default_rng(options.seed).uniform(-1.0, 1.0, plan.output_layout.shape)
+        (vector,) = plan.output_layout.pack(acts)
+
+        def finish(values: np.ndarray) -> np.ndarray:
+            return output_embedding(plan, values, tail)
+    else:
+        layout, _ = _engine_template(options, params)
+        vector = place(embedding, layout, params.slots)
+
+        def finish(values: np.ndarray) -> np.ndarray:
+            return raw_embedding(values, layout)
+    raw = network.serialize(network.encrypt(vector, 0))
     decrypt, fresh = [], []
     for _ in range(max(1, options.runs)):
         t = time.perf_counter()
-        unit = normalised(raw_embedding(network.decrypt(network.deserialize(raw)), layout))
+        unit = normalised(finish(network.decrypt(network.deserialize(raw))))
         t1 = time.perf_counter()
         backend.serialize(backend.encrypt(fresh_slots(unit, backend.slots), LEVELS.fresh_template("score")))
         decrypt.append(t1 - t)

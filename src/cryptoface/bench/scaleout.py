@@ -163,6 +163,7 @@ def _bench_units(options: ScaleoutOptions, backend: Any, executor: Any, keys: An
                  ) -> dict[str, Any]:
     """The :class:`ScaleoutReport` fields of the unit runs; medians over warm runs (all but the first)."""
     from cryptoface.bench.inputs import bench_face, bench_model
+    from cryptoface.engine import decrypt_embedding
     from cryptoface.engine.parallel import PatchParallelEngine
     from cryptoface.engine.units import encrypt_units, unit_plan
     from cryptoface.model.reference import forward
@@ -171,7 +172,7 @@ def _bench_units(options: ScaleoutOptions, backend: Any, executor: Any, keys: An
     engine = PatchParallelEngine(executor, model)
     x, input_name = bench_face(options.resolution, options.photo, options.random_input, options.seed)
     ref = forward(model, x)
-    layout = unit_plan(backend.slots, backend.params.levels).template
+    plan = unit_plan(backend.slots, backend.params.levels)
     runs = []
     for i in range(max(1, options.runs)):
         t0 = time.perf_counter()
@@ -180,7 +181,7 @@ def _bench_units(options: ScaleoutOptions, backend: Any, executor: Any, keys: An
         t0 = time.perf_counter()
         out, _ = engine.infer(backend, keys, cts)
         infer_s = time.perf_counter() - t0
-        err = float(np.max(np.abs(layout.unpack(backend.decrypt(out)) - ref)))
+        err = float(np.max(np.abs(decrypt_embedding(backend, plan, model, out) - ref)))
         runs.append({"run": i, "encrypt_s": enc_s, "infer_s": infer_s, "max_abs_error": err,
                      "rel_error": err / float(np.max(np.abs(ref))), "output_level": backend.level(out),
                      **engine.last_report})

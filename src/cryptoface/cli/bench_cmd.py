@@ -20,8 +20,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("bench", help="benchmark encrypted inference (keygen, encryption, per-layer time, error)")
     p.add_argument("--resolution", type=int, choices=(64, 96, 128), default=64)
     p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
-                   help="the parameters of: refresh (default; the network's 23 levels) or one-round (30: the "
-                        "template keeps matching's levels)")
+                   help="the parameters of: refresh (default; Net4's trunk, 21 levels, the client doing the last 2 in "
+                        "the clear; 23 for Net9/16) or one-round (30: the template keeps matching's levels)")
     p.add_argument("--backend", choices=("simulator", "desilofhe", "openfhe"), default="simulator")
     p.add_argument("--model", type=Path, default=None,
                    help="fused model file (default: the packaged model if present, else a random model)")
@@ -92,7 +92,9 @@ def _print_plan(report: Any) -> None:
         print(" | ".join(str(r.get(c, "")) for c in cols))
     print(json.dumps(report.plan.totals))
     n = len(report.plan.rotation_keys)
-    print(f"template stride {report.plan.template_stride}; rotation keys {n} "
+    output = ("output: the last block (clear tail: the client does the pool quadratic and the head)"
+              if report.plan.clear_tail else f"template stride {report.plan.template_stride}")
+    print(f"{output}; rotation keys {n} "
           f"(~{report.plan.key_bytes_estimate / 1e9:.2f} GB at this size, modelled on OpenFHE's serialised keys)")
 
 

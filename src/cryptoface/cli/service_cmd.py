@@ -33,12 +33,13 @@ def register(sub: Any) -> None:
                    help="keys for matching encrypted templates only (no engine rotation keys): tools and tests")
     p.add_argument("--log-ring", type=int, default=None, help="log2 of the ring degree (default 16)")
     p.add_argument("--levels", type=int, default=None,
-                   help="CKKS levels (default: the network's levels, plus matching's with --protocol one-round); "
+                   help="CKKS levels (default: the levels the server evaluates: Net4's trunk, 21, the client doing the "
+                        "tail; 23 for Net9/16; plus matching's 7 with --protocol one-round); "
                         "with --log-ring, the smallest secure key-switching digit count is chosen")
     p.add_argument("--protocol", choices=PROTOCOLS, default=DEFAULT_PROTOCOL,
-                   help="refresh (default): the client normalises each template and encrypts it afresh, so the "
-                        "keys carry the network's levels only; one-round: the server normalises, the keys carry "
-                        "matching's levels too (the HE benchmark's one-round workload)")
+                   help="refresh (default): the client finishes and normalises each template and encrypts it afresh, "
+                        "so the keys carry the network's levels only (Net4: its trunk's); one-round: the server "
+                        "normalises, the keys carry matching's levels too (the HE benchmark's one-round workload)")
     p.add_argument("--stride", type=int, default=1, help="template layout stride of the engine")
     p.add_argument("--no-match-ring", dest="match_ring", action="store_false",
                    help="no matching ring: refreshed templates are stored and matched in the network's ring "
@@ -184,7 +185,7 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     from cryptoface.backends import default_backend
     from cryptoface.client import ClientKeys
     from cryptoface.demo import backend_label
-    from cryptoface.params import LOG_RING, default_parameters, secure_parameters
+    from cryptoface.params import LOG_RING, REFRESH_SCALE_BITS, SCALE_BITS, default_parameters, secure_parameters
 
     backend = args.backend or default_backend()
     resolution = None if args.template_only else args.resolution
@@ -192,7 +193,10 @@ def cmd_keygen(args: argparse.Namespace) -> int:
         params = default_parameters(args.resolution, protocol=args.protocol)
     else:
         levels = args.levels or default_parameters(args.resolution, protocol=args.protocol).levels
-        params = secure_parameters(levels, args.log_ring or LOG_RING)
+        # the default ring keeps the protocol's scale (a --levels 23 refresh key set is the whole-network one)
+        refresh_ring = args.log_ring is None and args.protocol == "refresh"
+        params = secure_parameters(levels, args.log_ring or LOG_RING,
+                                   scale_bits=REFRESH_SCALE_BITS if refresh_ring else SCALE_BITS)
     print(f"generating a {backend} key set: {backend_label(backend)}; N = 2^{params.log_ring}, {params.levels} levels")
     t = time.perf_counter()
     ring = args.match_ring and args.protocol == "refresh"

@@ -43,10 +43,12 @@ from cryptoface.client.transport import (
     TemplateProbe,
     Transport,
 )
+from cryptoface.engine import output_embedding, plan_for
 from cryptoface.engine.layout import TemplateLayout
-from cryptoface.errors import CryptoFaceError, ParameterError
+from cryptoface.errors import CryptoFaceError, ModelFileError, ParameterError
 from cryptoface.match.layout import EMBEDDING_DIM, normalised_layout
 from cryptoface.match.refresh import fresh_slots, normalised, raw_embedding
+from cryptoface.model.tail import ModelTail
 from cryptoface.names import validate_name
 from cryptoface.params import DEFAULT_PROTOCOL, LEVELS, PROTOCOLS
 from cryptoface.store.base import MAX_TEMPLATES_PER_SUBJECT
@@ -150,6 +152,7 @@ class Client:
         if protocol not in PROTOCOLS:
             raise CryptoFaceError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
         self.protocol = protocol
+        self._tail: tuple[str, ModelTail] | None = None  # (digest, tail) of the served model's tail, once fetched
 
     @classmethod
     def connect(
@@ -343,8 +346,9 @@ class Client:
         """The probe's template normalised here and encrypted afresh, under ``keys`` (default :meth:`matcher`), at
         the levels ``mode`` needs.
 
-        A photo or image probe costs one encrypted inference on the service (which returns the raw template); a
-        raw template probe is decrypted directly; a normalised one is returned as it is when it is under ``keys`` with
+        A photo or image probe costs one encrypted inference on the service (which returns the raw template, or
+        for Net4 the last block's output, finished here with the served model's tail); a raw template probe is
+        decrypted directly; a normalised one is returned as it is when it is under ``keys`` with
         the levels, else decrypted and encrypted afresh for them. The decrypted template stays in this process: only
         a new encryption of its normalised copy is sent."""
         _check_mode(mode)
@@ -384,13 +388,45 @@ class Client:
         raise TamperingError("a normalised template under none of this client's key sets")
 
     def _normalised_template(self, template: TemplateProbe) -> np.ndarray:
-        """The service's raw template decrypted under the network's key set and normalised (256 values)."""
+        """The raw template decrypted under the network's key set and normalised (256 values). An inference result
+        must be what this key set's parameters make: a template, or the last block's output, which is finished
+        here with the served model's tail (the one the result names by digest)."""
         be = self.keys.backend
         try:
-            layout = TemplateLayout(template.stride, template.replicas)
-            return normalised(raw_embedding(be.decrypt(read_untrusted(be, template.ciphertext)), layout))
+            plan = None
+            if template.trunk or template.inferred:
+                plan = plan_for(self._resolution(), be.slots, be.params.levels)
+                if template.trunk != plan.clear_tail:
+                    kinds = {True: "the last block's output", False: "a template"}
+                    raise TamperingError(f"the service returned {kinds[template.trunk]} where this key set's "
+                                         f"parameters make {kinds[plan.clear_tail]}")
+            values = be.decrypt(read_untrusted(be, template.ciphertext))
+            if plan is not None and plan.clear_tail:
+                tail = self._model_tail(template.tail_digest)
+                if tail.resolution != plan.resolution:
+                    raise TamperingError(f"the service's model tail is for {tail.resolution}x{tail.resolution} "
+                                         f"inputs, this key set for {plan.resolution}x{plan.resolution}")
+                return normalised(output_embedding(plan, values, tail))
+            return normalised(raw_embedding(values, TemplateLayout(template.stride, template.replicas)))
         except (ParameterError, ValueError) as exc:
             raise TamperingError(f"the service's template cannot be refreshed: {exc}") from exc
+
+    def _model_tail(self, digest: str) -> ModelTail:
+        """The served model's tail whose :meth:`~cryptoface.model.tail.ModelTail.digest` is ``digest`` (fetched
+        when it is not the one kept)."""
+        if self._tail is None or self._tail[0] != digest:
+            if not digest:
+                raise TamperingError("the service returned a block output that names no model tail")
+            _, data = self.transport.model_tail()
+            try:
+                tail = ModelTail.from_bytes(data)
+            except ModelFileError as exc:
+                raise TamperingError(f"the service's model tail is unusable: {exc}") from exc
+            if tail.digest() != digest:
+                raise CryptoFaceError("the service's model tail is not the one that computed this result (its model "
+                                      "changed, or its replicas serve different models): run the request again")
+            self._tail = (digest, tail)
+        return self._tail[1]
 
     def _probe(self, probe: PhotoOrProbe) -> Probe:
         return probe if isinstance(probe, ImageProbe | TemplateProbe) else self.encrypt_photo(probe)

@@ -53,8 +53,8 @@ def _probe_json(probe: Probe) -> dict[str, Any]:
         if probe.packing != "monolithic":
             out["packing"] = probe.packing
         return out
-    return {"ciphertext": _b64(probe.ciphertext), "stride": probe.stride, "replicas": probe.replicas,
-            "normalised": probe.normalised}
+    out = probe.to_request()  # refuses a block output, which is never sent back
+    return {**out, "ciphertext": _b64(out["ciphertext"])}
 
 
 def _job(out: dict[str, Any]) -> JobInfo:
@@ -205,7 +205,11 @@ class HTTPTransport:
 
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe:
         out = self._call("POST", f"{self._keyset(key_id)}/infer", json={"probe": _probe_json(probe)})
-        return TemplateProbe(base64.b64decode(out["ciphertext"]), int(out["stride"]), int(out["replicas"]))
+        return TemplateProbe.of_result(base64.b64decode(out["ciphertext"]), out)
+
+    def model_tail(self) -> tuple[str, bytes]:
+        out = self._call("GET", "/v1/model/tail")
+        return str(out["model_id"]), base64.b64decode(out["tail"])
 
     def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
         return _job(self._call("POST", f"{self._keyset(key_id)}/jobs", json={"probe": _probe_json(probe)}))
@@ -218,7 +222,7 @@ class HTTPTransport:
 
     def job_result(self, job_id: str) -> TemplateProbe:
         out = self._call("GET", f"/v1/jobs/{_seg(job_id)}/result")
-        return TemplateProbe(base64.b64decode(out["ciphertext"]), int(out["stride"]), int(out["replicas"]))
+        return TemplateProbe.of_result(base64.b64decode(out["ciphertext"]), out)
 
     def cancel_job(self, job_id: str) -> JobInfo:
         return _job(self._call("POST", f"/v1/jobs/{_seg(job_id)}/cancel"))

@@ -120,7 +120,12 @@ class InProcessTransport:
     @_translated
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe:
         out = self.service.infer(self.caller, key_id, probe.to_request())
-        return TemplateProbe(out["ciphertext"], int(out["stride"]), int(out["replicas"]))
+        return TemplateProbe.of_result(out["ciphertext"], out)
+
+    @_translated
+    def model_tail(self) -> tuple[str, bytes]:
+        out = self.service.model_tail(self.caller)
+        return str(out["model_id"]), out["tail"]
 
     @_translated
     def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
@@ -137,7 +142,7 @@ class InProcessTransport:
     @_translated
     def job_result(self, job_id: str) -> TemplateProbe:
         out = self.service.job_result(self.caller, job_id)
-        return TemplateProbe(out["ciphertext"], int(out["stride"]), int(out["replicas"]))
+        return TemplateProbe.of_result(out["ciphertext"], out)
 
     @_translated
     def cancel_job(self, job_id: str) -> JobInfo:

@@ -52,8 +52,24 @@ class TemplateProbe:
     stride: int = 1
     replicas: int = 1
     normalised: bool = False
+    # The service's parameters stopped the network before its tail: the ciphertext holds the last block's output,
+    # which only the client can finish (Client.refresh, with the served tail whose sha256 is ``tail_digest``);
+    # never sent back. ``inferred``: the service made it (an inference result), not this client.
+    trunk: bool = False
+    model_id: str = ""
+    tail_digest: str = ""
+    inferred: bool = False
+
+    @classmethod
+    def of_result(cls, ciphertext: bytes, out: dict[str, Any]) -> TemplateProbe:
+        """The probe an inference result describes (``out``: the service's infer or job-result fields)."""
+        return cls(ciphertext, int(out["stride"]), int(out["replicas"]), trunk=bool(out.get("trunk", False)),
+                   model_id=str(out.get("model_id", "")), tail_digest=str(out.get("tail_digest", "")), inferred=True)
 
     def to_request(self) -> dict[str, Any]:
+        if self.trunk:
+            raise CryptoFaceError("this probe holds the network's last block output, not a template: refresh it "
+                                  "on the client (Client.refresh) and send the normalised template")
         return {"ciphertext": self.ciphertext, "stride": self.stride, "replicas": self.replicas,
                 "normalised": self.normalised}
 
@@ -154,6 +170,9 @@ class Transport(Protocol):
         """Erase the key set with its keys, subjects and templates."""
 
     def infer(self, key_id: str, probe: ImageProbe) -> TemplateProbe: ...
+
+    def model_tail(self) -> tuple[str, bytes]:
+        """(model id, :meth:`~cryptoface.model.tail.ModelTail.to_bytes`) of the served model's tail (untrusted)."""
 
     def submit_infer(self, key_id: str, probe: ImageProbe) -> JobInfo:
         """:meth:`infer` as a job on the server: accepted at once, collected with :meth:`job_result`."""

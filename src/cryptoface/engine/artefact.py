@@ -150,8 +150,8 @@ class PreparedModel:
         return EncryptedModel(self.model, backend, self.plan, workers=workers, caches=self.caches)
 
     def infer(self, backend: CkksBackend, cts: Sequence[Any], *, workers: int | None = None,
-              progress: bool = False) -> tuple[Any, lay.TemplateLayout]:
-        """Server side: the encrypted template and its layout (as :func:`cryptoface.engine.infer_template`)."""
+              progress: bool = False) -> tuple[Any, lay.TemplateLayout | lay.PlanarLayout]:
+        """Server side: the encrypted output and its layout (as :func:`cryptoface.engine.infer_template`)."""
         return self.engine(backend, workers=workers).infer(cts, progress=progress)
 
 
@@ -283,8 +283,9 @@ def plan_to_json(plan: Plan) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     } for ly in plan.layers]
     return {"family": plan.family, "key_mode": plan.key_mode, "resolution": plan.resolution,
             "n_patches": plan.n_patches, "slots": plan.slots, "layouts": layouts,
-            "template": _template_json(plan.template), "layers": layers, "start_level": plan.start_level,
-            "end_level": plan.end_level, "rotation_keys": sorted(plan.rotation_keys)}, arrays
+            "template": None if plan.template is None else _template_json(plan.template), "layers": layers,
+            "start_level": plan.start_level, "end_level": plan.end_level, "rotation_keys": sorted(plan.rotation_keys),
+            "clear_tail": plan.clear_tail}, arrays
 
 
 def plan_from_json(raw: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> Plan:
@@ -308,8 +309,9 @@ def plan_from_json(raw: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> 
             None if ly["split"] is None else BsgsSplit(int(ly["split"]["n1"]), bool(ly["split"]["centered"])),
             count, tuple(ly["pre_steps"]), tuple(ly["post_steps"]), float(ly["cost"]), int(ly["out_cts"])))
     return Plan(str(raw["family"]), str(raw["key_mode"]), int(raw["resolution"]), int(raw["n_patches"]),
-                int(raw["slots"]), layouts, lay.TemplateLayout(**raw["template"]), layers, int(raw["start_level"]),
-                int(raw["end_level"]), frozenset(int(k) for k in raw["rotation_keys"]))
+                int(raw["slots"]), layouts, None if raw["template"] is None else lay.TemplateLayout(**raw["template"]),
+                layers, int(raw["start_level"]), int(raw["end_level"]), frozenset(int(k) for k in raw["rotation_keys"]),
+                clear_tail=bool(raw.get("clear_tail", False)))
 
 
 def _template_json(t: lay.TemplateLayout) -> dict[str, Any]:

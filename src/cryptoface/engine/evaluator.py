@@ -41,12 +41,11 @@ from cryptoface.engine.linear import (
     term_weights,
 )
 from cryptoface.engine.plaintexts import PlaintextCache
-from cryptoface.engine.plan import Plan, PlanLayer, build_plan, layer_diagonals
+from cryptoface.engine.plan import Plan, PlanLayer, layer_diagonals, plan_for_levels
 from cryptoface.errors import ParameterError
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel
 from cryptoface.model.reference import split_patches
-from cryptoface.params import LEVELS
 
 
 @dataclass
@@ -147,11 +146,8 @@ class EncryptedModel:
         self.model = model
         self.backend = backend
         if plan is None:
-            network = LEVELS.network_levels(model.resolution)
-            reserve = backend.params.levels - network
-            if reserve < 0:
-                raise ParameterError(f"the network needs {network} levels, parameters give {backend.params.levels}")
-            plan = build_plan(model.resolution, backend.slots, family=family, key_mode=key_mode, reserve=reserve)
+            plan = plan_for_levels(model.resolution, backend.slots, backend.params.levels, family=family,
+                                   key_mode=key_mode)
         if plan.slots != backend.slots or plan.resolution != model.resolution:
             raise ParameterError("the plan was made for another slot count or resolution")
         if plan.start_level > backend.params.levels:
@@ -191,8 +187,11 @@ class EncryptedModel:
         return [self.backend.encrypt(v, self.plan.start_level) for v in self.pack_input(x)]
 
     def decrypt_template(self, ct: Any) -> np.ndarray:
-        """Client side: the (256,) embedding from the template ciphertext."""
-        return self.plan.template.unpack(self.backend.decrypt(ct))
+        """Client side: the (256,) embedding from the output ciphertext (the template, or the last block's output
+        finished in the clear by the model's tail)."""
+        from cryptoface.engine import decrypt_embedding
+
+        return decrypt_embedding(self.backend, self.plan, self.model, ct)
 
     # -- server side --------------------------------------------------------------------------------------
     def infer(
@@ -200,8 +199,9 @@ class EncryptedModel:
         cts: Sequence[Any],
         progress: bool = True,
         on_layer: Callable[[PlanLayer, list[Any]], None] | None = None,
-    ) -> tuple[Any, lay.TemplateLayout]:
-        """Evaluate the network; returns the template ciphertext and its layout.
+    ) -> tuple[Any, lay.TemplateLayout | lay.PlanarLayout]:
+        """Evaluate the plan; returns its output ciphertext and layout: the template, or with a clear tail the
+        last block's output (:attr:`Plan.output_layout`).
 
         ``on_layer(layer, outputs)`` is called after every plan step (diagnostics: a client-side tool can
         decrypt intermediate ciphertexts to locate precision loss)."""
@@ -246,7 +246,7 @@ class EncryptedModel:
             if bar is not None:
                 bar.close()
         (out,) = x
-        return out, self.plan.template
+        return out, self.plan.output_layout
 
     # -- steps --------------------------------------------------------------------------------------------
     def _quadratic(self, layer: PlanLayer, cts: list[Any]) -> list[Any]:

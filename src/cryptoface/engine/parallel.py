@@ -14,8 +14,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from cryptoface.engine.executor import Handle
-from cryptoface.engine.layout import TemplateLayout
 from cryptoface.engine.units import combine, unit_patches, unit_plan
+from cryptoface.errors import ParameterError
 from cryptoface.model.fused import FusedModel
 
 
@@ -29,13 +29,17 @@ class PatchParallelEngine:
         self.handles: list[Handle] = executor.model(model, model_id)
         self.last_report: dict[str, Any] = {}
 
-    def infer(self, backend: Any, keys: Handle, unit_cts: Sequence[Sequence[Any]]) -> tuple[Any, TemplateLayout]:
+    def infer(self, backend: Any, keys: Handle, unit_cts: Sequence[Sequence[Any]]) -> tuple[Any, Any]:
         """The encrypted template from each unit's input ciphertexts (:func:`~cryptoface.engine.units.encrypt_units`).
 
-        ``backend`` is the caller's (server: public keys only); it deserialises and combines the partials."""
+        ``backend`` is the caller's (server: public keys only); it deserialises and combines the partials. A unit
+        plan with a clear tail returns the last block's output, which cannot be summed: one unit only (Net4)."""
         if len(unit_cts) != len(self.units):
             raise ValueError(f"expected inputs for {len(self.units)} units, got {len(unit_cts)}")
         plan = unit_plan(backend.slots, backend.params.levels)
+        if plan.clear_tail and len(self.units) != 1:
+            raise ParameterError(f"these parameters stop the network before its tail, which {len(self.units)} units "
+                                 "cannot share: use the whole network's levels (default_parameters)")
         for u, cts in enumerate(unit_cts):
             if len(cts) != plan.input_layout.n_cts:
                 raise ValueError(f"unit {u}: expected {plan.input_layout.n_cts} ciphertexts, got {len(cts)}")
@@ -46,7 +50,7 @@ class PatchParallelEngine:
         t2 = time.perf_counter()
         partials = [backend.deserialize(r["ciphertext"]) for r in results]
         t3 = time.perf_counter()
-        out = combine(backend, partials, self.model.bias, plan.template)
+        out = partials[0] if plan.clear_tail else combine(backend, partials, self.model.bias, plan.template)
         t4 = time.perf_counter()
         self.last_report = {
             **self.executor.last_report,
@@ -57,7 +61,7 @@ class PatchParallelEngine:
             "input_bytes": sum(len(b) for u in inputs for b in u),
             "partial_bytes": sum(len(r["ciphertext"]) for r in results),
         }
-        return out, plan.template
+        return out, plan.output_layout
 
 
 def sharded_scores(executor: Any, backend: Any, keys: Handle, probe_replicated: Any, chunks: Sequence[bytes],

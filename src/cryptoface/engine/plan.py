@@ -4,10 +4,13 @@ Pure functions of the architecture (resolution), the slot count, the layout fami
 no weights and no encryption. The engine (:mod:`cryptoface.engine.evaluator`) follows a plan exactly,
 so the plan's ``rotation_keys`` are exactly the keys a run needs.
 
-Level schedule (remaining levels, ``start = LEVELS.network_levels(resolution) + reserve``, the budget of
+Level schedule (remaining levels, ``start = LEVELS.network_levels(resolution) + reserve`` or with ``clear_tail``
+``LEVELS.trunk_levels(resolution) + reserve``, the budget of
 :mod:`cryptoface.params`): stem 1, then per block q1 1, conv1 1, q2 1, conv2(+shortcut) 1 — the shortcut
 reads ``h`` (q1's output, two levels higher) brought down to conv2's input level and is folded into conv2's
-diagonals — then the pool quadratic 1 and pool+head 1: 23 levels, ending exactly at ``reserve``.
+diagonals — then the pool quadratic 1 and pool+head 1: 23 levels, ending exactly at ``reserve``. A plan with
+``clear_tail`` stops after the last block (21 levels): its output is the ``s3`` tensor, one ciphertext for Net4,
+which the client decrypts and finishes in the clear (:mod:`cryptoface.model.tail`).
 
 Key modes: ``exact`` — one rotation key per distinct baby/giant step, babies hoisted with
 ``rotate_many``; ``pow2`` — only keys for signed powers of two, every step composed from its
@@ -84,15 +87,21 @@ class Plan:
     n_patches: int
     slots: int
     layouts: dict[str, lay.PlanarLayout]
-    template: lay.TemplateLayout
+    template: lay.TemplateLayout | None  # None when the plan stops before the head (clear_tail)
     layers: list[PlanLayer]
     start_level: int
     end_level: int
     rotation_keys: frozenset[int] = field(default_factory=frozenset)
+    clear_tail: bool = False  # the plan stops after the last block; its output is layouts["s3"], not a template
 
     @property
     def input_layout(self) -> lay.PlanarLayout:
         return self.layouts["input"]
+
+    @property
+    def output_layout(self) -> lay.PlanarLayout | lay.TemplateLayout:
+        """What the plan's one output ciphertext holds: the template, or the last block's output."""
+        return self.layouts["s3"] if self.clear_tail else self.template
 
     def totals(self) -> dict[str, float]:
         t = {"diagonals": 0, "rotations": 0, "baby_rotations": 0, "giant_rotations": 0, "pre_rotations": 0,
@@ -189,9 +198,12 @@ def build_plan(
     reserve: int = 0,
     cost_model: CostModel | None = None,
     template_stride: int | None = None,
+    clear_tail: bool = False,
 ) -> Plan:
     """The plan for CryptoFaceNet at ``resolution`` with ``slots`` slots, ending at level ``reserve``.
 
+    ``clear_tail``: stop after the last block (``LEVELS.tail`` fewer levels); ValueError where that output spans
+    more than one ciphertext.
     The template is replicated (``TemplateLayout(1, slots // 256)``, pool+head with ~256 diagonals per input
     ciphertext and a replica reduction) unless ``template_stride`` asks for the single-copy strided layout.
     """
@@ -200,7 +212,12 @@ def build_plan(
     model = cost_model or CostModel()
     n = spec.grid_for(resolution) ** 2
     layouts = lay.stage_layouts(n, slots, family)
-    start = LEVELS.network_levels(resolution) + reserve
+    if reserve < 0:
+        raise ValueError(f"a plan cannot end below level 0 (reserve {reserve})")
+    if clear_tail and layouts["s3"].n_cts != 1:
+        raise ValueError(f"the last block's output spans {layouts['s3'].n_cts} ciphertexts at {resolution}x{resolution}"
+                         "; a clear tail needs one")
+    start = (LEVELS.trunk_levels(resolution) if clear_tail else LEVELS.network_levels(resolution)) + reserve
     level = start
     layers: list[PlanLayer] = []
 
@@ -234,6 +251,9 @@ def build_plan(
         linear(f"block{i}.conv2", ("block", i, "conv2"), [lout, lin], lout,
                [ConvTerm(0, 3, 1, 1, bs.c_out, bs.c_out), sc])
     s3 = layouts["s3"]
+    if clear_tail:
+        return Plan(family, key_mode, resolution, n, slots, layouts, None, layers, start, level, _keys(layers),
+                    clear_tail=True)
     quad("pool.q", ("pool_q",), s3)
     pre = pool_anchor_steps(s3, s3.pos.shape[0] // spec.POOL_GRID) or ()
     window = s3.pos.shape[0] // spec.POOL_GRID
@@ -256,13 +276,25 @@ def build_plan(
     if strides:
         layers.append(best)
         level = saved - 1
+    return Plan(family, key_mode, resolution, n, slots, layouts, best.out_layout, layers, start, level,
+                _keys(layers))
+
+
+def plan_for_levels(resolution: int, slots: int, levels: int, **kw) -> Plan:
+    """:func:`build_plan` for parameters with ``levels`` levels: the whole network or its trunk, ending at the
+    level :meth:`~cryptoface.params.LevelBudget.plan_end` reads from the count (ParameterError when too few)."""
+    clear_tail, reserve = LEVELS.plan_end(resolution, levels)
+    return build_plan(resolution, slots, reserve=reserve, clear_tail=clear_tail, **kw)
+
+
+def _keys(layers: list[PlanLayer]) -> frozenset[int]:
+    """The rotation keys the layers need (step 0 is no rotation)."""
     keys: set[int] = set()
     for layer in layers:
         if layer.count is not None:
             keys |= layer.count.keys
     keys.discard(0)
-    return Plan(family, key_mode, resolution, n, slots, layouts, best.out_layout, layers, start, level,
-                frozenset(keys))
+    return frozenset(keys)
 
 
 def compare_families(resolution: int, slots: int, cost_model: CostModel | None = None,
@@ -277,4 +309,4 @@ def best_family(resolution: int, slots: int, cost_model: CostModel | None = None
     return min(res, key=lambda f: res[f]["cost_s"])
 
 
-__all__ = ["Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree"]
+__all__ = ["Plan", "PlanLayer", "build_plan", "compare_families", "compose_tree", "plan_for_levels"]

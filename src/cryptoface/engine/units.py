@@ -2,7 +2,8 @@
 
 CryptoFaceNet's patch networks never mix until the head: the embedding is ``bias + sum_p head_p(net_p(x_p))``.
 A *unit* is a group of at most :data:`PATCHES_PER_UNIT` (= 4) patches evaluated with the Net4 plan
-(``plan_for(64, ...)``) as a sub-model whose bias is zero; its output is a *partial template* ciphertext in the
+(``plan_for(64, ...)``) as a sub-model whose bias is zero; its output is a *partial template* ciphertext (with a
+clear tail, only for Net4's single unit, the last block's output, returned as it is) in the
 engine's template layout (the same ``TemplateLayout(1, slots // 256)`` for every resolution). The template is
 the sum of the partial templates plus the bias, added once: ``units - 1`` ciphertext additions and one
 plaintext addition, no level.
@@ -31,7 +32,6 @@ from cryptoface.engine.plan import Plan
 from cryptoface.model import spec
 from cryptoface.model.fused import FusedModel, FusedPatchNet
 from cryptoface.model.reference import split_patches
-from cryptoface.params import LEVELS
 
 PATCHES_PER_UNIT = 4
 UNIT_RESOLUTION = 64  # the Net4 plan: 4 patches of 32 x 32
@@ -133,12 +133,13 @@ def unit_costs(resolution: int, slots: int, levels: int, cost_model: Any = None)
 
     ``cost_model`` (a :class:`~cryptoface.engine.linear.CostModel`) prices both with the same op costs."""
     from cryptoface.engine import DEFAULT_FAMILY, DEFAULT_KEY_MODE
-    from cryptoface.engine.plan import build_plan
+    from cryptoface.engine.plan import plan_for_levels
 
-    mono = build_plan(resolution, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE,
-                      reserve=levels - LEVELS.network_levels(resolution), cost_model=cost_model).totals()
-    unit = build_plan(UNIT_RESOLUTION, slots, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE,
-                      reserve=levels - LEVELS.network_levels(UNIT_RESOLUTION), cost_model=cost_model).totals()
+    def plan(res: int) -> dict[str, float]:
+        return plan_for_levels(res, slots, levels, family=DEFAULT_FAMILY, key_mode=DEFAULT_KEY_MODE,
+                               cost_model=cost_model).totals()
+
+    mono, unit = plan(resolution), plan(UNIT_RESOLUTION)
     n_units = len(unit_patches(spec.grid_for(resolution) ** 2))
     keys = ("diagonals", "rotations", "ct_ct_mults", "cost_s")
     total = {k: unit[k] * n_units for k in keys}

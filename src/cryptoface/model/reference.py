@@ -56,11 +56,16 @@ def patch_forward(net: FusedPatchNet, x: np.ndarray, trace: Trace | None = None,
             sc = np.einsum("bchw,oc->bohw", hs, blk.shortcut_conv, optimize=True)
             sc = sc + blk.shortcut_bias[None, :, None, None]
         x = y + sc
-    z = _herpn(x, net.pool_q, f"{prefix}pool.q", trace, observe)
+    return pool_head(_herpn(x, net.pool_q, f"{prefix}pool.q", trace, observe), net.head)
+
+
+def pool_head(z: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """The head contribution (B, 256) of the pool quadratic's output ``z`` (B, C, H, W): 2x2 average pool, then
+    the head block on the flatten index ``c * 4 + (y * 2 + x)``."""
     bsz, ch, hh, ww = z.shape
     g = spec.POOL_GRID
     pooled = z.reshape(bsz, ch, g, hh // g, g, ww // g).mean(axis=(3, 5))  # (B, C, 2, 2)
-    return pooled.reshape(bsz, ch * g * g) @ net.head.T
+    return pooled.reshape(bsz, ch * g * g) @ head.T
 
 
 def split_patches(x: np.ndarray, grid: int) -> list[np.ndarray]:

@@ -74,6 +74,7 @@ from cryptoface.service.models import (
     JobProgress,
     KeySetIn,
     KeySetOut,
+    ModelTailOut,
     ProofIn,
     ProofOut,
     RegisteredOut,
@@ -195,6 +196,12 @@ def _key_set_out(r: KeySetRecord) -> KeySetOut:
 
 def _subject_out(s: SubjectRecord) -> SubjectOut:
     return SubjectOut(subject_id=s.id, subject=s.name, template_ids=list(s.template_ids))
+
+
+def _infer_out(out: dict[str, Any]) -> InferOut:
+    return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
+                    replicas=out["replicas"], trunk=out["trunk"], model_id=out["model_id"],
+                    tail_digest=out["tail_digest"])
 
 
 def _job_out(v: JobView) -> JobOut:
@@ -425,8 +432,14 @@ def create_app(
     @limits.policy("json")
     def infer(key_id: KeyId, body: InferIn, caller: Tenant) -> InferOut:
         out = service.infer(caller, key_id, _probe(body.probe))
-        return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
-                        replicas=out["replicas"])
+        return _infer_out(out)
+
+    @app.get("/v1/model/tail", response_model=ModelTailOut, responses=_err(*TENANT, 501))
+    @limits.policy()
+    def model_tail(caller: Tenant) -> ModelTailOut:
+        out = service.model_tail(caller)
+        return ModelTailOut(model_id=out["model_id"], resolution=out["resolution"],
+                            tail=base64.b64encode(out["tail"]).decode(), tail_digest=out["tail_digest"])
 
     # -- jobs: inference that outlives one HTTP call ----------------------------------------------------
     @app.post("/v1/keysets/{key_id}/jobs", status_code=202, response_model=JobOut, responses=_err(*MATCH, 429))
@@ -451,8 +464,7 @@ def create_app(
     @limits.policy()
     def job_result(job_id: JobId, caller: Tenant) -> InferOut:
         out = service.job_result(caller, job_id)
-        return InferOut(ciphertext=base64.b64encode(out["ciphertext"]).decode(), stride=out["stride"],
-                        replicas=out["replicas"])
+        return _infer_out(out)
 
     @app.post("/v1/jobs/{job_id}/cancel", status_code=202, response_model=JobOut, responses=_err(*TENANT, 404, 422))
     @limits.policy()

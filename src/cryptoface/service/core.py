@@ -27,6 +27,7 @@ from cryptoface.match import homomorphic as hm
 from cryptoface.match.layout import GalleryLayout, TemplateLayout, check_layout, gallery_layout, normalised_layout
 from cryptoface.match.pairs import score_pairs, score_slots
 from cryptoface.match.threshold import DEFAULT_THRESHOLD
+from cryptoface.model.tail import ModelTail
 from cryptoface.names import validate_name
 from cryptoface.params import LEVELS, params_from_json, params_to_json
 from cryptoface.service import proof as pop
@@ -143,6 +144,7 @@ class MatchService:
         self.model = model
         self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
+        self._tail: tuple[bytes, str] | None = None  # the model's tail as clients get it, and its sha256
         self.threshold = float(threshold)
         self.budget = MemoryBudget(memory_budget, baseline=budget_baseline, retry_after=retry_after,
                                    observe_rss=observe_rss)
@@ -206,18 +208,27 @@ class MatchService:
         """The caller's key set; another tenant's is UnknownKeySetError, exactly like one that does not exist."""
         return self.store.get_key_set(key_id, self._tenant(caller))
 
-    def _active(self, caller: Caller, key_id: str, probes: Sequence[Probe] = ()) -> KeySetRecord:
-        """The caller's active key set, after the checks that need no computation (state, model for images)."""
+    def _active(self, caller: Caller, key_id: str, probes: Sequence[Probe] = (), *,
+                block_output: bool = False) -> KeySetRecord:
+        """The caller's active key set, after the checks that need no computation (state, model and levels for
+        images). ``block_output``: the caller takes the last block's output where the key set's parameters stop
+        the network before its tail (only ``infer`` does: its client finishes it); others need a template."""
         record = self._owned(caller, key_id)
         if record.status != "active":
             raise KeySetPendingError("the key set is pending: answer its proof-of-possession challenge first")
         if _has_images(probes):
             if self.model is None:
                 raise EngineUnavailableError("this server has no model loaded; send an encrypted template instead")
-            levels, need = params_from_json(record.params_json).levels, LEVELS.network_levels(self.model.resolution)
-            if levels < need:  # before anything is queued or deserialised
-                raise ServiceInputError(f"this key set has {levels} levels and the network needs {need}: it is a "
-                                        "matching key set (send images under the client's network key set)")
+            levels = params_from_json(record.params_json).levels
+            try:  # before anything is queued or deserialised
+                clear_tail, _ = LEVELS.plan_end(self.model.resolution, levels)
+            except ParameterError as exc:
+                raise ServiceInputError(f"this key set has {levels} levels, too few for the network ({exc}): it is "
+                                        "a matching key set (send images under the client's network key set)") from exc
+            if clear_tail and not block_output:
+                raise ServiceInputError("this key set's parameters stop the network before its tail, which the "
+                                        "client finishes: infer, refresh the template on the client and send it "
+                                        "normalised")
         return record
 
     def key_set(self, caller: Caller, key_id: str) -> KeySetRecord:
@@ -398,9 +409,10 @@ class MatchService:
 
     # -- templates ----------------------------------------------------------------------------------
     def _template_from_probe(self, state: _KeySetState, probe: Probe, report: Report | None = None
-                             ) -> tuple[Any, TemplateLayout]:
+                             ) -> tuple[Any, Any]:
         """Raw template ciphertext + layout from a request probe: images (engine) or an encrypted template;
-        ``report`` gets the inference's progress."""
+        ``report`` gets the inference's progress. Under parameters with a clear tail the engine's output is the
+        last block's (a PlanarLayout): :meth:`_active` lets only ``infer`` get this far with images then."""
         be = state.backend
         if probe.get("images") is not None:
             if self.model is None:
@@ -440,8 +452,9 @@ class MatchService:
         return ct, stride
 
     def _infer(self, state: _KeySetState, cts: list[Any], packing: str = "monolithic", report: Report | None = None
-               ) -> tuple[Any, TemplateLayout]:
-        """The template: monolithic plan in process, or patch-parallel units on the executor.
+               ) -> tuple[Any, Any]:
+        """The template (with a clear tail the last block's output): monolithic plan in process, or patch-parallel
+        units on the executor.
 
         ``packing="units"``: the client packed each unit's patches by the Net4 plan (engine.units.encrypt_units,
         concatenated in unit order). A Net4 model is one unit whose packing is the monolithic one, so with an
@@ -498,17 +511,42 @@ class MatchService:
         return state.handle
 
     def infer(self, caller: Caller, key_id: str, probe: Probe, report: Report | None = None) -> dict[str, Any]:
-        """Encrypted inference only: an image probe in, a template probe (raw template ciphertext) out.
+        """Encrypted inference only: an image probe in, a template probe out (the raw template, or under parameters
+        with a clear tail the last block's output with the digest of the tail that finishes it).
 
         Lets a client reuse one inference for several requests (e.g. verify, then identify). ``report`` gets the
         progress per network layer; an exception it raises (a cancelled job) stops the inference there."""
         if probe.get("images") is None:
             raise ServiceInputError("infer takes an image probe")
-        record = self._active(caller, key_id, [probe])
+        record = self._active(caller, key_id, [probe], block_output=True)
         with self._serving(record, heavy=True) as state, state.lock:
             ct, layout = self._template_from_probe(state, probe, report)
             data = state.backend.serialize(ct)
-        return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas}
+            clear_tail, _ = LEVELS.plan_end(self.model.resolution, state.backend.params.levels)
+        if clear_tail:  # the client finishes it with the tail whose digest it gets here
+            return {"ciphertext": data, "stride": 1, "replicas": 1, "trunk": True, "model_id": self.model_id,
+                    "tail_digest": self._model_tail()[1]}
+        return {"ciphertext": data, "stride": layout.stride, "replicas": layout.replicas, "trunk": False,
+                "model_id": self.model_id, "tail_digest": ""}
+
+    def _model_tail(self) -> tuple[bytes, str]:
+        """The served model's tail as clients get it and its digest (made once; the model never changes)."""
+        if self.model is None:
+            raise EngineUnavailableError("this server has no model loaded")
+        if self.model.resolution not in LEVELS.clear_tail:
+            raise EngineUnavailableError(f"this server's {self.model.architecture} keeps its whole network on the "
+                                         "server: it has no tail for clients to finish")
+        if self._tail is None:
+            tail = ModelTail.of(self.model)
+            self._tail = (tail.to_bytes(), tail.digest())
+        return self._tail
+
+    def model_tail(self, caller: Caller) -> dict[str, Any]:
+        """The served model's tail (pool quadratic, head, bias) for clients that finish the network in the clear."""
+        self._tenant(caller)
+        data, digest = self._model_tail()
+        return {"model_id": self.model_id, "resolution": int(self.model.resolution), "tail": data,
+                "tail_digest": digest}
 
     # -- jobs ---------------------------------------------------------------------------------------
     def submit_infer(self, caller: Caller, key_id: str, probe: Probe) -> JobView:
@@ -517,7 +555,7 @@ class MatchService:
         result is collected with :meth:`job_result`."""
         if probe.get("images") is None:
             raise ServiceInputError("an inference job takes an image probe")
-        self._active(caller, key_id, [probe])
+        self._active(caller, key_id, [probe], block_output=True)
         held = sum(len(c) for c in probe["images"])  # the image ciphertexts wait in memory with the job
         with self._job_bytes_lock:  # waiting jobs may hold a quarter of the budget: the running one needs the rest
             if self._job_bytes + held > self.budget.capacity // 4:

@@ -176,9 +176,23 @@ class InferIn(_Strict):
 
 
 class InferOut(BaseModel):
-    ciphertext: str = Field(description="base64 ciphertext of the raw (un-normalised) template")
+    ciphertext: str = Field(description="base64 ciphertext of the raw (un-normalised) template, or with `trunk` "
+                            "of the last block's output")
     stride: int
     replicas: int
+    trunk: bool = Field(False, description="true: the key set's parameters stop the network before its tail; the "
+                        "client decrypts the last block's output and finishes it with GET /v1/model/tail")
+    model_id: str = Field("", description="the model that computed it")
+    tail_digest: str = Field("", description="with `trunk`: the digest of the tail that finishes it "
+                             "(GET /v1/model/tail; sha256 of its content)")
+
+
+class ModelTailOut(BaseModel):
+    model_id: str
+    resolution: int
+    tail: str = Field(description="base64 .npz: per patch the pool quadratic's b and c, the head block, and the "
+                      "bias (cryptoface.model.tail.ModelTail)")
+    tail_digest: str = Field(description="hex sha256 of the tail's content (cryptoface.model.tail.ModelTail.digest)")
 
 
 class JobProgress(BaseModel):
