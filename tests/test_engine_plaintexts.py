@@ -88,6 +88,27 @@ def test_without_compact_form_the_rest_is_encoded_per_inference(net4):
     assert np.max(np.abs(got - ref)) <= 1e-9 * max(1.0, float(np.max(np.abs(ref))))
 
 
+def test_a_backend_without_a_compact_form_keeps_nothing_past_the_budget(net4):
+    """OpenFHE has no compact plaintext: its "compact" encode is a full one, which must not be kept outside the
+    budget (every Net4 plaintext at N = 2^16 would be: ~51 GB)."""
+    _, plan, model, x, ref = net4
+    be = SimulatorBackend(net4[0].params)  # compact=True is accepted and ignored, as on OpenFHE
+    be.generate_keys(plan.rotation_keys)
+    _, total = _infer(EncryptedModel(model, be, plan), x)
+    budget = 1000 * be.slots * 8
+    cache = PlaintextCache(budget_bytes=budget)  # compact asked for
+    em = EncryptedModel(model, be, plan, plaintexts=cache, model_id="random-0")
+    first, _ = _infer(em, x)
+    report = cache.report()
+    assert report.compact == 0 and report.compact_bytes == 0 and report.uncached > 0
+    assert 0 < report.full <= 1000 and report.bytes <= budget
+    second, encoded = _infer(em, x)
+    assert encoded == total - report.full  # everything not kept, encoded again
+    assert cache.report().bytes == report.bytes
+    np.testing.assert_array_equal(first, second)
+    assert np.max(np.abs(first - ref)) <= 1e-9 * max(1.0, float(np.max(np.abs(ref))))
+
+
 def test_a_cache_serves_one_backend_parameters_and_model(net4):
     be, plan, model, _x, _ref = net4
     cache = PlaintextCache(10**6)

@@ -214,10 +214,12 @@ def default_parameters(resolution: int = 64, reserve: int | None = None, *, mode
     """CKKS parameters for CryptoFaceNet at ``resolution``: N = 2^16, the smallest secure dnum.
 
     ``protocol="refresh"`` (default): the levels the server evaluates (``LEVELS.refresh_levels``: the trunk for
-    Net4, whose tail the client does in the clear) plus ``reserve`` (default 0); the client's fresh
-    templates carry matching's levels, so decision-only mode needs nothing more (``mode`` is accepted and changes
-    nothing). ``protocol="one-round"``: the network's + ``reserve`` (default ``LEVELS.matching_reserve``), plus
-    ``sign_levels`` (default ``LEVELS.decision``) at a 40-bit scale in ``mode="decision"``. Raises ParameterError
+    Net4, whose tail the client does in the clear) plus ``reserve`` (default 0; for Net4 a reserve of ``LEVELS.tail``
+    or more reaches the whole network's levels, which run the whole network: :meth:`LevelBudget.plan_end`); the
+    client's fresh templates carry matching's levels, so decision-only mode needs nothing more (``mode`` is
+    accepted and changes nothing). ``protocol="one-round"``: the network's + ``reserve`` (default
+    ``LEVELS.matching_reserve``), plus ``sign_levels`` (default ``LEVELS.decision``) at a 40-bit scale in
+    ``mode="decision"``. Raises ParameterError
     when no digit count makes the level count secure at N = 2^16.
     """
     if mode not in MODES:

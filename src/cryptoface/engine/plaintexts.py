@@ -75,6 +75,7 @@ class PlaintextCache:
         self._scope: tuple[str, str, str] | None = None
         self._full = self._full_bytes = self._compact = self._compact_bytes = self._uncached = 0
         self._admitted = 0  # full bytes ever admitted: the budget test (held bytes drop when a split key is dropped)
+        self._no_compact_form = False  # the backend's compact plaintexts proved no smaller than full ones
         self._encode_s = 0.0
 
     def check_scope(self, backend: Any, model_id: str) -> None:
@@ -115,7 +116,9 @@ class PlaintextCache:
                 self._full_bytes -= sum(backend.plaintext_nbytes(p) for p in kept)
 
     def _encode(self, backend: Any, v: np.ndarray, level: int) -> tuple[Any, bool]:
-        """(plaintext, whether it is kept): full while the budget lasts, then compact, else used once."""
+        """(plaintext, whether it is kept): full while the budget lasts, then compact, else used once. A backend
+        whose compact form is no smaller (OpenFHE: it has none) keeps nothing past the budget: its "compact"
+        plaintexts would be full ones outside it (a Net4 at N = 2^16 holds ~51 GB of them)."""
         pt = backend.encode(v, level)
         n = backend.plaintext_nbytes(pt)
         with self._lock:
@@ -124,14 +127,19 @@ class PlaintextCache:
                 self._full += 1
                 self._full_bytes += n
                 return pt, True
-            if not self.compact:
+            if not self.compact or self._no_compact_form:
                 self._uncached += 1
                 return pt, False
-        pt = backend.encode(v, level, compact=True)
+        compact = backend.encode(v, level, compact=True)
+        m = backend.plaintext_nbytes(compact)
         with self._lock:
+            if m >= n:
+                self._no_compact_form = True
+                self._uncached += 1
+                return pt, False
             self._compact += 1
-            self._compact_bytes += backend.plaintext_nbytes(pt)
-        return pt, True
+            self._compact_bytes += m
+        return compact, True
 
     def report(self) -> PlaintextCacheReport:
         with self._lock:

@@ -144,7 +144,7 @@ class MatchService:
         self.model = model
         self.progress = progress  # per-layer bar during encrypted inference (CLI and demo)
         self.model_id = model_id
-        self._tail: tuple[bytes, str] | None = None  # the model's tail as clients get it, and its sha256
+        self._tail: tuple[bytes, str] | None = None  # the model's tail as clients get it, and its digest
         self.threshold = float(threshold)
         self.budget = MemoryBudget(memory_budget, baseline=budget_baseline, retry_after=retry_after,
                                    observe_rss=observe_rss)
